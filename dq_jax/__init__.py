@@ -1,0 +1,1 @@
+"""dq-jax: distillation-aware quantization of BART/mBART in JAX/Flax."""

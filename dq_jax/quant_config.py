@@ -1,0 +1,117 @@
+"""What a student quantizes and how: a frozen, validated `QuantConfig`.
+
+The model never branches on bit-widths itself; it asks the config for a weight, embedding
+or activation quantizer and applies whatever comes back (identity when bits are None).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+
+WEIGHT_METHODS = ("dq_bart", "symmetric", "binary", "mse")
+GRANULARITIES = ("tensor", "row")
+ACT_SCALES = ("tensor", "example")
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """Bits and quantizer choices of a student; `None` bits mean full precision.
+
+    `method` picks the weight quantizer by bit-width: `dq_bart` (the reference: 2 bits ->
+    ternary TWN, 1 bit -> binary BWN, otherwise symmetric), `symmetric` (2..8), `binary`
+    (1 bit only) or `mse` (symmetric levels, MSE-optimal scale, 2..8). Activations are
+    always symmetric with a dynamic scale: `act_scale="tensor"` is the reference's one
+    scale for the whole batch tensor, `"example"` one scale per example so an example's
+    output does not depend on what else is in its batch.
+    """
+
+    weight_bits: int | None = None
+    embed_bits: int | None = None
+    act_bits: int | None = None
+    method: str = "dq_bart"
+    weight_granularity: str = "tensor"
+    embed_granularity: str = "row"
+    weight_clip: float = 2.5
+    act_clip: float = 2.5
+    act_scale: str = "tensor"
+    quantize_lm_head: bool = False
+    mse_steps: int = 5
+
+    def __post_init__(self):
+        if self.method not in WEIGHT_METHODS:
+            raise ValueError(f"quant.method={self.method!r} is not supported; choose one of {WEIGHT_METHODS}.")
+        for name in ("weight_bits", "embed_bits"):
+            _check_weight_bits(name, getattr(self, name), self.method)
+        if self.act_bits is not None and not (isinstance(self.act_bits, int) and 2 <= self.act_bits <= 8):
+            raise ValueError(
+                    f"quant.act_bits={self.act_bits!r} has no activation quantizer; use an integer in 2..8 or None "
+                    "(full-precision activations).")
+        if self.weight_granularity not in GRANULARITIES:
+            raise ValueError(f"quant.weight_granularity={self.weight_granularity!r}; choose one of {GRANULARITIES}.")
+        if self.embed_granularity != "row":
+            raise ValueError(f"quant.embed_granularity={self.embed_granularity!r}; embeddings are quantized per row.")
+        if self.act_scale not in ACT_SCALES:
+            raise ValueError(f"quant.act_scale={self.act_scale!r}; choose one of {ACT_SCALES}.")
+        for name in ("weight_clip", "act_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"quant.{name} must be positive, got {getattr(self, name)!r}.")
+        if self.quantize_lm_head and self.embed_bits is None:
+            raise ValueError("quant.quantize_lm_head=True needs quant.embed_bits to be set.")
+
+    @property
+    def enabled(self) -> bool:
+        return any(b is not None for b in (self.weight_bits, self.embed_bits, self.act_bits))
+
+    def weight_fn(self, reduce_axes) -> Callable[[jax.Array], jax.Array]:
+        """Fake-quantizer of a Linear kernel; `reduce_axes` is the input axis for per-row scales."""
+        axes = None if self.weight_granularity == "tensor" else reduce_axes
+        return _weight_quantizer(self.method, self.weight_bits, self.weight_clip, axes, self.mse_steps)
+
+    def embed_fn(self) -> Callable[[jax.Array], jax.Array]:
+        """Fake-quantizer of embedding rows `[..., D]` (one scale per row)."""
+        return _weight_quantizer(self.method, self.embed_bits, self.weight_clip, (-1,), self.mse_steps)
+
+    def act_fn(self) -> Callable[[jax.Array], jax.Array]:
+        if self.act_bits is None:
+            return _identity
+        from dq_jax import quant
+        bits, clip, per_example = self.act_bits, self.act_clip, self.act_scale == "example"
+        return lambda x: quant.activation(x, bits, clip, per_example=per_example)
+
+
+def weight_kind(method: str, bits: int) -> str:
+    """The quantizer family a method uses at a bit-width: symmetric, ternary, binary or mse."""
+    if method == "dq_bart":
+        return {1: "binary", 2: "ternary"}.get(bits, "symmetric")
+    return method
+
+
+def _check_weight_bits(name: str, bits, method: str) -> None:
+    if bits is None:
+        return
+    allowed = {"dq_bart": range(1, 9), "symmetric": range(2, 9), "mse": range(2, 9), "binary": (1,)}[method]
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits not in allowed:
+        raise ValueError(
+                f"quant.{name}={bits!r} is not supported by quant.method={method!r}; allowed bits: "
+                f"{list(allowed)} (or None for full precision).")
+
+
+def _weight_quantizer(method, bits, clip, reduce_axes, mse_steps):
+    if bits is None:
+        return _identity
+    from dq_jax import quant
+    kind = weight_kind(method, bits)
+    if kind == "symmetric":
+        return lambda w: quant.symmetric(w, bits, clip, reduce_axes)
+    if kind == "ternary":
+        return lambda w: quant.ternary(w, clip, reduce_axes)
+    if kind == "binary":
+        return lambda w: quant.binary(w, clip, reduce_axes)
+    return lambda w: quant.mse(w, bits, clip, reduce_axes, mse_steps)

@@ -1,0 +1,53 @@
+"""Tiny random HF PyTorch BART/mBART models saved to disk, the oracle of the parity tests."""
+
+import numpy as np
+import torch
+import transformers
+
+TINY = dict(vocab_size=99, d_model=24, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+            decoder_attention_heads=3, encoder_ffn_dim=20, decoder_ffn_dim=28, max_position_embeddings=32)
+
+CONFIGS = {
+    "bart": dict(model_type="bart"),
+    "mbart": dict(model_type="mbart"),
+    "bart_scaled_relu": dict(model_type="bart", scale_embedding=True, activation_function="relu"),
+    # head dims 10 and 6: not powers of two
+    "mbart_odd_heads": dict(model_type="mbart", d_model=30, encoder_attention_heads=3, decoder_attention_heads=5,
+                            scale_embedding=True),
+}
+
+
+def make_hf_model(name: str, seed: int = 0, **overrides):
+    """A random HF model in eval mode with eager attention and a non-zero final_logits_bias."""
+    spec = dict(TINY, **CONFIGS[name], **overrides)
+    model_type = spec.pop("model_type")
+    cls, cfg_cls = {
+        "bart": (transformers.BartForConditionalGeneration, transformers.BartConfig),
+        "mbart": (transformers.MBartForConditionalGeneration, transformers.MBartConfig),
+    }[model_type]
+    torch.manual_seed(seed)
+    model = cls(cfg_cls(attn_implementation="eager", **spec)).eval()
+    with torch.no_grad():  # larger than init so that layer norms and biases matter
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        model.final_logits_bias.normal_()
+    return model
+
+
+def padded_batch(vocab: int, batch: int = 3, src: int = 9, tgt: int = 7, seed: int = 0, pad: int = 1):
+    """Source and target ids with right padding of different lengths on both sides."""
+    rng = np.random.RandomState(seed)
+    ids, dids = rng.randint(3, vocab, (batch, src)), rng.randint(3, vocab, (batch, tgt))
+    am, dam = np.ones_like(ids), np.ones_like(dids)
+    for b in range(1, batch):
+        am[b, src - 2 * b:] = 0
+        dam[b, tgt - b:] = 0
+    ids[am == 0], dids[dam == 0] = pad, pad
+    return ids, am, dids, dam
+
+
+def torch_forward(model, ids, am, dids, dam):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
+                     decoder_input_ids=torch.tensor(dids), decoder_attention_mask=torch.tensor(dam),
+                     output_hidden_states=True, output_attentions=True)
