@@ -1,0 +1,129 @@
+"""Device mesh, logical-axis rules and the shardings of params, optimizer state and batches.
+
+Mesh axes are `data`, `fsdp` and `tensor` (Auto axis types). Every parameter gets logical
+axes from its name (t5x style) and the rules map them to mesh axes: vocab/mlp/heads ->
+tensor, embed -> fsdp. Batches split over `data` and `fsdp` together: FSDP devices hold a
+slice of every parameter and each computes its own part of the batch, so they do not repeat
+each other's work. A dimension the mesh axis does not divide stays replicated.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("vocab", "tensor"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("embed", "fsdp"),
+    ("positions", None),
+    ("norm", None),
+)
+
+
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A `(data, fsdp, tensor)` mesh over the first prod(shape) devices."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or any(s < 1 for s in shape):
+        raise ValueError(f"mesh={shape} must be three positive sizes for axes {AXES}, e.g. (8, 1, 1).")
+    devices = list(jax.devices() if devices is None else devices)
+    n = math.prod(shape)
+    if n > len(devices):
+        raise ValueError(f"mesh={shape} needs {n} devices but only {len(devices)} are available; "
+                         f"choose a mesh whose sizes multiply to at most {len(devices)}.")
+    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices[:n])
+
+
+def logical_axes(path: tuple[str, ...], ndim: int) -> tuple[str | None, ...]:
+    """Logical axis names of a parameter from its Flax path (HF naming)."""
+    leaf, owner = path[-1], (path[-2] if len(path) > 1 else "")
+    if path[0] == "final_logits_bias":
+        return (None, "vocab")
+    if owner == "shared":
+        return ("vocab", "embed")
+    if owner == "embed_positions":
+        return ("positions", "embed")
+    if "norm" in owner:
+        return ("norm",)
+    if owner in ("q_proj", "k_proj", "v_proj"):
+        return ("embed", "heads") if leaf == "kernel" else ("heads",)
+    if owner == "out_proj":
+        return ("heads", "embed") if leaf == "kernel" else ("norm",)
+    if owner == "fc1":
+        return ("embed", "mlp") if leaf == "kernel" else ("mlp",)
+    if owner == "fc2":
+        return ("mlp", "embed") if leaf == "kernel" else ("norm",)
+    return (None,) * ndim
+
+
+def spec_for(shape: Sequence[int], axes: Sequence[str | None], mesh: Mesh, rules=RULES) -> P:
+    """PartitionSpec for logical `axes`; mesh axes that do not divide a dimension are dropped."""
+    table = dict(rules)
+    out = []
+    for dim, name in zip(shape, axes):
+        mesh_axes = table.get(name) if name is not None else None
+        if isinstance(mesh_axes, str):
+            mesh_axes = (mesh_axes,)
+        size = math.prod(mesh.shape[a] for a in mesh_axes) if mesh_axes else 1
+        out.append(None if not mesh_axes or size == 1 or dim % size else
+                   (mesh_axes[0] if len(mesh_axes) == 1 else tuple(mesh_axes)))
+    return P(*out)
+
+
+def _key_names(keypath) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in keypath)
+
+
+def param_shardings(params, mesh: Mesh, rules=RULES):
+    """NamedShardings for a params tree (arrays or ShapeDtypeStructs)."""
+    def one(keypath, leaf):
+        path = _key_names(keypath)
+        return NamedSharding(mesh, spec_for(leaf.shape, logical_axes(path, len(leaf.shape)), mesh, rules))
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def state_shardings(tree, params, mesh: Mesh, rules=RULES):
+    """Shardings for any tree holding param-shaped leaves (optimizer moments, train state):
+    a leaf whose path ends with a parameter's path and has its shape is sharded like it;
+    everything else (step counters, rng keys, scalars) is replicated."""
+    by_path = {}
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        by_path[_key_names(keypath)] = leaf
+    flat = jax.tree_util.tree_flatten_with_path(param_shardings(params, mesh, rules))[0]
+    spec_by_path = {_key_names(k): s for k, s in flat}
+
+    def one(keypath, leaf):
+        names = _key_names(keypath)
+        for start in range(len(names)):
+            tail = names[start:]
+            if tail in by_path and tuple(by_path[tail].shape) == tuple(np.shape(leaf)):
+                return spec_by_path[tail]
+        return NamedSharding(mesh, P())
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def batch_sharding(mesh: Mesh, ndim: int, leading: int = 0) -> NamedSharding:
+    """Sharding of a batch array: `leading` unsharded axes (e.g. gradient accumulation), then the
+    batch axis over data x fsdp, then the rest replicated."""
+    return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES, *([None] * (ndim - leading - 1))))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def check_batch(batch_size: int, mesh: Mesh) -> None:
+    n = data_parallel_size(mesh)
+    if batch_size % n:
+        raise ValueError(
+            f"batch size {batch_size} does not divide over the {n} data-parallel devices of mesh "
+            f"{tuple(mesh.shape.values())} (data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}); "
+            f"use a batch size that is a multiple of {n}.")

@@ -1,0 +1,163 @@
+"""The DQ train step: a pure `(state, teacher_params, batch) -> (state, metrics)`.
+
+Batches carry a leading gradient-accumulation axis: every array is `[A, B, L]`; the step
+scans over the A micro-batches, runs the frozen teacher once per micro-batch, averages the
+gradients and applies one AdamW update. A step whose loss or gradients are not finite leaves
+params and optimizer state untouched and is recorded in the state, so the training loop can
+stop naming it while the last good state is still there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from dq_jax import distill, sharding
+from dq_jax.hf import flatten
+from dq_jax.modeling import Seq2SeqLM
+
+BATCH_KEYS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: steps taken, including skipped ones
+    params: Any  # fp32 master weights of the student
+    opt_state: Any
+    rng: jax.Array  # base key; each step folds in its step number
+    first_bad_step: jax.Array  # int32: first step with a non-finite loss or gradient, -1 if none
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 3e-5
+    warmup_steps: int = 0
+    total_steps: int = 1000
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-6
+    grad_clip: float | None = None  # global-norm clipping; None = off (the reference)
+
+    def schedule(self) -> optax.Schedule:
+        """Linear warm-up from 0, then linear decay to 0 at `total_steps` (HF's schedule)."""
+        warm = max(int(self.warmup_steps), 0)
+        decay = optax.linear_schedule(self.learning_rate, 0.0, max(self.total_steps - warm, 1))
+        if warm == 0:
+            return decay
+        return optax.join_schedules([optax.linear_schedule(0.0, self.learning_rate, warm), decay], [warm])
+
+
+def _labels(params) -> Any:
+    """'frozen' for final_logits_bias (a buffer in HF, never trained), else 'train'."""
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, _: "frozen" if str(getattr(kp[0], "key", "")) == "final_logits_bias" else "train", params)
+
+
+def _decay_mask(params) -> Any:
+    """Weight decay on kernels and embeddings only, not on biases and layer norms."""
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, _: str(kp[-1].key) in ("kernel", "embedding"), params)
+
+
+def make_optimizer(cfg: OptimConfig, params) -> optax.GradientTransformation:
+    adamw = optax.adamw(cfg.schedule(), cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay,
+                        mask=_decay_mask(params))
+    if cfg.grad_clip:
+        adamw = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
+    return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, _labels(params))
+
+
+def _forward(model: Seq2SeqLM, params, mb: dict, with_dec_mask: bool, need_internals: bool,
+             deterministic: bool, rng=None):
+    return model.apply(
+        {"params": params}, mb["input_ids"], mb["attention_mask"], mb["decoder_input_ids"],
+        mb["decoder_attention_mask"] if with_dec_mask else None,
+        output_hidden_states=need_internals, output_attentions=need_internals,
+        deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
+
+
+def make_train_step(student: Seq2SeqLM, teacher: Seq2SeqLM | None, dcfg: distill.DistillConfig,
+                    tx: optax.GradientTransformation) -> Callable:
+    """Returns `step(state, teacher_params, batch) -> (state, metrics)` (not yet jitted)."""
+    use_teacher = teacher is not None and dcfg.uses_teacher
+    # The reference feeds no decoder padding mask; right padding never reaches real tokens
+    # through the causal mask, but padded positions enter the unmasked dq_bart terms.
+    dec_mask = dcfg.mode == "masked"
+
+    def loss_fn(params, mb, t_out, rng):
+        s_out = _forward(student, params, mb, dec_mask, use_teacher, False, rng)
+        return distill.distill_loss(s_out, t_out, mb, dcfg)
+
+    def step(state: TrainState, teacher_params, batch: dict):
+        rng = jax.random.fold_in(state.rng, state.step)
+        accum = batch["input_ids"].shape[0]
+
+        def micro(grads, xs):
+            mb, i = xs
+            t_out = None
+            if use_teacher:
+                t_out = jax.lax.stop_gradient(_forward(teacher, teacher_params, mb, dec_mask, True, True))
+            (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params, mb, t_out, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, grads, g), metrics
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, metrics = jax.lax.scan(micro, zeros, ({k: batch[k] for k in BATCH_KEYS}, jnp.arange(accum)))
+        grads = jax.tree.map(lambda g: g / accum, grads)
+        metrics = jax.tree.map(jnp.mean, metrics)
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        first_bad = jnp.where((state.first_bad_step < 0) & ~ok, state.step, state.first_bad_step)
+        new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                                  opt_state=keep(opt_state, state.opt_state), first_bad_step=first_bad)
+        metrics = dict(metrics, grad_norm=grad_norm, finite=ok.astype(jnp.float32),
+                       tokens=jnp.sum(batch["decoder_attention_mask"]).astype(jnp.float32))
+        return new_state, metrics
+
+    return step
+
+
+def init_state(params, tx: optax.GradientTransformation, rng: jax.Array, mesh: Mesh):
+    """Places params on the mesh and creates the optimizer state directly sharded.
+
+    Returns `(state, state_shardings)`."""
+    shapes = jax.eval_shape(lambda p: p, params)
+    p_sh = sharding.param_shardings(shapes, mesh)
+    params = jax.device_put(params, p_sh)
+    abstract = jax.eval_shape(lambda p, r: TrainState(jnp.int32(0), p, tx.init(p), r, jnp.int32(-1)),
+                              shapes, rng)
+    st_sh = sharding.state_shardings(abstract, shapes, mesh)
+    state = jax.jit(lambda p, r: TrainState(jnp.int32(0), p, tx.init(p), r, jnp.int32(-1)),
+                    out_shardings=st_sh)(params, rng)
+    return state, st_sh
+
+
+def batch_shardings(mesh: Mesh) -> dict:
+    return {k: sharding.batch_sharding(mesh, 3, leading=1) for k in BATCH_KEYS}
+
+
+def compile_step(step: Callable, mesh: Mesh, state_sh, teacher_sh) -> Callable:
+    """jit with explicit in/out shardings; the old state is donated."""
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(step, in_shardings=(state_sh, teacher_sh, batch_shardings(mesh)),
+                   out_shardings=(state_sh, replicated), donate_argnums=(0,))
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """Host numpy batch `[A, B, L]` -> global device arrays sharded over data x fsdp."""
+    sharding.check_batch(batch["input_ids"].shape[1], mesh)
+    return {k: jax.device_put(batch[k], s) for k, s in batch_shardings(mesh).items()}
+
+
+def param_count(params) -> int:
+    return sum(int(v.size) for _, v in flatten(params))
