@@ -30,7 +30,7 @@ class TrainState:
     step: jax.Array  # int32 scalar: steps taken, including skipped ones
     params: Any  # fp32 master weights of the student
     opt_state: Any
-    rng: jax.Array  # base key; each step folds in its step number
+    rng: jax.Array  # raw uint32 key data (checkpointable); each step folds in its step number
     first_bad_step: jax.Array  # int32: first step with a non-finite loss or gradient, -1 if none
 
 
@@ -96,7 +96,7 @@ def make_train_step(student: Seq2SeqLM, teacher: Seq2SeqLM | None, dcfg: distill
         return distill.distill_loss(s_out, t_out, mb, dcfg)
 
     def step(state: TrainState, teacher_params, batch: dict):
-        rng = jax.random.fold_in(state.rng, state.step)
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         accum = batch["input_ids"].shape[0]
 
         def micro(grads, xs):
@@ -131,6 +131,8 @@ def init_state(params, tx: optax.GradientTransformation, rng: jax.Array, mesh: M
     """Places params on the mesh and creates the optimizer state directly sharded.
 
     Returns `(state, state_shardings)`."""
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)
     shapes = jax.eval_shape(lambda p: p, params)
     p_sh = sharding.param_shardings(shapes, mesh)
     params = jax.device_put(params, p_sh)
