@@ -1,0 +1,27 @@
+"""XSum with a BART-base teacher (METHOD.md: the reference settings).
+
+    python -m train.main --config configs/xsum.py:wbits=2,ebits=2,abits=8,layers=6-6 --workdir runs/xsum_228
+
+Data from the hub (`EdinburghNLP/xsum`) by default; for local files set
+`--config.data.name= --config.data.train_files=... --config.data.validation_files=...
+--config.data.test_files=...` (jsonl/json/csv/parquet with `document` and `summary`).
+The teacher is first fine-tuned on XSum (the paper distills from a task-fine-tuned teacher);
+point `teacher.path` at an already fine-tuned checkpoint and set `teacher.finetune=False` to
+skip that. Generation: 6 beams, length penalty 1.0, min 11, max 62 tokens.
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+    c = common.base_config()
+    c.teacher.path = "facebook/bart-base"
+    c.data.name = "EdinburghNLP/xsum"
+    c.data.source_column, c.data.target_column = "document", "summary"
+    c.data.max_source_length, c.data.max_target_length = 1024, 128
+    c.train.batch_size, c.train.grad_accum = 8, 2
+    c.train.learning_rate, c.train.epochs, c.train.warmup_ratio = 3e-5, 20, 0.05
+    c.eval.metric = "rougeLsum"
+    c.eval.num_beams, c.eval.length_penalty = 6, 1.0
+    c.eval.min_length, c.eval.max_length, c.eval.no_repeat_ngram_size = 11, 62, 3
+    return common.finalize(common.apply_variant(c, arg))

@@ -1,0 +1,152 @@
+"""The main job: data and tokenizer, teacher, DQ student, evaluation, export, results.json.
+
+Every stage leaves its product in the workdir (`teacher_hf/`, `student_hf/`, checkpoints), so
+rerunning the same command skips finished stages and resumes an interrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dq_jax import data as data_lib
+from dq_jax import demo_task, distill, hf, sharding, size
+from dq_jax.config import ModelConfig
+from dq_jax.modeling import Seq2SeqLM
+from dq_jax.spec import SCRATCH_SIZES, RunSpec
+from dq_jax.trainer import MetricsLog, StageData, evaluate, train_stage
+
+log = logging.getLogger(__name__)
+
+
+def resolve_mesh(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A -1 takes the devices the other axes leave."""
+    shape = tuple(int(s) for s in shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh={shape}: at most one axis may be -1.")
+    if -1 in shape:
+        rest = int(np.prod([s for s in shape if s != -1]))
+        shape = tuple(jax.device_count() // rest if s == -1 else s for s in shape)
+    return shape
+
+
+def _prepare_data(spec: RunSpec, workdir: str) -> data_lib.DataConfig:
+    if spec.synthetic_data == "demo":
+        files = demo_task.write_splits(os.path.join(workdir, "data"), seed=spec.seed)
+        return dataclasses.replace(spec.data, train_files=(files["train"],),
+                                   validation_files=(files["validation"],), test_files=(files["test"],))
+    if spec.synthetic_data:
+        raise ValueError(f"data.synthetic={spec.synthetic_data!r}; the only generated task is 'demo'.")
+    return spec.data
+
+
+def _tokenizer(spec: RunSpec, workdir: str, dcfg: data_lib.DataConfig):
+    path = spec.tokenizer or spec.teacher_path
+    if path == "train":
+        path = demo_task.train_tokenizer(list(dcfg.train_files), os.path.join(workdir, "tokenizer"))
+    if not path:
+        raise ValueError("No tokenizer: set teacher.path (an HF checkpoint with tokenizer files) or "
+                         "teacher.tokenizer.")
+    return hf.load_tokenizer(path, "mbart" if dcfg.src_lang else "bart"), path
+
+
+def _scratch_config(name: str, tok) -> ModelConfig:
+    if name not in SCRATCH_SIZES:
+        raise ValueError(f"teacher.scratch={name!r}; choose one of {sorted(SCRATCH_SIZES)}.")
+    return ModelConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id,
+                       forced_eos_token_id=tok.eos_token_id, **SCRATCH_SIZES[name])
+
+
+def _init_params(cfg: ModelConfig, seed: int) -> dict:
+    ids = jnp.zeros((1, 2), jnp.int32)
+    return jax.device_get(jax.jit(Seq2SeqLM(cfg).init)(jax.random.PRNGKey(seed), ids, decoder_input_ids=ids)["params"])
+
+
+def _check_vocab(cfg: ModelConfig, tok, where: str) -> None:
+    if len(tok) > cfg.vocab_size:
+        raise ValueError(f"The tokenizer has {len(tok)} tokens but the teacher at {where} has vocab_size "
+                         f"{cfg.vocab_size}; use the teacher's own tokenizer.")
+
+
+def run(spec: RunSpec, workdir: str) -> dict:
+    os.makedirs(workdir, exist_ok=True)
+    mesh = sharding.make_mesh(resolve_mesh(spec.mesh))
+    mlog = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=jax.process_index() == 0)
+    dcfg = _prepare_data(spec, workdir)
+    tok, tok_path = _tokenizer(spec, workdir, dcfg)
+    splits = {s: data_lib.tokenize(data_lib.load_rows(dcfg, s), tok, dcfg, s) for s in data_lib.SPLITS}
+    teacher_dir = os.path.join(workdir, "teacher_hf")
+    results: dict = {"workdir": os.path.abspath(workdir)}
+
+    def stage_data(cfg: ModelConfig) -> StageData:
+        return StageData(splits["train"], splits["validation"], dcfg, cfg.pad_token_id, cfg.decoder_start_token_id,
+                         cfg.model_type)
+
+    # Teacher: a finished teacher stage wins; else an HF teacher (fine-tuned or as is); else scratch.
+    if os.path.exists(os.path.join(teacher_dir, "config.json")):
+        t_cfg, t_params = hf.load_pretrained(teacher_dir)
+    else:
+        if spec.teacher_path:
+            t_cfg, t_params = hf.load_pretrained(spec.teacher_path)
+            _check_vocab(t_cfg, tok, spec.teacher_path)
+            train_teacher = spec.teacher_finetune and "teacher" in spec.stages
+        elif spec.teacher_scratch:
+            t_cfg, t_params = _scratch_config(spec.teacher_scratch, tok), None
+            train_teacher = True
+            if "teacher" not in spec.stages:
+                raise ValueError("teacher.scratch needs the 'teacher' stage; add it to stages.")
+            t_params = _init_params(t_cfg, spec.seed)
+        else:
+            raise ValueError("No teacher: set teacher.path (HF checkpoint or hub id) or teacher.scratch.")
+        if train_teacher:
+            t_params, best = train_stage("teacher", workdir, spec.teacher_train, spec.eval, Seq2SeqLM(t_cfg), t_params,
+                                         None, None, distill.DistillConfig(logit_weight=0, inter_weight=0),
+                                         stage_data(t_cfg), tok, mesh, spec.seed, mlog)
+            results["teacher_dev"] = best
+        hf.save_pretrained(t_cfg, t_params, teacher_dir, tokenizer_dir=tok_path if os.path.isdir(tok_path) else None)
+        tok.save_pretrained(teacher_dir)
+
+    enc_layers, dec_layers = spec.student_layers
+    enc_map = distill.resolve_map(t_cfg.encoder_layers, enc_layers, spec.encoder_map or None, "encoder")
+    dec_map = distill.resolve_map(t_cfg.decoder_layers, dec_layers, spec.decoder_map or None, "decoder")
+    s_cfg, s_init = distill.init_student(t_cfg, t_params, enc_layers, dec_layers, enc_map, dec_map)
+    student = Seq2SeqLM(s_cfg, spec.quant)
+    student_dir = os.path.join(workdir, "student_hf")
+    if "distill" in spec.stages and not os.path.exists(os.path.join(student_dir, "config.json")):
+        w_logit, w_inter = spec.distill_weights if spec.distill_enabled else (0.0, 0.0)
+        dcfg_loss = distill.DistillConfig(spec.distill_mode, w_logit, w_inter, enc_map, dec_map)
+        s_params, best = train_stage("distill", workdir, spec.train, spec.eval, student, s_init,
+                                     Seq2SeqLM(t_cfg) if dcfg_loss.uses_teacher else None,
+                                     t_params if dcfg_loss.uses_teacher else None, dcfg_loss, stage_data(s_cfg),
+                                     tok, mesh, spec.seed, mlog)
+        results["student_dev"] = best
+        # fp32 master weights; the student is these plus spec.quant (results.json has it)
+        hf.save_pretrained(s_cfg, s_params, student_dir)
+    s_params = hf.load_pretrained(student_dir)[1] if os.path.exists(os.path.join(student_dir, "config.json")) else s_init
+
+    if "eval" in spec.stages:
+        sd = stage_data(t_cfg)
+        for who, model, params in (("teacher", Seq2SeqLM(t_cfg), t_params), ("student", student, s_params)):
+            score, preds = evaluate(model, params, splits["test"], sd, spec.eval, tok, desc=f"{who} test")
+            results[f"{who}_test"] = score
+            mlog.write(stage="eval", split="test", model=who, **{k: v for k, v in score.items() if isinstance(v, float)})
+            with open(os.path.join(workdir, f"predictions_{who}_test.txt"), "w") as f:
+                f.write("\n".join(p.replace("\n", " ") for p in preds) + "\n")
+
+    t_shapes, s_shapes = hf.abstract_params(t_cfg), hf.abstract_params(s_cfg)
+    teacher_mib = size.paper_size_mib(t_shapes, None, None)
+    student_mib = size.paper_size_mib(s_shapes, spec.quant.weight_bits, spec.quant.embed_bits)
+    results["size"] = {"convention": "paper", "teacher_mib": teacher_mib, "student_mib": student_mib,
+                       "compression_ratio": teacher_mib / student_mib}
+    results["config"] = json.loads(spec.config_json)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2, default=float)
+    return results

@@ -1,0 +1,114 @@
+"""The main job end to end through its command line, on real data from ../shared/data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import transformers
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def _run_main(config: str, workdir, *overrides, timeout=900):
+    cmd = [sys.executable, "-m", "train.main", "--config", config, "--workdir", str(workdir), *overrides]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
+@pytest.fixture(scope="module")
+def xsum_files(shared_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("xsum")
+    rows = [json.loads(line) for line in (shared_data / "xsum" / "validation.jsonl").read_text().splitlines()[:96]]
+    return {s: _write_jsonl(d / f"{s}.jsonl", r) for s, r in
+            (("train", rows[:64]), ("validation", rows[64:80]), ("test", rows[80:96]))}
+
+
+@pytest.fixture(scope="module")
+def tiny_bart(shared_data, tmp_path_factory):
+    """A small random BART with the real BART vocabulary and tokenizer files beside it."""
+    d = tmp_path_factory.mktemp("teacher")
+    cfg = transformers.BartConfig(vocab_size=50265, d_model=32, encoder_layers=2, decoder_layers=2,
+                                  encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                  decoder_ffn_dim=64, max_position_embeddings=256, forced_bos_token_id=0)
+    transformers.BartForConditionalGeneration(cfg).save_pretrained(d)
+    for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+        (d / name).write_bytes((shared_data / "tokenizers" / "bart-base_roberta-base" / name).read_bytes())
+    return str(d)
+
+
+def test_xsum_teacher_distill_eval(tmp_path, xsum_files, tiny_bart):
+    work = tmp_path / "run"
+    out = _run_main(
+        "configs/xsum.py:wbits=2,ebits=2,abits=8,layers=2-1", work,
+        f"--config.teacher.path={tiny_bart}", "--config.data.name=",
+        f"--config.data.train_files={xsum_files['train']}",
+        f"--config.data.validation_files={xsum_files['validation']}",
+        f"--config.data.test_files={xsum_files['test']}",
+        "--config.data.max_source_length=128", "--config.data.max_target_length=32",
+        "--config.teacher.steps=4", "--config.teacher.learning_rate=1e-3", "--config.train.steps=4",
+        "--config.train.batch_size=8", "--config.train.grad_accum=1", "--config.train.log_every=2",
+        "--config.eval.num_beams=2", "--config.eval.min_length=2", "--config.eval.max_length=12",
+        "--config.eval.batch_size=8")
+    assert out.returncode == 0, out.stderr[-4000:]
+    results = json.loads((work / "results.json").read_text())
+    for who in ("teacher", "student"):
+        assert set(results[f"{who}_test"]) >= {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+        assert (work / f"predictions_{who}_test.txt").read_text().count("\n") == 16
+    assert results["size"]["compression_ratio"] > 1
+    assert results["config"]["quant"]["weight_bits"] == 2
+    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train" and r["stage"] == "distill"]
+    assert [r["step"] for r in train_records] == [2, 4]
+    assert {"loss", "task", "logits", "enc_attn", "cross_attn", "enc_hidden", "enc_last"} <= set(train_records[0])
+    assert any(r["split"] == "dev" and r["stage"] == "teacher" for r in records)
+    assert "model   | rouge1" in out.stdout and "student" in out.stdout
+
+
+DEMO_SMALL = ("--config.stages=teacher", "--config.teacher.steps=16", "--config.train.batch_size=8",
+              "--config.train.checkpoint_every=4", "--config.train.eval_every=8", "--config.train.log_every=4",
+              "--config.data.max_examples=256", "--config.eval.max_examples=16", "--config.eval.max_length=12")
+
+
+def _weights(workdir):
+    from safetensors.numpy import load_file
+    return load_file(str(workdir / "teacher_hf" / "model.safetensors"))
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_result(tmp_path):
+    import signal
+    import time
+    straight = tmp_path / "straight"
+    out = _run_main("configs/demo.py", straight, *DEMO_SMALL)
+    assert out.returncode == 0, out.stderr[-4000:]
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "train.main", "--config", "configs/demo.py", "--workdir", str(killed), *DEMO_SMALL]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    latest, best = killed / "checkpoints" / "teacher" / "latest", killed / "checkpoints" / "teacher" / "best"
+    deadline = time.time() + 600
+    # kill after the step-8 evaluation saved a best checkpoint, before training finished
+    while time.time() < deadline and proc.poll() is None:
+        if (latest / "12").is_dir() or (best / "8").is_dir() and (latest / "8").is_dir():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (best / "8").is_dir()
+    assert not (killed / "teacher_hf").exists()
+    out = _run_main("configs/demo.py", killed, *DEMO_SMALL)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "resumed from step" in out.stderr
+    a, b = _weights(straight), _weights(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), k

@@ -1,0 +1,35 @@
+"""Runs the DQ-BART job a config describes.
+
+    python -m train.main --config configs/NAME.py[:variant] --workdir DIR [--config.a.b=value ...]
+"""
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':variant'.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from train.settings import spec_from_config
+    spec = spec_from_config(_CONFIG.value)  # every config check happens here, before any work
+    os.makedirs(_WORKDIR.value, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=[logging.FileHandler(os.path.join(_WORKDIR.value, "run.log")),
+                                  logging.StreamHandler(sys.stderr)], force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every file it writes
+    from dq_jax import pipeline
+    from train.report import print_results
+    print_results(pipeline.run(spec, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+    app.run(main)
