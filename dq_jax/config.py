@@ -14,7 +14,7 @@ _FIELDS = (
     "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings",
     "activation_function", "dropout", "attention_dropout", "activation_dropout", "scale_embedding",
     "init_std", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
-    "forced_bos_token_id", "forced_eos_token_id",
+    "forced_bos_token_id", "forced_eos_token_id", "tie_word_embeddings",
 )
 
 
@@ -45,6 +45,9 @@ class ModelConfig:
     forced_bos_token_id: int | None = None
     forced_eos_token_id: int | None = 2
     layer_norm_eps: float = 1e-5
+    # False: a separate LM head `lm_head.weight` (our HF export of a student whose embedding
+    # lookups are quantized while the output projection stays fp32, as in the reference).
+    tie_word_embeddings: bool = True
     # Other HF config keys as a JSON object string, so a round trip writes them back unchanged.
     hf_extra: str = "{}"
 

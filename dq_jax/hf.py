@@ -29,6 +29,8 @@ def hf_to_flax_name(name: str) -> tuple[tuple[str, ...], bool]:
     """HF tensor name -> (Flax param path, whether the tensor is transposed)."""
     if name == "final_logits_bias":
         return ("final_logits_bias",), False
+    if name == "lm_head.weight":
+        return ("lm_head", "kernel"), True
     parts = name.removeprefix("model.").split(".")
     parts = [f"layers_{p}" if prev == "layers" else p for prev, p in zip([""] + parts, parts)]
     parts = [p for p in parts if p != "layers"]
@@ -44,14 +46,17 @@ def flax_to_hf_name(path: tuple[str, ...]) -> tuple[str, bool]:
     """Flax param path -> (HF tensor name, whether the tensor is transposed)."""
     if path == ("final_logits_bias",):
         return "final_logits_bias", False
+    if path == ("lm_head", "kernel"):
+        return "lm_head.weight", True
     parts = [f"layers.{p[7:]}" if re.fullmatch(r"layers_\d+", p) else p for p in path[:-1]]
     leaf = path[-1]
     name = "model." + ".".join(parts) + "." + ("bias" if leaf == "bias" else "weight")
     return name, leaf == "kernel"
 
 
-def state_dict_to_params(sd: dict[str, np.ndarray]) -> dict:
-    """HF state dict (numpy) -> nested Flax params; tied copies are dropped (or used if alone)."""
+def state_dict_to_params(sd: dict[str, np.ndarray], tied: bool = True) -> dict:
+    """HF state dict (numpy) -> nested Flax params; tied copies are dropped (or used if alone).
+    An untied model (`tie_word_embeddings=False`) keeps its own `lm_head.weight`."""
     sd = dict(sd)
     if "model.shared.weight" not in sd:
         for key in _TIED:
@@ -59,8 +64,13 @@ def state_dict_to_params(sd: dict[str, np.ndarray]) -> dict:
                 sd["model.shared.weight"] = sd[key]
                 break
     params: dict = {}
+    if not tied:
+        for key in _TIED[:2]:
+            if key in sd and not np.array_equal(sd[key], sd["model.shared.weight"]):
+                raise ValueError(f"{key} differs from model.shared.weight; dq-jax models share one input "
+                                 "embedding between encoder and decoder.")
     for name, value in sd.items():
-        if name in _TIED:
+        if name in _TIED and (tied or name != "lm_head.weight"):
             continue
         path, transpose = hf_to_flax_name(name)
         node = params
@@ -70,13 +80,17 @@ def state_dict_to_params(sd: dict[str, np.ndarray]) -> dict:
     return params
 
 
-def params_to_state_dict(params: dict) -> dict[str, np.ndarray]:
-    """Nested Flax params -> HF state dict, with exactly the keys `save_pretrained` writes."""
+def params_to_state_dict(params: dict, tied: bool = True) -> dict[str, np.ndarray]:
+    """Nested Flax params -> HF state dict, with exactly the keys `save_pretrained` writes
+    (an untied HF model stores its encoder and decoder input embeddings separately)."""
     sd = {}
     for path, value in flatten(params):
         name, transpose = flax_to_hf_name(path)
         value = np.asarray(value)
         sd[name] = np.ascontiguousarray(value.T) if transpose else value
+    if not tied:
+        for key in _TIED[:2]:
+            sd[key] = sd["model.shared.weight"]
     return sd
 
 
@@ -140,7 +154,7 @@ def load_pretrained(path_or_hub_id: str) -> tuple[ModelConfig, dict]:
     """Returns `(config, params)`, params a nested dict of numpy arrays in Flax layout."""
     directory = resolve(path_or_hub_id)
     cfg = load_config(directory)
-    params = state_dict_to_params(load_state_dict(directory))
+    params = state_dict_to_params(load_state_dict(directory), tied=cfg.tie_word_embeddings)
     if "final_logits_bias" not in params:  # HF treats it as an optional buffer
         params["final_logits_bias"] = np.zeros((1, cfg.vocab_size), np.float32)
     check_params(cfg, params, source=directory)
@@ -177,7 +191,7 @@ def save_pretrained(cfg: ModelConfig, params: dict, out_dir: str, tokenizer_dir:
     from safetensors.numpy import save_file
     os.makedirs(out_dir, exist_ok=True)
     sd = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.name == "bfloat16"
-                                  else np.asarray(v)) for k, v in params_to_state_dict(params).items()}
+                                  else np.asarray(v)) for k, v in params_to_state_dict(params, cfg.tie_word_embeddings).items()}
     save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg.to_hf_dict(), f, indent=2, sort_keys=True)

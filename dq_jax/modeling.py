@@ -200,6 +200,9 @@ class Seq2SeqLM(nn.Module):
         self.encoder, self.decoder = stack(False), stack(True)
         self.final_logits_bias = self.param("final_logits_bias", nn.initializers.zeros,
                                             (1, c.vocab_size), self.param_dtype)
+        if not c.tie_word_embeddings:
+            self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                                    kernel_init=nn.initializers.normal(c.init_std))
 
     def encode(self, input_ids, attention_mask=None, output_hidden_states=False,
                output_attentions=False, deterministic=True) -> EncoderOutput:
@@ -239,7 +242,8 @@ class Seq2SeqLM(nn.Module):
             mask = mask & padding_mask(decoder_attention_mask)
         h, states, p_self, p_cross, cache = self.decoder(
             decoder_input_ids, mask, encoder_hidden_states, enc_mask, cache, deterministic)
-        logits = self.shared.attend(h).astype(jnp.float32) + self.final_logits_bias.astype(jnp.float32)
+        head = self.shared.attend(h) if self.cfg.tie_word_embeddings else self.lm_head(h)
+        logits = head.astype(jnp.float32) + self.final_logits_bias.astype(jnp.float32)
         keep = lambda x, flag: x if flag else None
         return DecoderOutput(logits, keep(states, output_hidden_states),
                              keep(p_self, output_attentions), keep(p_cross, output_attentions), cache)

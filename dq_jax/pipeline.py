@@ -25,6 +25,40 @@ from dq_jax.trainer import MetricsLog, StageData, evaluate, train_stage
 log = logging.getLogger(__name__)
 
 
+STUDENT_META = "dq_jax.json"  # quant and generation config beside the student's fp32 weights
+
+
+def generation_settings(cfg: ModelConfig, ev) -> dict:
+    from dq_jax.generate import GenerationConfig
+    return GenerationConfig.from_model_config(
+        cfg, num_beams=ev.num_beams, max_length=ev.max_length, min_length=ev.min_length,
+        length_penalty=ev.length_penalty, no_repeat_ngram_size=ev.no_repeat_ngram_size).to_hf_dict()
+
+
+def export_workdir(workdir: str, fmt: str, out: str | None = None) -> dict:
+    """Exports the finished student of `workdir` as `hf` (directory) or `packed` (one file)."""
+    from dq_jax import export
+    from dq_jax.quant_config import QuantConfig
+    student_dir = os.path.join(workdir, "student_hf")
+    meta_path = os.path.join(student_dir, STUDENT_META)
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"{workdir} has no finished student ({meta_path} is missing); run the distill "
+                                "stage first (python -m train.main ... --workdir the same directory).")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    cfg, params = hf.load_pretrained(student_dir)
+    quant = QuantConfig(**meta["quant_config"])
+    if fmt == "hf":
+        out = out or os.path.join(workdir, "export", "hf")
+        export.export_hf(cfg, params, quant, out, student_dir, meta["generation_config"])
+        return {"path": out, "bytes": os.path.getsize(os.path.join(out, "model.safetensors"))}
+    if fmt == "packed":
+        out = out or os.path.join(workdir, "export", "student.packed.safetensors")
+        export.write_packed(cfg, params, quant, out, student_dir, meta["generation_config"])
+        return {"path": out, "bytes": os.path.getsize(out)}
+    raise ValueError(f"--format {fmt!r}: choose 'hf' or 'packed'.")
+
+
 def resolve_mesh(shape: tuple[int, ...]) -> tuple[int, int, int]:
     """A -1 takes the devices the other axes leave."""
     shape = tuple(int(s) for s in shape)
@@ -127,8 +161,11 @@ def run(spec: RunSpec, workdir: str) -> dict:
                                      t_params if dcfg_loss.uses_teacher else None, dcfg_loss, stage_data(s_cfg),
                                      tok, mesh, spec.seed, mlog)
         results["student_dev"] = best
-        # fp32 master weights; the student is these plus spec.quant (results.json has it)
-        hf.save_pretrained(s_cfg, s_params, student_dir)
+        # fp32 master weights; the student is these plus the quant config saved beside them
+        hf.save_pretrained(s_cfg, s_params, student_dir, tokenizer_dir=teacher_dir)
+        gen = generation_settings(s_cfg, spec.eval)
+        with open(os.path.join(student_dir, STUDENT_META), "w") as f:
+            json.dump({"quant_config": dataclasses.asdict(spec.quant), "generation_config": gen}, f, indent=2)
     s_params = hf.load_pretrained(student_dir)[1] if os.path.exists(os.path.join(student_dir, "config.json")) else s_init
 
     if "eval" in spec.stages:
@@ -140,11 +177,18 @@ def run(spec: RunSpec, workdir: str) -> dict:
             with open(os.path.join(workdir, f"predictions_{who}_test.txt"), "w") as f:
                 f.write("\n".join(p.replace("\n", " ") for p in preds) + "\n")
 
+    if "export" in spec.stages and os.path.exists(os.path.join(student_dir, STUDENT_META)):
+        results["export"] = {fmt: export_workdir(workdir, fmt) for fmt in ("hf", "packed")}
+        results["export"]["teacher_safetensors_bytes"] = os.path.getsize(os.path.join(teacher_dir, "model.safetensors"))
+
     t_shapes, s_shapes = hf.abstract_params(t_cfg), hf.abstract_params(s_cfg)
     teacher_mib = size.paper_size_mib(t_shapes, None, None)
     student_mib = size.paper_size_mib(s_shapes, spec.quant.weight_bits, spec.quant.embed_bits)
+    packed = size.packed_size_bytes(s_shapes, spec.quant, tokenizer_bytes=size.tokenizer_bytes(teacher_dir))
     results["size"] = {"convention": "paper", "teacher_mib": teacher_mib, "student_mib": student_mib,
-                       "compression_ratio": teacher_mib / student_mib}
+                       "compression_ratio": teacher_mib / student_mib,
+                       "packed_student_mib": packed / size.MIB,
+                       "packed_compression_ratio": teacher_mib / (packed / size.MIB)}
     results["config"] = json.loads(spec.config_json)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:

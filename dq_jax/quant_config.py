@@ -7,9 +7,10 @@ or activation quantizer and applies whatever comes back (identity when bits are 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import jax
+if TYPE_CHECKING:  # the config is read by numpy-only code (packed files): no JAX import here
+    import jax
 
 WEIGHT_METHODS = ("dq_bart", "symmetric", "binary", "mse")
 GRANULARITIES = ("tensor", "row")

@@ -49,6 +49,8 @@ def logical_axes(path: tuple[str, ...], ndim: int) -> tuple[str | None, ...]:
         return (None, "vocab")
     if owner == "shared":
         return ("vocab", "embed")
+    if owner == "lm_head":
+        return ("embed", "vocab")
     if owner == "embed_positions":
         return ("positions", "embed")
     if "norm" in owner:

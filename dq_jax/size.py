@@ -56,3 +56,58 @@ def paper_components(abstract_params: dict, weight_bits: int | None, embed_bits:
 
 def paper_size_mib(abstract_params: dict, weight_bits: int | None, embed_bits: int | None) -> float:
     return sum(c.mib for c in paper_components(abstract_params, weight_bits, embed_bits))
+
+
+# ----------------------------------------------------------------------------- packed file
+
+def tokenizer_bytes(directory: str | None) -> int:
+    """Bytes the tokenizer files add to a packed file's metadata (JSON-escaped text)."""
+    import json
+    import os
+    from dq_jax.export import _tokenizer_payload
+    if not directory or not os.path.isdir(directory):
+        return 0
+    return len(json.dumps(json.dumps(_tokenizer_payload(directory))))
+
+
+def packed_components(abstract_params: dict, quant) -> list[dict]:
+    """Rows of the packed file by component: elements, stored bits per element, bytes.
+
+    Mirrors `dq_jax.export.write_packed`: codes at their container width, fp32 scales, fp32
+    for everything unquantized, and an fp32 LM head when the embedding is quantized but the
+    head is not."""
+    from dq_jax.export import _bits_of, quantized_spec
+    rows: dict[str, dict] = {}
+
+    def add(name, elements, nbytes, bits):
+        r = rows.setdefault(name, {"component": name, "elements": 0, "bytes": 0, "bits": bits})
+        r["elements"] += elements
+        r["bytes"] += nbytes
+
+    for path, leaf in flatten(abstract_params):
+        n = int(np.prod(leaf.shape))
+        spec = quantized_spec(path, quant)
+        if spec is None:
+            add(component_of(path), n, 4 * n, 32)
+            continue
+        kind, bits, axes = spec
+        stored = _bits_of(kind, bits)
+        from dq_jax.packing import packed_nbytes
+        add(component_of(path), n, packed_nbytes(n, stored), stored)
+        groups = 1 if axes is None else int(np.prod([d for i, d in enumerate(leaf.shape)
+                                                      if i not in {a % len(leaf.shape) for a in axes}]))
+        add("scales", groups, 4 * groups, 32)
+    if quant.embed_bits and not quant.quantize_lm_head:
+        n = int(np.prod(abstract_params["shared"]["embedding"].shape))
+        add("LM head (fp32 copy)", n, 4 * n, 32)
+    for r in rows.values():
+        r["mib"] = r["bytes"] / MIB
+    return list(rows.values())
+
+
+def packed_size_bytes(abstract_params: dict, quant, tokenizer_bytes: int = 0) -> int:
+    """Predicted size of the packed file: tensors + safetensors header + metadata."""
+    rows = packed_components(abstract_params, quant)
+    n_tensors = sum(1 for _ in flatten(abstract_params)) + 2  # + scales entries, lm head (rough)
+    header = 80 * n_tensors + 4096  # per-tensor header entries, configs and the quantized index
+    return sum(r["bytes"] for r in rows) + header + tokenizer_bytes

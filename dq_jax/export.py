@@ -1,0 +1,188 @@
+"""Exports of a trained student: an HF PyTorch directory and a truly packed low-bit file.
+
+The packed file is one safetensors file: for every quantized tensor its integer codes packed
+at their bit-width (`<hf name>.codes`, uint8) and its scales (`<hf name>.scales`, fp32), every
+other tensor in fp32 under its HF name, and in the metadata the model config, the quant
+config, the generation settings and the tokenizer files. Codes and scales are stored in HF's
+`[out, in]` layout. Reading it needs numpy and safetensors only (`read_packed`,
+`packed_to_hf`); `load_packed` returns Flax params equal bit for bit to the student's
+fake-quantized weights.
+
+When the token embedding is quantized but the LM head is not (the reference: lookups use the
+quantized table, the output projection the fp32 one), both exports keep a separate fp32
+`lm_head.weight` and say so with `tie_word_embeddings=false`; the packed size counts it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from dq_jax import packing
+from dq_jax.config import ModelConfig
+from dq_jax.hf import TOKENIZER_FILES, flatten, flax_to_hf_name, save_pretrained, state_dict_to_params
+from dq_jax.quant_config import QuantConfig, weight_kind
+
+FORMAT = "dq-jax-packed"
+VERSION = 1
+# Codes are stored in the smallest container `packing` supports: 3-bit codes take 4 bits.
+CONTAINER_BITS = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}
+
+
+class PackedFileError(ValueError):
+    pass
+
+
+def quantized_spec(path: tuple[str, ...], quant: QuantConfig):
+    """(kind, bits, flax reduce axes) of a quantized parameter, or None if it stays fp32."""
+    if path == ("shared", "embedding") and quant.embed_bits:
+        return weight_kind(quant.method, quant.embed_bits), quant.embed_bits, (-1,)
+    if path[-1] == "kernel" and path[0] in ("encoder", "decoder") and quant.weight_bits:
+        axes = None if quant.weight_granularity == "tensor" else (0,)
+        return weight_kind(quant.method, quant.weight_bits), quant.weight_bits, axes
+    return None
+
+
+def codes_of(value, kind: str, bits: int, axes, quant: QuantConfig):
+    """Integer codes and scales of one tensor (Flax layout), exactly as training computes them."""
+    from dq_jax import quant as q
+    fn = {"symmetric": lambda x: q.symmetric_codes(x, bits, quant.weight_clip, axes),
+          "ternary": lambda x: q.ternary_codes(x, quant.weight_clip, axes),
+          "binary": lambda x: q.binary_codes(x, quant.weight_clip, axes),
+          "mse": lambda x: q.mse_codes(x, bits, quant.weight_clip, axes, quant.mse_steps)}[kind]
+    codes, scales = fn(np.asarray(value, np.float32))
+    return np.asarray(codes), np.asarray(scales, np.float32)
+
+
+def _bits_of(kind: str, bits: int) -> int:
+    return {"ternary": 2, "binary": 1}.get(kind, CONTAINER_BITS[bits])
+
+
+def _untie(cfg: ModelConfig, params: dict, quant: QuantConfig) -> tuple[ModelConfig, dict]:
+    if quant.embed_bits and not quant.quantize_lm_head and cfg.tie_word_embeddings:
+        params = dict(params, lm_head={"kernel": np.asarray(params["shared"]["embedding"], np.float32).T})
+        cfg = cfg.replace(tie_word_embeddings=False)
+    return cfg, params
+
+
+def fake_quantized_params(params: dict, quant: QuantConfig) -> dict:
+    """Params with every quantized tensor replaced by `codes * scales` (numpy, fp32)."""
+    out: dict = {}
+    for path, value in flatten(params):
+        spec = quantized_spec(path, quant)
+        if spec:
+            codes, scales = codes_of(value, *spec, quant)
+            value = codes.astype(np.float32) * scales
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = np.asarray(value, np.float32)
+    return out
+
+
+def export_hf(cfg: ModelConfig, params: dict, quant: QuantConfig, out_dir: str, tokenizer_dir: str | None = None,
+              generation_config: dict | None = None) -> str:
+    """HF directory with the student's fake-quantized weights (loads with from_pretrained)."""
+    cfg, with_head = _untie(cfg, params, quant)
+    fq = fake_quantized_params(with_head, quant)  # a separate lm_head stays fp32
+    save_pretrained(cfg, fq, out_dir, tokenizer_dir, generation_config)
+    return out_dir
+
+
+def _tokenizer_payload(tokenizer_dir: str | None) -> dict:
+    if not tokenizer_dir:
+        return {}
+    files = {}
+    for name in TOKENIZER_FILES:
+        p = os.path.join(tokenizer_dir, name)
+        if os.path.exists(p) and name != "sentencepiece.bpe.model":
+            with open(p, encoding="utf-8") as f:
+                files[name] = f.read()
+    return files
+
+
+def write_packed(cfg: ModelConfig, params: dict, quant: QuantConfig, path: str, tokenizer_dir: str | None = None,
+                 generation_config: dict | None = None) -> str:
+    from safetensors.numpy import save_file
+    cfg, params = _untie(cfg, params, quant)
+    tensors, entries = {}, {}
+    for fpath, value in flatten(params):
+        name, transposed = flax_to_hf_name(fpath)
+        spec = quantized_spec(fpath, quant)
+        if spec is None:
+            value = np.asarray(value, np.float32)
+            tensors[name] = np.ascontiguousarray(value.T if transposed else value)
+            continue
+        codes, scales = codes_of(value, *spec, quant)
+        if transposed:
+            codes, scales = codes.T, scales.T
+        bits = _bits_of(spec[0], spec[1])
+        tensors[name + ".codes"] = packing.pack(codes, bits)
+        tensors[name + ".scales"] = np.ascontiguousarray(scales)
+        entries[name] = {"shape": list(codes.shape), "bits": bits, "kind": spec[0]}
+    metadata = {"format": FORMAT, "version": str(VERSION), "model_config": json.dumps(cfg.to_hf_dict()),
+                "quant_config": json.dumps(dataclasses.asdict(quant)), "quantized": json.dumps(entries),
+                "generation_config": json.dumps(generation_config or {}),
+                "tokenizer": json.dumps(_tokenizer_payload(tokenizer_dir))}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(tensors, path, metadata=metadata)
+    return path
+
+
+def read_packed(path: str) -> tuple[dict, dict, dict[str, np.ndarray], dict]:
+    """numpy only: (HF config dict, quant config dict, HF state dict of dequantized fp32 tensors,
+    {"generation_config", "tokenizer"})."""
+    from safetensors import safe_open
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Packed file {path} does not exist.")
+    try:
+        with safe_open(path, framework="np") as f:
+            meta = f.metadata() or {}
+            raw = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors reports truncation and garbage as various errors
+        raise PackedFileError(f"{path} is not a readable packed file (truncated or corrupt?): {e}") from e
+    if meta.get("format") != FORMAT:
+        raise PackedFileError(f"{path} is not a dq-jax packed file (format={meta.get('format')!r}).")
+    version = int(meta.get("version", "0"))
+    if version > VERSION:
+        raise PackedFileError(f"{path} has packed format version {version}, newer than this dq-jax reads "
+                              f"({VERSION}); upgrade dq-jax.")
+    entries = json.loads(meta["quantized"])
+    sd = {k: v for k, v in raw.items() if not k.endswith((".codes", ".scales"))}
+    for name, e in entries.items():
+        codes = packing.unpack(raw[name + ".codes"], e["bits"], tuple(e["shape"]))
+        sd[name] = codes.astype(np.float32) * raw[name + ".scales"]
+    hf_cfg = json.loads(meta["model_config"])
+    if not hf_cfg.get("tie_word_embeddings", True):  # HF keeps untied input embeddings as copies
+        for key in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"):
+            sd[key] = sd["model.shared.weight"]
+    extra = {"generation_config": json.loads(meta["generation_config"]), "tokenizer": json.loads(meta["tokenizer"])}
+    return hf_cfg, json.loads(meta["quant_config"]), sd, extra
+
+
+def load_packed(path: str) -> tuple[ModelConfig, QuantConfig, dict]:
+    """(model config, quant config, Flax params = the student's fake-quantized weights)."""
+    hf_cfg, qcfg, sd, _ = read_packed(path)
+    cfg = ModelConfig.from_hf_dict(hf_cfg)
+    return cfg, QuantConfig(**qcfg), state_dict_to_params(sd, tied=cfg.tie_word_embeddings)
+
+
+def packed_to_hf(path: str, out_dir: str) -> str:
+    """An HF PyTorch directory from a packed file, with numpy and safetensors only."""
+    from safetensors.numpy import save_file
+    hf_cfg, _, sd, extra = read_packed(path)
+    os.makedirs(out_dir, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, os.path.join(out_dir, "model.safetensors"),
+              metadata={"format": "pt"})
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf_cfg, f, indent=2, sort_keys=True)
+    if extra["generation_config"]:
+        with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+            json.dump(extra["generation_config"], f, indent=2, sort_keys=True)
+    for name, text in extra["tokenizer"].items():
+        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+            f.write(text)
+    return out_dir

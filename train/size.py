@@ -1,0 +1,93 @@
+"""Model size report without training (shapes only, through jax.eval_shape).
+
+    python -m train.size --config configs/xsum.py:wbits=2,ebits=2,abits=8,layers=6-6
+
+Prints, for the fp32 teacher and the student, each component's elements, bits and MiB by the
+paper's convention (METHOD.md, "Model size") and by what the packed file really stores
+(codes at their container width, scales, an fp32 LM head when the head is not quantized),
+and both compression ratios.
+"""
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':variant'.",
+                                          lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+# Teacher shapes for hub ids when no local config.json is at hand (offline).
+KNOWN = {
+    "facebook/bart-base": {},
+    "facebook/bart-large": dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
+                                decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096),
+    "facebook/mbart-large-en-ro": dict(model_type="mbart", vocab_size=250027, d_model=1024, encoder_layers=12,
+                                       decoder_layers=12, encoder_attention_heads=16, decoder_attention_heads=16,
+                                       encoder_ffn_dim=4096, decoder_ffn_dim=4096, scale_embedding=True),
+}
+
+
+def teacher_config(spec):
+    from dq_jax import hf
+    from dq_jax.config import ModelConfig
+    from dq_jax.spec import SCRATCH_SIZES
+    if spec.teacher_path and os.path.isdir(spec.teacher_path):
+        return hf.load_config(spec.teacher_path)
+    if spec.teacher_path in KNOWN:
+        return ModelConfig(**KNOWN[spec.teacher_path])
+    if spec.teacher_scratch:
+        return ModelConfig(vocab_size=1000, **SCRATCH_SIZES[spec.teacher_scratch])
+    raise ValueError(f"Cannot tell the teacher's shapes from teacher.path={spec.teacher_path!r}; "
+                     "point it at a local HF directory.")
+
+
+def report(spec) -> dict:
+    from dq_jax import distill, hf, size
+    from dq_jax.quant_config import QuantConfig
+    t_cfg = teacher_config(spec)
+    enc, dec = spec.student_layers
+    distill.layer_map(t_cfg.encoder_layers, enc, side="encoder")
+    distill.layer_map(t_cfg.decoder_layers, dec, side="decoder")
+    s_cfg = t_cfg.replace(encoder_layers=enc, decoder_layers=dec)
+    t_abs, s_abs = hf.abstract_params(t_cfg), hf.abstract_params(s_cfg)
+    tok = size.tokenizer_bytes(spec.teacher_path if os.path.isdir(spec.teacher_path or "") else None)
+    rows = []
+    for who, shapes, q in (("teacher", t_abs, QuantConfig()), ("student", s_abs, spec.quant)):
+        paper = {c.name: c for c in size.paper_components(shapes, q.weight_bits, q.embed_bits)}
+        packed = {r["component"]: r for r in size.packed_components(shapes, q)}
+        for name in list(paper) + [n for n in packed if n not in paper]:
+            p, k = paper.get(name), packed.get(name)
+            rows.append({"model": who, "component": name, "elements": (p.elements if p else k["elements"]),
+                         "paper bits": p.bits if p else "-", "paper MiB": round(p.mib, 3) if p else 0.0,
+                         "packed bits": k["bits"] if k else "-", "packed MiB": round(k["mib"], 3) if k else 0.0})
+    t_paper = size.paper_size_mib(t_abs, None, None)
+    s_paper = size.paper_size_mib(s_abs, spec.quant.weight_bits, spec.quant.embed_bits)
+    t_packed = size.packed_size_bytes(t_abs, QuantConfig(), tok) / size.MIB
+    s_packed = size.packed_size_bytes(s_abs, spec.quant, tok) / size.MIB
+    totals = {"teacher_paper_mib": t_paper, "student_paper_mib": s_paper, "paper_ratio": t_paper / s_paper,
+              "teacher_packed_mib": t_packed, "student_packed_mib": s_packed, "packed_ratio": t_packed / s_packed}
+    return {"rows": rows, "totals": totals}
+
+
+def main(argv):
+    import logging
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    from train.settings import spec_from_config
+    out = report(spec_from_config(_CONFIG.value))
+    rows = out["rows"]
+    cols = list(rows[0])
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
+    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)))
+    t = out["totals"]
+    print(f"\npaper convention : teacher {t['teacher_paper_mib']:.1f} MiB, student {t['student_paper_mib']:.1f} MiB, "
+          f"ratio {t['paper_ratio']:.1f}x")
+    print(f"packed file      : teacher {t['teacher_packed_mib']:.1f} MiB, student {t['student_packed_mib']:.1f} MiB, "
+          f"ratio {t['packed_ratio']:.1f}x (scales, fp32 tensors and any fp32 LM head included)")
+
+
+if __name__ == "__main__":
+    app.run(main)
