@@ -109,6 +109,12 @@ def _check_vocab(cfg: ModelConfig, tok, where: str) -> None:
                          f"{cfg.vocab_size}; use the teacher's own tokenizer.")
 
 
+def _student_maps(spec: RunSpec, t_cfg: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    enc_layers, dec_layers = spec.student_layers
+    return (distill.resolve_map(t_cfg.encoder_layers, enc_layers, spec.encoder_map or None, "encoder"),
+            distill.resolve_map(t_cfg.decoder_layers, dec_layers, spec.decoder_map or None, "decoder"))
+
+
 def run(spec: RunSpec, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(resolve_mesh(spec.mesh))
@@ -139,6 +145,7 @@ def run(spec: RunSpec, workdir: str) -> dict:
             t_params = _init_params(t_cfg, spec.seed)
         else:
             raise ValueError("No teacher: set teacher.path (HF checkpoint or hub id) or teacher.scratch.")
+        _student_maps(spec, t_cfg)  # a student deeper than its teacher fails before any training
         if train_teacher:
             t_params, best = train_stage("teacher", workdir, spec.teacher_train, spec.eval, Seq2SeqLM(t_cfg), t_params,
                                          None, None, distill.DistillConfig(logit_weight=0, inter_weight=0),
@@ -148,8 +155,7 @@ def run(spec: RunSpec, workdir: str) -> dict:
         tok.save_pretrained(teacher_dir)
 
     enc_layers, dec_layers = spec.student_layers
-    enc_map = distill.resolve_map(t_cfg.encoder_layers, enc_layers, spec.encoder_map or None, "encoder")
-    dec_map = distill.resolve_map(t_cfg.decoder_layers, dec_layers, spec.decoder_map or None, "decoder")
+    enc_map, dec_map = _student_maps(spec, t_cfg)
     s_cfg, s_init = distill.init_student(t_cfg, t_params, enc_layers, dec_layers, enc_map, dec_map)
     student = Seq2SeqLM(s_cfg, spec.quant)
     student_dir = os.path.join(workdir, "student_hf")

@@ -112,3 +112,74 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] == b[k]).all(), k
+
+
+def _mbart_tokenizer(texts, out_dir):
+    """A real MBartTokenizer (language codes en_XX/ro_RO and all) over a small unigram vocabulary
+    trained here: mBART's own 250k-piece model is not available offline."""
+    import tokenizers
+    from tokenizers import models, pre_tokenizers, trainers
+    tok = tokenizers.Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(texts, trainers.UnigramTrainer(
+        vocab_size=800, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    vocab = [tuple(v) for v in json.loads(tok.to_str())["model"]["vocab"]]
+    mb = transformers.MBartTokenizer(vocab=vocab, src_lang="en_XX", tgt_lang="ro_RO")
+    mb.save_pretrained(out_dir)
+    return mb
+
+
+def test_wmt_en_ro_with_a_small_mbart_teacher_reports_bleu(tmp_path, shared_data):
+    rows = [json.loads(line) for line in (shared_data / "wmt16_en_ro" / "validation.jsonl").read_text().splitlines()]
+    files = {s: _write_jsonl(tmp_path / f"{s}.jsonl", r) for s, r in
+             (("train", rows[:64]), ("validation", rows[64:80]), ("test", rows[80:96]))}
+    teacher = tmp_path / "mbart"
+    tok = _mbart_tokenizer([r["en"] for r in rows[:400]] + [r["ro"] for r in rows[:400]], teacher)
+    ro = tok.convert_tokens_to_ids("ro_RO")
+    cfg = transformers.MBartConfig(vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2,
+                                   encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                   decoder_ffn_dim=64, max_position_embeddings=256, scale_embedding=True,
+                                   decoder_start_token_id=ro)
+    transformers.MBartForConditionalGeneration(cfg).save_pretrained(teacher)
+    work = tmp_path / "run"
+    out = _run_main(
+        "configs/wmt_en_ro.py:wbits=8,ebits=8,abits=8,layers=2-1", work, f"--config.teacher.path={teacher}",
+        f"--config.data.train_files={files['train']}", f"--config.data.validation_files={files['validation']}",
+        f"--config.data.test_files={files['test']}", "--config.data.max_source_length=64",
+        "--config.data.max_target_length=64", "--config.teacher.steps=4", "--config.train.steps=4",
+        "--config.train.batch_size=8", "--config.train.grad_accum=1", "--config.train.log_every=2",
+        "--config.eval.num_beams=2", "--config.eval.max_length=16", "--config.eval.batch_size=8",
+        "--config.stages=teacher,distill,eval")
+    assert out.returncode == 0, out.stderr[-4000:]
+    results = json.loads((work / "results.json").read_text())
+    for who in ("teacher", "student"):
+        assert "bleu" in results[f"{who}_test"] and results[f"{who}_test"]["bleu_signature"].startswith("nrefs:1")
+    assert results["config"]["data"]["tgt_lang"] == "ro_RO"
+
+
+def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
+    work = tmp_path / "nan"
+    out = _run_main("configs/demo.py", work, "--config.stages=teacher", "--config.teacher.steps=12",
+                    "--config.teacher.learning_rate=1e30", "--config.train.warmup_ratio=0",
+                    "--config.train.batch_size=8", "--config.train.log_every=1", "--config.train.checkpoint_every=1",
+                    "--config.train.eval_every=100", "--config.data.max_examples=128")
+    assert out.returncode != 0
+    msg = out.stderr
+    assert "the loss or gradients became non-finite at step 2" in msg, msg[-3000:]
+    assert "The last good checkpoint is step 1" in msg and "checkpoints/teacher/latest" in msg
+    assert (work / "checkpoints" / "teacher" / "latest" / "1").is_dir()
+    assert not (work / "teacher_hf").exists()
+
+
+def test_config_mistakes_fail_before_any_work(tmp_path):
+    out = _run_main("configs/demo.py", tmp_path / "a", "--config.train.bacth_size=4")
+    assert out.returncode != 0 and "bacth_size" in out.stderr
+    out = _run_main("configs/demo.py", tmp_path / "b", "--config.train.batch_size=four")
+    assert out.returncode != 0 and "batch_size" in out.stderr
+    out = _run_main("configs/demo.py:wbits=2,bogus=1", tmp_path / "c")
+    assert out.returncode != 0 and "Unknown variant name 'bogus'" in out.stderr and "'wbits'" in out.stderr
+    out = _run_main("configs/demo.py:layers=3-9", tmp_path / "d", "--config.data.max_examples=64")
+    assert out.returncode != 0 and "student has 9 decoder layers but the teacher only 3" in out.stderr
+    assert not (tmp_path / "d" / "checkpoints").exists()
+    for d in "abc":
+        assert not (tmp_path / d / "metrics.jsonl").exists()

@@ -20,15 +20,24 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from train.settings import spec_from_config
-    spec = spec_from_config(_CONFIG.value)  # every config check happens here, before any work
+    try:
+        spec = spec_from_config(_CONFIG.value)  # every config check happens here, before any work
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     os.makedirs(_WORKDIR.value, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=[logging.FileHandler(os.path.join(_WORKDIR.value, "run.log")),
                                   logging.StreamHandler(sys.stderr)], force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every file it writes
     from dq_jax import pipeline
+    from dq_jax.trainer import NonFiniteLossError
     from train.report import print_results
-    print_results(pipeline.run(spec, _WORKDIR.value))
+    try:
+        results = pipeline.run(spec, _WORKDIR.value)
+    except (NonFiniteLossError, ValueError, FileNotFoundError) as e:
+        logging.getLogger("train.main").error("%s", e)
+        sys.exit(f"error: {e}")
+    print_results(results)
 
 
 if __name__ == "__main__":
