@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from dq_jax.config import ModelConfig
 from dq_jax.data import DataConfig
 from dq_jax.quant_config import QuantConfig
 
@@ -71,4 +70,3 @@ class RunSpec:
     train: TrainSettings
     eval: EvalSettings
     config_json: str = "{}"  # the resolved config, written to results.json
-    scratch_model: ModelConfig | None = None
