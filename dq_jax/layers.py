@@ -87,9 +87,10 @@ class QEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention with HF BART's projections, optional KV cache and quantization.
 
-    Cache layout (a plain dict): `k`, `v`: `[B, L, H, Dh]` buffers; `index`: int32 scalar,
+    Cache layout (a plain dict): `k`, `v`: `[B, H, L, Dh]` buffers; `index`: int32 scalar,
     the number of positions already written. Cross-attention caches hold the projected
-    encoder keys/values `[B, S, H, Dh]` and no index.
+    encoder keys/values `[B, H, S, Dh]` and no index. Head-major, so that decoding reads the
+    cache in the layout the attention matmuls want instead of transposing it every step.
     """
 
     num_heads: int
@@ -105,8 +106,9 @@ class Attention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = dense(), dense(), dense(), dense()
         self.attn_dropout = nn.Dropout(self.dropout)
 
-    def _heads(self, x):  # [B, T, D] -> [B, T, H, Dh]
-        return x.reshape(*x.shape[:-1], self.num_heads, self.d_model // self.num_heads)
+    def _heads(self, x):  # [B, T, D] -> [B, H, T, Dh]
+        x = x.reshape(*x.shape[:-1], self.num_heads, self.d_model // self.num_heads)  # [B, T, H, Dh]
+        return jnp.swapaxes(x, 1, 2)
 
     def project_kv(self, kv: jax.Array) -> dict:
         """Cross-attention cache from encoder states `[B, S, D]`."""
@@ -125,14 +127,14 @@ class Attention(nn.Module):
             k, v = self._heads(self.k_proj(src)), self._heads(self.v_proj(src))
             if cache is not None:  # self-attention: write the new positions into the buffers
                 idx = cache["index"]
-                k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, idx, 0, 0))
-                v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, idx, 0, 0))
+                k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, 0, idx, 0))
+                v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, 0, idx, 0))
                 cache = {"k": k, "v": v, "index": idx + x.shape[1]}
-        scores = jnp.einsum("bthd,bshd->bhts", act(q), act(k)).astype(jnp.float32)
+        scores = jnp.einsum("bhtd,bhsd->bhts", act(q), act(k)).astype(jnp.float32)
         if mask is not None:
             scores = jnp.where(mask, scores, NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1)  # [B, H, T, S], fp32
         p = self.attn_dropout(probs, deterministic=deterministic)
-        out = jnp.einsum("bhts,bshd->bthd", act(p.astype(self.dtype)), act(v))
+        out = jnp.einsum("bhts,bhsd->bthd", act(p.astype(self.dtype)), act(v))
         out = out.reshape(*out.shape[:2], self.d_model)  # [B, T, H, Dh] -> [B, T, D]
         return self.out_proj(out), probs, cache

@@ -218,7 +218,7 @@ class Seq2SeqLM(nn.Module):
         """Empty self-attention buffers of `max_length` plus the projected encoder keys/values."""
         c = self.cfg
         b, h = encoder_hidden_states.shape[0], c.decoder_attention_heads
-        zeros = jnp.zeros((b, max_length, h, c.d_model // h), self.dtype)
+        zeros = jnp.zeros((b, h, max_length, c.d_model // h), self.dtype)
         layers = [{"self_k": zeros, "self_v": zeros, "cross_k": kv["k"], "cross_v": kv["v"]}
                   for kv in self.decoder.init_cross_kv(encoder_hidden_states)]
         return {"index": jnp.array(0, jnp.int32), "layers": layers}
@@ -237,7 +237,7 @@ class Seq2SeqLM(nn.Module):
         if cache is None:
             mask = causal_mask(t, t)
         else:
-            mask = causal_mask(t, cache["layers"][0]["self_k"].shape[1], cache["index"])
+            mask = causal_mask(t, cache["layers"][0]["self_k"].shape[2], cache["index"])
         if decoder_attention_mask is not None:
             mask = mask & padding_mask(decoder_attention_mask)
         h, states, p_self, p_cross, cache = self.decoder(
