@@ -18,6 +18,10 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 
+class CheckpointError(RuntimeError):
+    pass
+
+
 def _abstract(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
@@ -41,12 +45,26 @@ class StageCheckpoints:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def restore(self, abstract_state, shardings, step: int | None = None):
-        """(state, extra) of `step` (default: latest), on the given shardings."""
-        step = self.latest.latest_step() if step is None else step
-        out = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(abstract_state, shardings)), extra=ocp.args.JsonRestore()))
-        return out["state"], out["extra"]
+    def restore(self, abstract_state, shardings):
+        """(state, extra) of the newest readable step, on the given shardings.
+
+        A step damaged after it was written (a truncated or deleted file) is skipped with a
+        warning and the one before it is used; if none can be read, one clear error."""
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        errors = []
+        for step in steps:
+            try:
+                out = self.latest.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(_abstract(abstract_state, shardings)),
+                    extra=ocp.args.JsonRestore()))
+            except Exception as e:  # orbax/tensorstore raise many types for damaged files
+                errors.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
+                log.warning("Checkpoint step %d in %s is unreadable (%s); trying the one before it.",
+                            step, self.latest.directory, type(e).__name__)
+                continue
+            return out["state"], out["extra"]
+        raise CheckpointError(f"No readable checkpoint in {self.latest.directory} ({'; '.join(errors)}). "
+                              "Move that directory away to start this stage afresh.")
 
     def best_score(self) -> dict | None:
         step = self.best.latest_step()

@@ -6,10 +6,14 @@ rerunning the same command skips finished stages and resumes an interrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
+import socket
+import time
 
 import jax
 import jax.numpy as jnp
@@ -115,8 +119,44 @@ def _student_maps(spec: RunSpec, t_cfg: ModelConfig) -> tuple[tuple[int, ...], t
             distill.resolve_map(t_cfg.decoder_layers, dec_layers, spec.decoder_map or None, "decoder"))
 
 
+class WorkdirBusy(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """An exclusive lock on the workdir for the life of the run. The OS drops it when the process
+    dies, even by SIGKILL, so a crashed run never leaves a stale lock behind."""
+    if jax.process_index() != 0:  # multi-process runs share one workdir; process 0 holds it
+        yield
+        return
+    f = open(os.path.join(workdir, ".lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "unknown process"
+        f.close()
+        raise WorkdirBusy(f"Another run is using {workdir} ({owner}); wait for it to finish or choose "
+                          "another --workdir.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
 def run(spec: RunSpec, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
+    with workdir_lock(workdir):
+        return _run(spec, workdir)
+
+
+def _run(spec: RunSpec, workdir: str) -> dict:
     mesh = sharding.make_mesh(resolve_mesh(spec.mesh))
     mlog = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=jax.process_index() == 0)
     dcfg = _prepare_data(spec, workdir)

@@ -7,10 +7,13 @@ metric, logs to `metrics.jsonl` and shows a tqdm bar with loss and tokens/s.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -29,6 +32,29 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM or Ctrl-C: a checkpoint was saved; `signum` gives the exit status 128 + signum."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (main thread only)."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    previous = {s: signal.signal(s, lambda signum, _: got.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield got
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class MetricsLog:
@@ -106,35 +132,49 @@ def train_stage(name: str, workdir: str, ts: TrainSettings, ev: EvalSettings, st
     eval_every = ts.eval_every or it.steps_per_epoch
     bar = tqdm(total=total, initial=start, desc=name, dynamic_ncols=True)
     t_last = time.perf_counter()
-    for step in range(start + 1, total + 1):
-        state, m = step_fn(state, teacher_dev, train_step.shard_batch(next(it), mesh))
-        bar.update(1)
-        if step % ts.log_every == 0 or step == total:
-            m = jax.device_get(m)
-            if int(state.first_bad_step) >= 0:
+
+    def check_finite(state):
+        if int(state.first_bad_step) >= 0:
+            ckpts.wait()
+            raise NonFiniteLossError(
+                f"Stage {name}: the loss or gradients became non-finite at step {int(state.first_bad_step) + 1}; "
+                f"training stopped. The last good checkpoint is step {ckpts.latest_step()} in "
+                f"{ckpts.latest.directory} (best params in {ckpts.best.directory}). Lower "
+                f"train.learning_rate or set train.grad_clip, then rerun the same command to resume.")
+
+    with _stop_requests() as stop:
+        for step in range(start + 1, total + 1):
+            state, m = step_fn(state, teacher_dev, train_step.shard_batch(next(it), mesh))
+            bar.update(1)
+            if step % ts.log_every == 0 or step == total:
+                m = jax.device_get(m)
+                check_finite(state)
+                dt = time.perf_counter() - t_last
+                rate = float(m["tokens"]) * ts.log_every / max(dt, 1e-9)
+                t_last = time.perf_counter()
+                bar.set_postfix(loss=f"{float(m['loss']):.4f}", tok_s=f"{rate:.0f}")
+                mlog.write(stage=name, split="train", step=step, **{k: float(v) for k, v in m.items()})
+            if step % eval_every == 0 or step == total:
+                check_finite(state)  # never evaluate or keep a state that skipped a bad step
+                score, _ = evaluate(student, state.params, sd.dev, sd, ev, tokenizer, desc=f"{name} dev")
+                mlog.write(stage=name, split="dev", step=step, **{k: v for k, v in score.items()
+                                                                  if isinstance(v, float)})
+                if best is None or score[ev.metric] > best[ev.metric]:
+                    best = dict(score, step=step)
+                    ckpts.save_best(step, state.params, best)
+                log.info("%s step %d: dev %s %.2f (best %.2f at step %d)", name, step, ev.metric,
+                         score[ev.metric], best[ev.metric], best["step"])
+                ckpts.save(step, state, {"data": it.state, "best": best}, force=True)
+            elif step % ts.checkpoint_every == 0 or stop:
+                check_finite(state)
+                ckpts.save(step, state, {"data": it.state, "best": best}, force=bool(stop))
+            if stop:
                 ckpts.wait()
-                raise NonFiniteLossError(
-                    f"Stage {name}: the loss or gradients became non-finite at step {int(state.first_bad_step) + 1}; "
-                    f"training stopped. The last good checkpoint is step {ckpts.latest_step()} in "
-                    f"{ckpts.latest.directory} (best params in {ckpts.best.directory}). Lower "
-                    f"train.learning_rate or set train.grad_clip, then rerun the same command to resume.")
-            dt = time.perf_counter() - t_last
-            rate = float(m["tokens"]) * ts.log_every / max(dt, 1e-9)
-            t_last = time.perf_counter()
-            bar.set_postfix(loss=f"{float(m['loss']):.4f}", tok_s=f"{rate:.0f}")
-            mlog.write(stage=name, split="train", step=step, **{k: float(v) for k, v in m.items()})
-        if step % eval_every == 0 or step == total:
-            score, _ = evaluate(student, state.params, sd.dev, sd, ev, tokenizer, desc=f"{name} dev")
-            mlog.write(stage=name, split="dev", step=step, **{k: v for k, v in score.items()
-                                                              if isinstance(v, float)})
-            if best is None or score[ev.metric] > best[ev.metric]:
-                best = dict(score, step=step)
-                ckpts.save_best(step, state.params, best)
-            log.info("%s step %d: dev %s %.2f (best %.2f at step %d)", name, step, ev.metric, score[ev.metric],
-                     best[ev.metric], best["step"])
-            ckpts.save(step, state, {"data": it.state, "best": best}, force=True)
-        elif step % ts.checkpoint_every == 0:
-            ckpts.save(step, state, {"data": it.state, "best": best})
+                bar.close()
+                signame = signal.Signals(stop[0]).name
+                raise Interrupted(f"Stage {name} stopped by {signame} at step {step}; checkpoint saved at step "
+                                  f"{ckpts.latest_step()} in {ckpts.latest.directory}. Rerun the same command "
+                                  "to resume.", stop[0])
     bar.close()
     ckpts.wait()
     best_params = ckpts.restore_best(state.params, st_sh.params) if best is not None else state.params

@@ -30,12 +30,18 @@ def main(argv):
                                   logging.StreamHandler(sys.stderr)], force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every file it writes
     from dq_jax import pipeline
-    from dq_jax.trainer import NonFiniteLossError
+    from dq_jax.checkpoint import CheckpointError
+    from dq_jax.trainer import Interrupted, NonFiniteLossError
     from train.report import print_results
+    logger = logging.getLogger("train.main")
     try:
         results = pipeline.run(spec, _WORKDIR.value)
-    except (NonFiniteLossError, ValueError, FileNotFoundError) as e:
-        logging.getLogger("train.main").error("%s", e)
+    except Interrupted as e:  # SIGTERM / Ctrl-C: the checkpoint is saved, exit as the signal asks
+        logger.warning("%s", e)
+        print(str(e), file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except (NonFiniteLossError, CheckpointError, pipeline.WorkdirBusy, ValueError, FileNotFoundError) as e:
+        logger.error("%s", e)
         sys.exit(f"error: {e}")
     print_results(results)
 
