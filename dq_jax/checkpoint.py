@@ -9,6 +9,8 @@ killed mid-save leaves no step that looks finished.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 
@@ -20,6 +22,27 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class DiskFullError(CheckpointError):
+    pass
+
+
+def _no_space(e: BaseException) -> bool:
+    return getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)
+
+
+@contextlib.contextmanager
+def _disk_full_is_clear(what: str, directory: str, latest: int | None):
+    """Orbax and tensorstore report a full disk as many error types; name it once."""
+    try:
+        yield
+    except Exception as e:
+        if _no_space(e):
+            raise DiskFullError(
+                f"Disk full while {what} in {directory}: no space left on device. Earlier checkpoints are "
+                f"intact (latest complete step: {latest}); free space and rerun the same command to resume.") from e
+        raise
 
 
 def _abstract(tree, shardings):
@@ -35,12 +58,14 @@ class StageCheckpoints:
         self.best = ocp.CheckpointManager(os.path.join(self.directory, "best"), options=opts(1))
 
     def save(self, step: int, state, extra: dict, force: bool = False) -> None:
-        self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                       extra=ocp.args.JsonSave(extra)), force=force)
+        with _disk_full_is_clear(f"saving step {step}", self.directory, self.latest.latest_step()):
+            self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                           extra=ocp.args.JsonSave(extra)), force=force)
 
     def save_best(self, step: int, params, score: dict) -> None:
-        self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                     score=ocp.args.JsonSave(score)), force=True)
+        with _disk_full_is_clear(f"saving the best params (step {step})", self.directory, self.latest.latest_step()):
+            self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                         score=ocp.args.JsonSave(score)), force=True)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -81,8 +106,9 @@ class StageCheckpoints:
         return out["params"]
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        with _disk_full_is_clear("finishing a checkpoint", self.directory, self.latest.latest_step()):
+            self.latest.wait_until_finished()
+            self.best.wait_until_finished()
 
     def close(self) -> None:
         self.latest.close()

@@ -3,6 +3,7 @@
     python -m train.main --config configs/NAME.py[:variant] --workdir DIR [--config.a.b=value ...]
 """
 
+import errno
 import logging
 import os
 import sys
@@ -43,6 +44,12 @@ def main(argv):
     except (NonFiniteLossError, CheckpointError, pipeline.WorkdirBusy, ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
         sys.exit(f"error: {e}")
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        logger.error("%s", e)
+        sys.exit(f"error: disk full writing {e.filename or _WORKDIR.value}; checkpoints already written are "
+                 "intact: free space and rerun the same command to resume.")
     print_results(results)
 
 
