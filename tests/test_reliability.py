@@ -122,6 +122,8 @@ def xsum_setup(shared_data, tmp_path_factory):
     rows = [json.loads(line) for line in (shared_data / "xsum" / "validation.jsonl").read_text().splitlines()[:48]]
     for split, part in (("train", rows[:32]), ("validation", rows[32:40]), ("test", rows[40:48])):
         (d / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in part) + "\n")
+    (d / "empty.jsonl").write_text("")
+    (d / "latin1.jsonl").write_bytes('{"document": "caf\xe9", "summary": "x"}\n'.encode("latin-1"))
     teacher = d / "teacher"
     cfg = transformers.BartConfig(vocab_size=50265, d_model=16, encoder_layers=2, decoder_layers=2,
                                   encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
@@ -151,6 +153,8 @@ BAD_INPUT = {
     "layer_map": (["--config.student.encoder_map=0,7"], "encoder layer map (0, 7) has index 7"),
     "missing_file": (["--config.data.test_files=/nonexistent/test.jsonl"], "/nonexistent/test.jsonl does not exist"),
     "missing_column": (["--config.data.source_column=article"], "Column 'article' not found"),
+    "empty_split": (["--config.data.test_files={d}/empty.jsonl"], "The test split ({d}/empty.jsonl) is empty"),
+    "non_utf8": (["--config.data.validation_files={d}/latin1.jsonl"], "latin1.jsonl is not valid UTF-8"),
     "batch": (["--config.train.batch_size=6", "--config.mesh=(4,1,1)"],
               "batch size 6 does not divide over the 4 data-parallel devices"),
     "mesh": (["--config.mesh=(4,4,1)"], "needs 16 devices but only"),
@@ -159,7 +163,8 @@ BAD_INPUT = {
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_bad_input_is_one_clear_error_before_training(xsum_setup, tmp_path, case):
-    overrides, message = BAD_INPUT[case]
+    overrides, message = (x.replace("{d}", str(xsum_setup)) if isinstance(x, str) else
+                          [o.replace("{d}", str(xsum_setup)) for o in x] for x in BAD_INPUT[case])
     env_devices = ["--config.mesh=(1,1,1)"] if case not in ("batch", "mesh") else []
     out = _xsum_cli(xsum_setup, tmp_path / "w", *env_devices, *overrides, devices=4 if case == "batch" else 1)
     assert out.returncode != 0
@@ -248,6 +253,26 @@ def test_sigkill_during_an_async_checkpoint_save(tmp_path, straight_run):
     out = _demo(work)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from step" in out.stderr
+    _assert_same_weights(_teacher_weights(work), straight_run)
+
+
+def test_checkpoint_damaged_by_hand_falls_back_and_finishes_like_an_uninterrupted_run(tmp_path, straight_run):
+    work = tmp_path / "run"
+    proc = _demo(work, wait=False)
+    latest = work / "checkpoints" / "teacher" / "latest"
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline:
+        if latest.is_dir() and sum(p.name.isdigit() for p in latest.iterdir()) >= 2:
+            proc.kill()
+            break
+        time.sleep(0.01)
+    proc.wait()
+    newest = max((p for p in latest.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    _truncate_largest_file(newest / "state")
+    out = _demo(work)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Checkpoint step {newest.name} in {latest} is unreadable" in out.stderr
+    assert "trying the one before it" in out.stderr and f"resumed from step {int(newest.name) - 1}" in out.stderr
     _assert_same_weights(_teacher_weights(work), straight_run)
 
 
