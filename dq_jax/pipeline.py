@@ -160,7 +160,7 @@ def _run(spec: RunSpec, workdir: str) -> dict:
     mesh = sharding.make_mesh(resolve_mesh(spec.mesh))
     mlog = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=jax.process_index() == 0)
     dcfg = _prepare_data(spec, workdir)
-    tok, tok_path = _tokenizer(spec, workdir, dcfg)
+    tok, _ = _tokenizer(spec, workdir, dcfg)
     splits = {s: data_lib.tokenize(data_lib.load_rows(dcfg, s), tok, dcfg, s) for s in data_lib.SPLITS}
     teacher_dir = os.path.join(workdir, "teacher_hf")
     results: dict = {"workdir": os.path.abspath(workdir)}
@@ -191,8 +191,8 @@ def _run(spec: RunSpec, workdir: str) -> dict:
                                          None, None, distill.DistillConfig(logit_weight=0, inter_weight=0),
                                          stage_data(t_cfg), tok, mesh, spec.seed, mlog)
             results["teacher_dev"] = best
-        hf.save_pretrained(t_cfg, t_params, teacher_dir, tokenizer_dir=tok_path if os.path.isdir(tok_path) else None)
-        tok.save_pretrained(teacher_dir)
+        hf.save_pretrained(t_cfg, t_params, teacher_dir)
+        tok.save_pretrained(teacher_dir)  # with tokenizer_config.json, so special tokens are known
 
     enc_layers, dec_layers = spec.student_layers
     enc_map, dec_map = _student_maps(spec, t_cfg)

@@ -77,6 +77,7 @@ def packed_components(abstract_params: dict, quant) -> list[dict]:
     for everything unquantized, and an fp32 LM head when the embedding is quantized but the
     head is not."""
     from dq_jax.export import _bits_of, quantized_spec
+    from dq_jax.packing import packed_nbytes
     rows: dict[str, dict] = {}
 
     def add(name, elements, nbytes, bits):
@@ -92,7 +93,6 @@ def packed_components(abstract_params: dict, quant) -> list[dict]:
             continue
         kind, bits, axes = spec
         stored = _bits_of(kind, bits)
-        from dq_jax.packing import packed_nbytes
         add(component_of(path), n, packed_nbytes(n, stored), stored)
         groups = 1 if axes is None else int(np.prod([d for i, d in enumerate(leaf.shape)
                                                       if i not in {a % len(leaf.shape) for a in axes}]))

@@ -19,7 +19,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dq_jax import distill, sharding
-from dq_jax.hf import flatten
 from dq_jax.modeling import Seq2SeqLM
 
 BATCH_KEYS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels")
@@ -160,6 +159,3 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
     sharding.check_batch(batch["input_ids"].shape[1], mesh)
     return {k: jax.device_put(batch[k], s) for k, s in batch_shardings(mesh).items()}
 
-
-def param_count(params) -> int:
-    return sum(int(v.size) for _, v in flatten(params))
