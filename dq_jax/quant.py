@@ -13,9 +13,16 @@ exactly ``dequantize(codes, scales, x.dtype)``, so exported integer codes reprod
 bit for bit. Statistics and scales are float32 whatever the input dtype. Groups whose scale
 would fall below ``2**-120`` (all-zero groups in practice) quantize to exact zeros with a
 finite scale, where the reference code gives NaN.
+
+The TBT follow-up (Liu et al., "Binary and Ternary Natural Language Generation", ACL 2023)
+adds two families. Weights: statistics-based ternary (``alpha = 4/3 * mean|w|``) and binary
+(``alpha = mean|w|``) codes with one scale per output row, no clipping and a plain STE
+(``tbt_ternary``, ``tbt_binary``). Activations: the elastic 1-2 bit quantizer with a learned
+step size and LSQ gradients (``elastic``, initialized by ``elastic_init``).
 """
 
 import functools
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import jax
@@ -27,6 +34,8 @@ from dq_jax.packing import pack, packed_nbytes, unpack
 __all__ = [
     "symmetric", "ternary", "binary", "mse", "activation", "symmetric_codes", "ternary_codes",
     "binary_codes", "mse_codes", "dequantize", "ste_clip", "pack", "unpack", "packed_nbytes",
+    "tbt_ternary", "tbt_binary", "tbt_ternary_codes", "tbt_binary_codes", "elastic",
+    "elastic_init", "elastic_levels",
 ]
 
 Axes = Optional[Union[int, Sequence[int]]]
@@ -211,3 +220,211 @@ def activation(x, bits: int, clip: float = 2.5, per_example: bool = False):
     ``per_example``, one scale per leading-axis example."""
     axes = tuple(range(1, jnp.ndim(x))) if per_example else None
     return symmetric(x, bits, clip, reduce_axes=axes)
+
+
+# --- TBT (Liu et al., ACL 2023): statistics-based weights and elastic activations ---
+
+# TBT weights are never clipped: an infinite clip makes _run_codes' clamp the identity.
+_NO_CLIP = float("inf")
+# Floor of the learned elastic step size (the reference's eps).
+_ALPHA_EPS = 1e-5
+
+
+@jax.custom_vjp
+def _ste(x, q):
+    """Returns ``q``; the gradient w.r.t. ``x`` is the incoming one everywhere."""
+    del x
+    return q
+
+
+def _ste_plain_fwd(x, q):
+    del x
+    return q, None
+
+
+def _ste_plain_bwd(_, g):
+    return g, jnp.zeros_like(g)
+
+
+_ste.defvjp(_ste_plain_fwd, _ste_plain_bwd)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _run_fake_plain(kernel, axes, steps, x, clip, n):
+    q = dequantize(*_run_codes(kernel, axes, steps, x, clip, n), dtype=x.dtype)
+    return _ste(x, lax.stop_gradient(q))
+
+
+def _mean_abs(w, axes, size):
+    # A true division: XLA turns / size into * (1 / size), off by an ulp unless size is a power
+    # of two, and the TBT scale is the statistic itself.
+    return _sum(jnp.abs(w), axes) / lax.optimization_barrier(jnp.float32(size))
+
+
+def _tbt_ternary(w, axes, size, n, steps):
+    alpha = (4.0 / 3.0) * _mean_abs(w, axes, size)
+    ok = alpha >= _MIN_SCALE
+    codes = jnp.round(jnp.clip(w / jnp.where(ok, alpha, 1.0), -1.0, 1.0))  # half-to-even
+    return jnp.where(ok, codes, 0.0).astype(jnp.int8), jnp.where(ok, alpha, 1.0)
+
+
+def _tbt_binary(w, axes, size, n, steps):
+    alpha = _mean_abs(w, axes, size)
+    codes = jnp.where(w >= 0, 1, -1)  # sign(0) := +1, as in _binary
+    return codes.astype(jnp.int8), jnp.where(alpha >= _MIN_SCALE, alpha, 0.0)
+
+
+def tbt_ternary_codes(w, reduce_axes: Axes = (-1,)):
+    """TBT ternary weight codes: ``alpha = 4/3 * mean|w|`` over ``reduce_axes`` and
+    ``codes = round_half_even(clip(w / alpha, -1, 1))``, no clipping of ``w`` itself.
+
+    ``w [*]`` -> ``(codes int8 [*] in {-1, 0, 1}, scales f32 [keepdims shape])``. The default
+    ``(-1,)`` gives one scale per output row of a PyTorch ``nn.Linear`` ``[out, in]`` weight;
+    for a Flax ``[in, out]`` kernel pass ``reduce_axes=(0,)`` (scales ``[1, out]``). An all-zero
+    group gets zero codes and scale 1.
+    """
+    return _call(_run_codes, _tbt_ternary, w, _NO_CLIP, reduce_axes)
+
+
+def tbt_binary_codes(w, reduce_axes: Axes = (-1,)):
+    """TBT binary weight codes: ``alpha = mean|w|`` over ``reduce_axes``, ``codes = sign(w)``
+    with ``sign(0) := +1``, no clipping.
+
+    ``w [*]`` -> ``(codes int8 [*] in {-1, +1}, scales f32 [keepdims shape])``. Rows of an
+    ``[out, in]`` weight by default; a Flax ``[in, out]`` kernel needs ``reduce_axes=(0,)``.
+    An all-zero group gets scale 0, so it dequantizes to exact zeros.
+    """
+    return _call(_run_codes, _tbt_binary, w, _NO_CLIP, reduce_axes)
+
+
+def tbt_ternary(w, reduce_axes: Axes = (-1,)):
+    """TBT ternary fake quantization (see ``tbt_ternary_codes``). ``w [*]`` -> ``q [*]`` (w's
+    dtype); the gradient w.r.t. ``w`` is the incoming one everywhere (plain STE)."""
+    return _call(_run_fake_plain, _tbt_ternary, w, _NO_CLIP, reduce_axes)
+
+
+def tbt_binary(w, reduce_axes: Axes = (-1,)):
+    """TBT binary fake quantization (see ``tbt_binary_codes``). ``w [*]`` -> ``q [*]`` (w's
+    dtype); the gradient w.r.t. ``w`` is the incoming one everywhere (plain STE)."""
+    return _call(_run_fake_plain, _tbt_binary, w, _NO_CLIP, reduce_axes)
+
+
+def elastic_levels(bits: int, signed: bool) -> Tuple[int, int]:
+    """Integer code range ``(Qn, Qp)`` of the elastic quantizer: signed 1 bit ``(-1, 1)``
+    (sign only), signed 2 bits ``(-1, 1)`` (levels -1, 0, 1), unsigned 1 bit ``(0, 1)``,
+    unsigned 2 bits ``(0, 2)``."""
+    if bits not in (1, 2):
+        raise ValueError(f"bits={bits!r} is not supported by the elastic quantizer; "
+                         "supported bits are 1 and 2")
+    if signed:
+        return -1, 1
+    return 0, int(bits)
+
+
+def elastic_init(x, bits: int, signed: bool = True, reduce_axes: Axes = None):
+    """Initial elastic step size from a first batch ``x [*]`` -> f32 scalar ``[]``.
+
+    Signed: ``2 * mean|x| / sqrt(Qp)``. Unsigned: ``4 * mean|x| / sqrt(Qp)`` (METHOD.md, as the
+    TBT code: the statistics of the raw input, not of ``x - min``). Floored at 1e-5, so an
+    all-zero batch still gives a usable step. Computed in float32 (TBT, Liu et al., ACL 2023;
+    ``Qp`` from ``elastic_levels``). ``reduce_axes`` is accepted for symmetry with ``elastic``
+    and does not change the value.
+    """
+    _, qp = elastic_levels(bits, signed)
+    x = jnp.asarray(x)
+    axes = () if signed else _axes(x.ndim, reduce_axes)
+    return _run_elastic_init(qp, bool(signed), axes, x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _run_elastic_init(qp, signed, axes, x):
+    xf = x.astype(_F32)
+    del axes
+    factor = 2.0 if signed else 4.0
+    value = factor * _mean_abs(xf, None, max(xf.size, 1)).reshape(()) / math.sqrt(qp)
+    return jnp.maximum(value, jnp.float32(_ALPHA_EPS))
+
+
+def elastic(x, alpha, bits: int, signed: bool = True, reduce_axes: Axes = None):
+    """Elastic 1-2 bit activation quantization with a learned step size (LSQ), from TBT
+    (Liu et al., "Binary and Ternary Natural Language Generation", ACL 2023).
+
+    ``x [*]``, ``alpha`` a float scalar (shape ``[]`` or ``[1]``) -> ``q [*]`` (x's dtype).
+    With ``a = max(alpha, 1e-5)`` and ``(Qn, Qp) = elastic_levels(bits, signed)``:
+
+    - signed: ``v = x / a``; ``codes = sign(v)`` (``sign(0) := +1``) for 1 bit,
+      ``clip(round_half_even(v), -1, 1)`` for 2 bits; ``q = codes * a``.
+    - unsigned: ``m = min(x)`` over ``reduce_axes`` (None: the whole tensor; e.g. ``(1, 2, 3)``:
+      one min per leading-axis example), a constant for autodiff; ``v = (x - m) / a``,
+      ``codes = clip(round_half_even(v), 0, Qp)``, ``q = codes * a + m``. ``reduce_axes`` is
+      ignored when signed.
+
+    Backward (LSQ): ``dx = g`` where ``Qn <= v <= Qp``, 0 elsewhere;
+    ``dalpha = sum(g * r) / sqrt(numel(x) * Qp)`` with ``r = round(v) - v`` inside, ``r = Qn``
+    below and ``r = Qp`` above the range; for signed 1 bit, where ``q = a * sign(x)`` does not
+    round ``v``, ``r = sign(x)`` everywhere (its exact derivative, as the TBT code). The floor
+    does not stop the gradient (as TBT's ``torch.where`` inside the forward), so a step size at
+    the floor can grow again. ``dalpha`` has alpha's shape and dtype. Arithmetic is float32;
+    ``bits``, ``signed`` and ``reduce_axes`` are static.
+    """
+    elastic_levels(bits, signed)
+    x = jnp.asarray(x)
+    alpha = jnp.asarray(alpha)
+    if not jnp.issubdtype(alpha.dtype, jnp.floating):
+        alpha = alpha.astype(_F32)
+    axes = () if signed else _axes(x.ndim, reduce_axes)
+    return _run_elastic(int(bits), bool(signed), axes, x, alpha)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _run_elastic(bits, signed, axes, x, alpha):
+    return _elastic(bits, signed, axes, x, alpha)
+
+
+def _elastic_parts(bits, signed, axes, x, alpha):
+    """-> ``(a, m, v, k, codes)``, all float32; ``k`` is the unclipped integer level."""
+    qn, qp = elastic_levels(bits, signed)
+    a = jnp.maximum(alpha.astype(_F32).reshape(()), jnp.float32(_ALPHA_EPS))
+    # Keep x / a a true division even when alpha is a constant of the caller's jit (see
+    # _run_codes): x * (1 / a) can differ by an ulp and move a code across a rounding tie.
+    a = lax.optimization_barrier(a)
+    xf = x.astype(_F32)
+    if signed:
+        m = jnp.zeros((), _F32)
+        v = xf / a
+    else:
+        m = jnp.min(xf, axis=axes, keepdims=True)
+        v = (xf - m) / a
+    if signed and bits == 1:
+        k = jnp.where(v >= 0, 1.0, -1.0)  # sign(0) := +1, as in _binary
+    else:
+        k = jnp.round(v)  # half-to-even, like torch.round
+    return a, m, v, k, jnp.clip(k, qn, qp)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _elastic(bits, signed, axes, x, alpha):
+    return _elastic_fwd(bits, signed, axes, x, alpha)[0]
+
+
+def _elastic_fwd(bits, signed, axes, x, alpha):
+    a, m, _, _, codes = _elastic_parts(bits, signed, axes, x, alpha)
+    return (codes * a + m).astype(x.dtype), (x, alpha)
+
+
+def _elastic_bwd(bits, signed, axes, res, g):
+    x, alpha = res
+    qn, qp = elastic_levels(bits, signed)
+    _, _, v, k, _ = _elastic_parts(bits, signed, axes, x, alpha)
+    inside = (v >= qn) & (v <= qp)
+    gx = jnp.where(inside, g, jnp.zeros_like(g))
+    if signed and bits == 1:
+        r = k
+    else:
+        r = jnp.where(v < qn, float(qn), jnp.where(v > qp, float(qp), k - v))
+    grad_scale = 1.0 / math.sqrt(max(x.size, 1) * qp)
+    ga = jnp.sum(g.astype(_F32) * r) * jnp.float32(grad_scale)
+    return gx, ga.reshape(alpha.shape).astype(alpha.dtype)
+
+
+_elastic.defvjp(_elastic_fwd, _elastic_bwd)
