@@ -4,7 +4,8 @@
 
 Hub data `abisee/cnn_dailymail` (3.0.0: `article` -> `highlights`); local files via
 `data.*_files` with your column names. Generation: 4 beams, length penalty 2.0, min 56,
-max 142 tokens.
+max 142 tokens. TBT rows with TBT's learning rates: `configs/cnn_dm.py:tbt=W2A8` (or W2A2,
+W1A8, W1A1).
 """
 
 from configs import common
@@ -21,4 +22,4 @@ def get_config(arg: str | None = None):
     c.eval.metric = "rougeLsum"
     c.eval.num_beams, c.eval.length_penalty = 4, 2.0
     c.eval.min_length, c.eval.max_length, c.eval.no_repeat_ngram_size = 56, 142, 3
-    return common.finalize(common.apply_variant(c, arg))
+    return common.finalize(common.apply_variant(c, arg, common.TBT_LR_CNN_DM))

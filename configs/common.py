@@ -2,6 +2,9 @@
 
 A variant string selects the student: `wbits=2,ebits=2,abits=8,layers=6-3` (any subset;
 `fp`, `32` or `0` means full precision). Unknown names fail here, naming the allowed ones.
+`tbt=W2A8` (or W2A2, W1A8, W1A1) selects a TBT student: `quant.method=tbt`, weights and
+embeddings at W bits, activations at A bits (elastic at 1-2 bits), and the learning rate TBT
+used for that row where the config gives one (XSum, CNN/DM).
 """
 
 from __future__ import annotations
@@ -17,7 +20,13 @@ VARIANT_KEYS = {
     "mode": "distill.mode",
     "weighted": "distill.weights",
     "steps": "train.steps",
+    "tbt": "quant.method",
 }
+# TBT rows (Liu et al. 2023): (weight and embedding bits, activation bits).
+TBT_PRESETS = {"W2A8": (2, 8), "W2A2": (2, 2), "W1A8": (1, 8), "W1A1": (1, 1)}
+# The learning rates TBT trained each row with.
+TBT_LR_XSUM = {"W2A8": 3e-4, "W2A2": 3.5e-4, "W1A8": 2.5e-4, "W1A1": 5e-4}
+TBT_LR_CNN_DM = {"W2A8": 1e-4, "W2A2": 7e-4, "W1A8": 1.5e-4, "W1A1": 5e-4}
 _FP = ("fp", "32", "none", "")
 
 
@@ -28,6 +37,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.stages = "teacher,distill,eval,export"
     c.mesh = (1, 1, 1)  # (data, fsdp, tensor); -1 in one place takes the remaining devices
     c.dtype = "float32"  # compute dtype; params stay fp32
+
+    # Multi-process runs (one process per host): the coordinator's host:port, process count and
+    # this process's id; empty values come from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    # JAX_PROCESS_ID, or `auto` lets JAX detect Slurm, Open MPI or a Cloud TPU pod.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ""
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
+    c.distributed.auto = False
+    c.distributed.heartbeat_timeout = 100  # seconds until the others stop when a process dies
+    c.distributed.initialization_timeout = 300
+    c.distributed.cpu_collectives = "gloo"
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.path = ""  # HF directory or hub id; empty with `scratch` set: train one here
@@ -97,6 +118,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.length_penalty = 1.0
     c.eval.no_repeat_ngram_size = 3
     c.eval.max_examples = 0
+
     return c
 
 
@@ -104,8 +126,10 @@ def _bits(value: str) -> int:
     return 0 if value.lower() in _FP else int(value)
 
 
-def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies `name=value,...` to the config; fails on unknown names or bad values."""
+def apply_variant(c: ml_collections.ConfigDict, arg: str | None,
+                  tbt_learning_rates: dict[str, float] | None = None) -> ml_collections.ConfigDict:
+    """Applies `name=value,...` to the config; fails on unknown names or bad values.
+    `tbt_learning_rates`: the learning rate of each TBT preset, for configs that have them."""
     if not arg:
         return c
     for item in arg.split(","):
@@ -124,6 +148,15 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
                 c.distill.weights = (0.8, 3.0) if value.lower() in ("1", "true", "yes") else (1.0, 1.0)
             elif name == "steps":
                 c.train.steps = int(value)
+            elif name == "tbt":
+                preset = value.upper()
+                if preset not in TBT_PRESETS:
+                    raise ValueError(f"choose one of {sorted(TBT_PRESETS)}")
+                c.quant.method = "tbt"
+                c.quant.weight_bits = c.quant.embed_bits = TBT_PRESETS[preset][0]
+                c.quant.act_bits = TBT_PRESETS[preset][1]
+                if tbt_learning_rates:
+                    c.train.learning_rate = tbt_learning_rates[preset]
             else:
                 section, key = VARIANT_KEYS[name].split(".")
                 c[section][key] = value

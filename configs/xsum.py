@@ -8,6 +8,10 @@ Data from the hub (`EdinburghNLP/xsum`) by default; for local files set
 The teacher is first fine-tuned on XSum (the paper distills from a task-fine-tuned teacher);
 point `teacher.path` at an already fine-tuned checkpoint and set `teacher.finetune=False` to
 skip that. Generation: 6 beams, length penalty 1.0, min 11, max 62 tokens.
+
+TBT rows (ternary/binary weights, elastic activations) with TBT's learning rates:
+
+    python -m train.main --config configs/xsum.py:tbt=W2A8 --workdir runs/xsum_tbt_w2a8   # or W2A2, W1A8, W1A1
 """
 
 from configs import common
@@ -24,4 +28,4 @@ def get_config(arg: str | None = None):
     c.eval.metric = "rougeLsum"
     c.eval.num_beams, c.eval.length_penalty = 6, 1.0
     c.eval.min_length, c.eval.max_length, c.eval.no_repeat_ngram_size = 11, 62, 3
-    return common.finalize(common.apply_variant(c, arg))
+    return common.finalize(common.apply_variant(c, arg, common.TBT_LR_XSUM))

@@ -139,13 +139,19 @@ def shift_right(labels: np.ndarray, start: int | None, pad: int, model_type: str
     return out
 
 
+def batch_lengths(data: Tokenized, idx: np.ndarray, cfg: DataConfig) -> tuple[int, int]:
+    """Bucketed (source, target) lengths of a batch of examples `idx`."""
+    return (bucket(max(len(data.source[i]) for i in idx), cfg.min_bucket, cfg.max_source_length),
+            bucket(max(len(data.target[i]) for i in idx), cfg.min_bucket, cfg.max_target_length))
+
+
 def collate(data: Tokenized, idx: np.ndarray, cfg: DataConfig, pad: int, start: int | None,
-            model_type: str) -> dict:
-    """Examples `idx` -> padded arrays `[len(idx), L]` at bucketed lengths."""
+            model_type: str, lengths: tuple[int, int] | None = None) -> dict:
+    """Examples `idx` -> padded arrays `[len(idx), L]` at bucketed lengths (or `lengths`, the
+    whole global batch's, when `idx` is one process's share of it)."""
     src = [data.source[i] for i in idx]
     tgt = [data.target[i] for i in idx]
-    ls = bucket(max(map(len, src)), cfg.min_bucket, cfg.max_source_length)
-    lt = bucket(max(map(len, tgt)), cfg.min_bucket, cfg.max_target_length)
+    ls, lt = lengths or batch_lengths(data, idx, cfg)
     ids = np.full((len(idx), ls), pad, np.int32)
     labels = np.full((len(idx), lt), pad, np.int32)
     for i, (s, t) in enumerate(zip(src, tgt)):
@@ -173,12 +179,18 @@ def epoch_order(lengths: np.ndarray, batch: int, seed: int, epoch: int) -> np.nd
 
 
 class TrainIterator:
-    """Endless resumable iterator of `[A, B, L]` training batches."""
+    """Endless resumable iterator of `[A, B, L]` training batches.
+
+    `rows`: the rows of each `B`-row micro-batch this process loads (`sharding.process_rows`);
+    it then yields `[A, len(rows), L]`, padded to the lengths of the whole global batch. The
+    order of examples depends on the seed only, so every process agrees on the global batch."""
 
     def __init__(self, data: Tokenized, cfg: DataConfig, batch_size: int, accum: int, seed: int,
-                 pad: int, start: int | None, model_type: str, state: dict | None = None):
+                 pad: int, start: int | None, model_type: str, state: dict | None = None,
+                 rows: np.ndarray | None = None):
         self.data, self.cfg, self.batch, self.accum, self.seed = data, cfg, batch_size, accum, seed
         self.pad, self.start, self.model_type = pad, start, model_type
+        self.rows = None if rows is None else np.asarray(rows)
         self.lengths = np.array([len(s) for s in data.source])
         self.state = dict(state or {"epoch": 0, "position": 0})
         self._order = None
@@ -198,8 +210,12 @@ class TrainIterator:
         idx = order[self.state["position"]]
         self.state = ({"epoch": self.state["epoch"] + 1, "position": 0} if self.state["position"] + 1 >= len(order)
                       else {"epoch": self.state["epoch"], "position": self.state["position"] + 1})
-        full = collate(self.data, idx, self.cfg, self.pad, self.start, self.model_type)
-        return {k: v.reshape(self.accum, self.batch, *v.shape[1:]) for k, v in full.items()}
+        lengths = batch_lengths(self.data, idx, self.cfg)
+        local = idx.reshape(self.accum, self.batch)
+        if self.rows is not None:
+            local = local[:, self.rows]
+        out = collate(self.data, local.reshape(-1), self.cfg, self.pad, self.start, self.model_type, lengths)
+        return {k: v.reshape(*local.shape, *v.shape[1:]) for k, v in out.items()}
 
 
 def eval_batches(data: Tokenized, cfg: DataConfig, batch_size: int, pad: int, start: int | None,

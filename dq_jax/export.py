@@ -8,6 +8,12 @@ config, the generation settings and the tokenizer files. Codes and scales are st
 `packed_to_hf`); `load_packed` returns Flax params equal bit for bit to the student's
 fake-quantized weights.
 
+Learned activation step sizes of TBT students (the `elastic` subtree of the params) are stored
+in the packed file as fp32 tensors `elastic.<flax path>` and come back from `load_packed`.
+PyTorch's BART has no activation quantizers, so the HF export cannot apply them: it writes them
+to `dq_jax.json` beside the weights, with the quant config, and the HF model computes with
+full-precision activations.
+
 When the token embedding is quantized but the LM head is not (the reference: lookups use the
 quantized table, the output projection the fp32 one), both exports keep a separate fp32
 `lm_head.weight` and say so with `tie_word_embeddings=false`; the packed size counts it.
@@ -21,10 +27,10 @@ import os
 
 import numpy as np
 
-from dq_jax import packing
+from dq_jax import packing, quant_config
 from dq_jax.config import ModelConfig
-from dq_jax.hf import TOKENIZER_FILES, flatten, flax_to_hf_name, save_pretrained, state_dict_to_params
-from dq_jax.quant_config import QuantConfig, weight_kind
+from dq_jax.hf import TOKENIZER_FILES, flatten, flax_to_hf_name, save_pretrained, state_dict_to_params, unflatten
+from dq_jax.quant_config import ELASTIC, QuantConfig, weight_kind
 
 FORMAT = "dq-jax-packed"
 VERSION = 1
@@ -41,7 +47,7 @@ def quantized_spec(path: tuple[str, ...], quant: QuantConfig):
     if path == ("shared", "embedding") and quant.embed_bits:
         return weight_kind(quant.method, quant.embed_bits), quant.embed_bits, (-1,)
     if path[-1] == "kernel" and path[0] in ("encoder", "decoder") and quant.weight_bits:
-        axes = None if quant.weight_granularity == "tensor" else (0,)
+        axes = quant.weight_axes((0,))
         return weight_kind(quant.method, quant.weight_bits), quant.weight_bits, axes
     return None
 
@@ -52,13 +58,15 @@ def codes_of(value, kind: str, bits: int, axes, quant: QuantConfig):
     fn = {"symmetric": lambda x: q.symmetric_codes(x, bits, quant.weight_clip, axes),
           "ternary": lambda x: q.ternary_codes(x, quant.weight_clip, axes),
           "binary": lambda x: q.binary_codes(x, quant.weight_clip, axes),
-          "mse": lambda x: q.mse_codes(x, bits, quant.weight_clip, axes, quant.mse_steps)}[kind]
+          "mse": lambda x: q.mse_codes(x, bits, quant.weight_clip, axes, quant.mse_steps),
+          "tbt_ternary": lambda x: q.tbt_ternary_codes(x, axes),
+          "tbt_binary": lambda x: q.tbt_binary_codes(x, axes)}[kind]
     codes, scales = fn(np.asarray(value, np.float32))
     return np.asarray(codes), np.asarray(scales, np.float32)
 
 
 def _bits_of(kind: str, bits: int) -> int:
-    return {"ternary": 2, "binary": 1}.get(kind, CONTAINER_BITS[bits])
+    return {"ternary": 2, "binary": 1, "tbt_ternary": 2, "tbt_binary": 1}.get(kind, CONTAINER_BITS[bits])
 
 
 def _untie(cfg: ModelConfig, params: dict, quant: QuantConfig) -> tuple[ModelConfig, dict]:
@@ -68,8 +76,23 @@ def _untie(cfg: ModelConfig, params: dict, quant: QuantConfig) -> tuple[ModelCon
     return cfg, params
 
 
+def split_elastic(params: dict) -> tuple[dict, dict]:
+    """(weights, {flax path string: step size}) of a trainable tree."""
+    weights, tree = quant_config.split_elastic(params)
+    return weights, {"/".join(p): float(np.asarray(v)) for p, v in flatten(tree or {})}
+
+
+def join_elastic(params: dict, elastic: dict) -> dict:
+    """Inverse of `split_elastic`."""
+    if not elastic:
+        return params
+    return dict(params, **{ELASTIC: unflatten({tuple(k.split("/")): np.float32(v) for k, v in elastic.items()})})
+
+
 def fake_quantized_params(params: dict, quant: QuantConfig) -> dict:
-    """Params with every quantized tensor replaced by `codes * scales` (numpy, fp32)."""
+    """Params with every quantized tensor replaced by `codes * scales` (numpy, fp32); elastic
+    step sizes, if any, are kept as they are."""
+    params, elastic = split_elastic(params)
     out: dict = {}
     for path, value in flatten(params):
         spec = quantized_spec(path, quant)
@@ -80,15 +103,22 @@ def fake_quantized_params(params: dict, quant: QuantConfig) -> dict:
         for p in path[:-1]:
             node = node.setdefault(p, {})
         node[path[-1]] = np.asarray(value, np.float32)
-    return out
+    return join_elastic(out, elastic)
 
 
 def export_hf(cfg: ModelConfig, params: dict, quant: QuantConfig, out_dir: str, tokenizer_dir: str | None = None,
               generation_config: dict | None = None) -> str:
-    """HF directory with the student's fake-quantized weights (loads with from_pretrained)."""
+    """HF directory with the student's fake-quantized weights (loads with from_pretrained), and
+    `dq_jax.json` with the quant config and any learned activation step sizes."""
+    params, elastic = split_elastic(params)
     cfg, with_head = _untie(cfg, params, quant)
     fq = fake_quantized_params(with_head, quant)  # a separate lm_head stays fp32
     save_pretrained(cfg, fq, out_dir, tokenizer_dir, generation_config)
+    note = ("PyTorch BART has no activation quantizers: this model computes with full-precision activations. "
+            f"The student was trained with {quant.act_bits}-bit activations"
+            + (" and the learned step sizes below." if elastic else "."))
+    with open(os.path.join(out_dir, "dq_jax.json"), "w") as f:
+        json.dump({"quant_config": dataclasses.asdict(quant), "activations": note, "elastic": elastic}, f, indent=2)
     return out_dir
 
 
@@ -107,8 +137,10 @@ def _tokenizer_payload(tokenizer_dir: str | None) -> dict:
 def write_packed(cfg: ModelConfig, params: dict, quant: QuantConfig, path: str, tokenizer_dir: str | None = None,
                  generation_config: dict | None = None) -> str:
     from safetensors.numpy import save_file
+    params, elastic = split_elastic(params)
     cfg, params = _untie(cfg, params, quant)
-    tensors, entries = {}, {}
+    tensors = {f"{ELASTIC}.{k.replace('/', '.')}": np.asarray(v, np.float32) for k, v in elastic.items()}
+    entries = {}
     for fpath, value in flatten(params):
         name, transposed = flax_to_hf_name(fpath)
         spec = quantized_spec(fpath, quant)
@@ -151,7 +183,8 @@ def read_packed(path: str) -> tuple[dict, dict, dict[str, np.ndarray], dict]:
         raise PackedFileError(f"{path} has packed format version {version}, newer than this dq-jax reads "
                               f"({VERSION}); upgrade dq-jax.")
     entries = json.loads(meta["quantized"])
-    sd = {k: v for k, v in raw.items() if not k.endswith((".codes", ".scales"))}
+    elastic = {k[len(ELASTIC) + 1:].replace(".", "/"): float(v) for k, v in raw.items() if k.startswith(ELASTIC + ".")}
+    sd = {k: v for k, v in raw.items() if not k.endswith((".codes", ".scales")) and not k.startswith(ELASTIC + ".")}
     for name, e in entries.items():
         codes = packing.unpack(raw[name + ".codes"], e["bits"], tuple(e["shape"]))
         sd[name] = codes.astype(np.float32) * raw[name + ".scales"]
@@ -159,15 +192,18 @@ def read_packed(path: str) -> tuple[dict, dict, dict[str, np.ndarray], dict]:
     if not hf_cfg.get("tie_word_embeddings", True):  # HF keeps untied input embeddings as copies
         for key in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"):
             sd[key] = sd["model.shared.weight"]
-    extra = {"generation_config": json.loads(meta["generation_config"]), "tokenizer": json.loads(meta["tokenizer"])}
+    extra = {"generation_config": json.loads(meta["generation_config"]), "tokenizer": json.loads(meta["tokenizer"]),
+             "elastic": elastic}
     return hf_cfg, json.loads(meta["quant_config"]), sd, extra
 
 
 def load_packed(path: str) -> tuple[ModelConfig, QuantConfig, dict]:
-    """(model config, quant config, Flax params = the student's fake-quantized weights)."""
-    hf_cfg, qcfg, sd, _ = read_packed(path)
+    """(model config, quant config, Flax params = the student's fake-quantized weights, with the
+    learned activation step sizes under `elastic` if it has any)."""
+    hf_cfg, qcfg, sd, extra = read_packed(path)
     cfg = ModelConfig.from_hf_dict(hf_cfg)
-    return cfg, QuantConfig(**qcfg), state_dict_to_params(sd, tied=cfg.tie_word_embeddings)
+    params = state_dict_to_params(sd, tied=cfg.tie_word_embeddings)
+    return cfg, QuantConfig(**qcfg), join_elastic(params, extra["elastic"])
 
 
 def packed_to_hf(path: str, out_dir: str) -> str:

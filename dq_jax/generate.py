@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dq_jax.config import ModelConfig
-from dq_jax.modeling import Seq2SeqLM
+from dq_jax.modeling import Seq2SeqLM, variables
 
 EARLY_STOPPING = (True, False, "never")
 _NEG = -1.0e9  # HF's "very large negative" offset (not -inf: it must stay comparable)
@@ -155,7 +155,7 @@ def _prepare(model, params, input_ids, attention_mask, gen, expand):
     (index and self-attention buffers). The cross-attention keys/values never change, so they
     stay outside the loop carry and `step` closes over them.
     """
-    v = {"params": params}
+    v = variables(params)
     enc = model.apply(v, input_ids, attention_mask, method=model.encode).last_hidden_state
     cache = model.apply(v, enc, gen.max_length, method=model.init_cache)
     if expand > 1:  # [B, ...] -> [B * K, ...], example b's beams at rows b*K .. b*K+K-1

@@ -185,6 +185,27 @@ def abstract_params(cfg: ModelConfig, quant=None) -> dict:
     return jax.eval_shape(lambda: model.init(jax.random.key(0), ids, decoder_input_ids=ids))["params"]
 
 
+def abstract_variables(cfg: ModelConfig, quant=None) -> dict:
+    """All Flax collections of a model as shapes: `params`, plus `elastic` for TBT students."""
+    import jax
+    import jax.numpy as jnp
+    from dq_jax.modeling import Seq2SeqLM
+    model = Seq2SeqLM(cfg, quant)
+    ids = jnp.zeros((1, 2), jnp.int32)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), ids, decoder_input_ids=ids))
+
+
+def unflatten(items) -> dict:
+    """Inverse of `flatten`: `{(a, b, c): v}` or pairs -> nested dict."""
+    out: dict = {}
+    for path, value in (items.items() if isinstance(items, dict) else items):
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = value
+    return out
+
+
 def save_pretrained(cfg: ModelConfig, params: dict, out_dir: str, tokenizer_dir: str | None = None,
                     generation_config: dict[str, Any] | None = None) -> None:
     """Writes config.json + model.safetensors (+ tokenizer files, generation_config.json)."""

@@ -3,7 +3,9 @@
 Quantization enters only here: `QDense` fake-quantizes its kernel and its input, `QEmbed`
 its looked-up rows, `Attention` its scaled queries, keys, probabilities and values. With
 `quant=None` (or no bits set) every quantizer is the identity and the math is exactly the
-full-precision model's.
+full-precision model's. Elastic (TBT) activation quantizers keep their learned step size in
+the `elastic` collection, initialized from the first batch they see: run the model once with
+`mutable=["elastic"]` on real data to create them (`modeling.init_elastic`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dq_jax.quant_config import QuantConfig
+from dq_jax.quant_config import ELASTIC, QuantConfig
 
 Dtype = Any
 NEG_INF = float(jnp.finfo(jnp.float32).min)
@@ -22,6 +24,26 @@ NEG_INF = float(jnp.finfo(jnp.float32).min)
 
 def _no_quant(quant: QuantConfig | None) -> QuantConfig:
     return quant if quant is not None else QuantConfig()
+
+
+class ActQuant(nn.Module):
+    """Activation fake-quantizer: the dynamic symmetric one of DQ-BART, or TBT's elastic one
+    (1-2 bits) with a learned step size `alpha` (float32 scalar in the `elastic` collection).
+    `signed=False` for non-negative-ish inputs (probabilities, post-GELU)."""
+
+    quant: QuantConfig | None = None
+    signed: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        q = _no_quant(self.quant)
+        if not q.elastic:
+            return q.act_fn()(x)
+        from dq_jax import quant as qz
+        bits, signed = q.act_bits, self.signed
+        alpha = self.variable(ELASTIC, "alpha", lambda: qz.elastic_init(jax.lax.stop_gradient(x), bits, signed))
+        axes = tuple(range(1, x.ndim)) if q.act_scale == "example" else None
+        return qz.elastic(x, alpha.value, bits, signed, axes)
 
 
 class QDense(nn.Module):
@@ -32,6 +54,7 @@ class QDense(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     init_std: float = 0.02
+    signed_input: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -41,7 +64,7 @@ class QDense(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         # Per-row (per output channel) scales reduce over the input axis, 0 in Flax's layout.
         kernel = q.weight_fn(reduce_axes=(0,))(kernel)
-        x = q.act_fn()(x)
+        x = ActQuant(self.quant, self.signed_input, name="act")(x)
         y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 
@@ -105,6 +128,8 @@ class Attention(nn.Module):
         dense = lambda: QDense(self.d_model, self.quant, self.dtype, self.param_dtype, self.init_std)
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = dense(), dense(), dense(), dense()
         self.attn_dropout = nn.Dropout(self.dropout)
+        self.q_act, self.k_act, self.v_act = (ActQuant(self.quant) for _ in range(3))
+        self.p_act = ActQuant(self.quant, signed=False)
 
     def _heads(self, x):  # [B, T, D] -> [B, H, T, Dh]
         x = x.reshape(*x.shape[:-1], self.num_heads, self.d_model // self.num_heads)  # [B, T, H, Dh]
@@ -117,7 +142,6 @@ class Attention(nn.Module):
     def __call__(self, x, kv=None, mask=None, cache=None, deterministic=True):
         """x: `[B, T, D]`; kv: `[B, S, D]` for cross-attention; mask: boolean, broadcastable
         to `[B, H, T, S]`, True = attend. Returns (out `[B, T, D]`, probs `[B, H, T, S]`, cache)."""
-        act = _no_quant(self.quant).act_fn()
         head_dim = self.d_model // self.num_heads
         q = self._heads(self.q_proj(x)) * jnp.asarray(head_dim ** -0.5, self.dtype)
         if kv is not None and cache is not None:  # cross-attention, keys precomputed
@@ -130,11 +154,11 @@ class Attention(nn.Module):
                 k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, 0, idx, 0))
                 v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, 0, idx, 0))
                 cache = {"k": k, "v": v, "index": idx + x.shape[1]}
-        scores = jnp.einsum("bhtd,bhsd->bhts", act(q), act(k)).astype(jnp.float32)
+        scores = jnp.einsum("bhtd,bhsd->bhts", self.q_act(q), self.k_act(k)).astype(jnp.float32)
         if mask is not None:
             scores = jnp.where(mask, scores, NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1)  # [B, H, T, S], fp32
         p = self.attn_dropout(probs, deterministic=deterministic)
-        out = jnp.einsum("bhts,bhsd->bthd", act(p.astype(self.dtype)), act(v))
+        out = jnp.einsum("bhts,bhsd->bthd", self.p_act(p.astype(self.dtype)), self.v_act(v))
         out = out.reshape(*out.shape[:2], self.d_model)  # [B, T, H, Dh] -> [B, T, D]
         return self.out_proj(out), probs, cache

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from dq_jax.config import ModelConfig
 from dq_jax.layers import Attention, QDense, QEmbed
-from dq_jax.quant_config import QuantConfig
+from dq_jax.quant_config import ELASTIC, QuantConfig, split_elastic
 
 Dtype = Any
 
@@ -73,11 +73,12 @@ class _Layer(nn.Module):
         attn = lambda: Attention(heads, c.d_model, c.attention_dropout, self.quant, self.dtype,
                                  self.param_dtype, c.init_std)
         norm = lambda: nn.LayerNorm(c.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
-        dense = lambda n: QDense(n, self.quant, self.dtype, self.param_dtype, c.init_std)
+        dense = lambda n, signed=True: QDense(n, self.quant, self.dtype, self.param_dtype, c.init_std, signed)
         self.self_attn, self.self_attn_layer_norm = attn(), norm()
         if self.decoder:
             self.encoder_attn, self.encoder_attn_layer_norm = attn(), norm()
-        self.fc1, self.fc2, self.final_layer_norm = dense(ffn), dense(c.d_model), norm()
+        # fc2 reads activations after GELU/ReLU: (almost) non-negative, the unsigned quantizer's case
+        self.fc1, self.fc2, self.final_layer_norm = dense(ffn), dense(c.d_model, False), norm()
         self.drop, self.act_drop = nn.Dropout(c.dropout), nn.Dropout(c.activation_dropout)
         if c.activation_function not in ACTIVATIONS:
             raise ValueError(f"activation_function={c.activation_function!r} is not supported; "
@@ -258,3 +259,20 @@ class Seq2SeqLM(nn.Module):
                           deterministic)
         return Seq2SeqOutput(dec.logits, enc.last_hidden_state, enc.hidden_states,
                              dec.hidden_states, enc.attentions, dec.attentions, dec.cross_attentions)
+
+
+def variables(params: dict) -> dict:
+    """Flax variables for `apply` from a trainable tree (see `split_elastic`)."""
+    weights, elastic = split_elastic(params)
+    return {"params": weights} if elastic is None else {"params": weights, ELASTIC: elastic}
+
+
+def init_elastic(model: Seq2SeqLM, params: dict, input_ids, attention_mask, decoder_input_ids) -> dict:
+    """Adds the elastic step sizes, initialized from this batch (TBT's data-dependent init),
+    to a student's params; a no-op for students without elastic activations."""
+    if model.quant is None or not model.quant.elastic:
+        return params
+    weights, _ = split_elastic(params)
+    _, state = jax.jit(lambda p, a, m, d: model.apply({"params": p}, a, m, d, mutable=[ELASTIC]))(
+        weights, input_ids, attention_mask, decoder_input_ids)
+    return dict(weights, **{ELASTIC: jax.device_get(state[ELASTIC])})

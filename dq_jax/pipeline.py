@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from dq_jax import data as data_lib
-from dq_jax import demo_task, distill, hf, sharding, size
+from dq_jax import demo_task, distill, distributed, hf, sharding, size
 from dq_jax.config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
+from dq_jax.quant_config import ELASTIC
 from dq_jax.spec import SCRATCH_SIZES, RunSpec
 from dq_jax.trainer import MetricsLog, StageData, evaluate, train_stage
 
@@ -50,7 +51,7 @@ def export_workdir(workdir: str, fmt: str, out: str | None = None) -> dict:
                                 "stage first (python -m train.main ... --workdir the same directory).")
     with open(meta_path) as f:
         meta = json.load(f)
-    cfg, params = hf.load_pretrained(student_dir)
+    cfg, params = load_student(student_dir)
     quant = QuantConfig(**meta["quant_config"])
     if fmt == "hf":
         out = out or os.path.join(workdir, "export", "hf")
@@ -61,6 +62,30 @@ def export_workdir(workdir: str, fmt: str, out: str | None = None) -> dict:
         export.write_packed(cfg, params, quant, out, student_dir, meta["generation_config"])
         return {"path": out, "bytes": os.path.getsize(out)}
     raise ValueError(f"--format {fmt!r}: choose 'hf' or 'packed'.")
+
+
+def save_student(cfg: ModelConfig, params: dict, quant, student_dir: str, tokenizer_dir: str,
+                 generation_config: dict) -> None:
+    """fp32 master weights as an HF directory, plus the quant config, generation settings and
+    learned activation step sizes in `dq_jax.json`."""
+    from dq_jax.export import split_elastic
+    weights, elastic = split_elastic(params)
+    hf.save_pretrained(cfg, weights, student_dir, tokenizer_dir=tokenizer_dir)
+    with open(os.path.join(student_dir, STUDENT_META), "w") as f:
+        json.dump({"quant_config": dataclasses.asdict(quant), "generation_config": generation_config,
+                   "elastic": elastic}, f, indent=2)
+
+
+def load_student(student_dir: str) -> tuple[ModelConfig, dict]:
+    """Inverse of `save_student`: (config, params with any `elastic` step sizes)."""
+    from dq_jax.export import join_elastic
+    cfg, params = hf.load_pretrained(student_dir)
+    meta_path = os.path.join(student_dir, STUDENT_META)
+    elastic = {}
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            elastic = json.load(f).get("elastic", {})
+    return cfg, join_elastic(params, elastic)
 
 
 def resolve_mesh(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -76,7 +101,8 @@ def resolve_mesh(shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 def _prepare_data(spec: RunSpec, workdir: str) -> data_lib.DataConfig:
     if spec.synthetic_data == "demo":
-        files = demo_task.write_splits(os.path.join(workdir, "data"), seed=spec.seed)
+        files = distributed.main_first(lambda: demo_task.write_splits(os.path.join(workdir, "data"), seed=spec.seed),
+                                       "demo data")
         return dataclasses.replace(spec.data, train_files=(files["train"],),
                                    validation_files=(files["validation"],), test_files=(files["test"],))
     if spec.synthetic_data:
@@ -87,7 +113,8 @@ def _prepare_data(spec: RunSpec, workdir: str) -> data_lib.DataConfig:
 def _tokenizer(spec: RunSpec, workdir: str, dcfg: data_lib.DataConfig):
     path = spec.tokenizer or spec.teacher_path
     if path == "train":
-        path = demo_task.train_tokenizer(list(dcfg.train_files), os.path.join(workdir, "tokenizer"))
+        path = distributed.main_first(
+            lambda: demo_task.train_tokenizer(list(dcfg.train_files), os.path.join(workdir, "tokenizer")), "tokenizer")
     if not path:
         raise ValueError("No tokenizer: set teacher.path (an HF checkpoint with tokenizer files) or "
                          "teacher.tokenizer.")
@@ -157,6 +184,7 @@ def run(spec: RunSpec, workdir: str) -> dict:
 
 
 def _run(spec: RunSpec, workdir: str) -> dict:
+    distributed.sync("start")  # all processes see the workdir as it was before this run
     mesh = sharding.make_mesh(resolve_mesh(spec.mesh))
     mlog = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=jax.process_index() == 0)
     dcfg = _prepare_data(spec, workdir)
@@ -191,8 +219,10 @@ def _run(spec: RunSpec, workdir: str) -> dict:
                                          None, None, distill.DistillConfig(logit_weight=0, inter_weight=0),
                                          stage_data(t_cfg), tok, mesh, spec.seed, mlog)
             results["teacher_dev"] = best
-        hf.save_pretrained(t_cfg, t_params, teacher_dir)
-        tok.save_pretrained(teacher_dir)  # with tokenizer_config.json, so special tokens are known
+        if distributed.is_main():
+            hf.save_pretrained(t_cfg, t_params, teacher_dir)
+            tok.save_pretrained(teacher_dir)  # with tokenizer_config.json, so special tokens are known
+        distributed.sync("teacher saved")
 
     enc_layers, dec_layers = spec.student_layers
     enc_map, dec_map = _student_maps(spec, t_cfg)
@@ -207,12 +237,10 @@ def _run(spec: RunSpec, workdir: str) -> dict:
                                      t_params if dcfg_loss.uses_teacher else None, dcfg_loss, stage_data(s_cfg),
                                      tok, mesh, spec.seed, mlog)
         results["student_dev"] = best
-        # fp32 master weights; the student is these plus the quant config saved beside them
-        hf.save_pretrained(s_cfg, s_params, student_dir, tokenizer_dir=teacher_dir)
-        gen = generation_settings(s_cfg, spec.eval)
-        with open(os.path.join(student_dir, STUDENT_META), "w") as f:
-            json.dump({"quant_config": dataclasses.asdict(spec.quant), "generation_config": gen}, f, indent=2)
-    s_params = hf.load_pretrained(student_dir)[1] if os.path.exists(os.path.join(student_dir, "config.json")) else s_init
+        if distributed.is_main():
+            save_student(s_cfg, s_params, spec.quant, student_dir, teacher_dir, generation_settings(s_cfg, spec.eval))
+        distributed.sync("student saved")
+    s_params = load_student(student_dir)[1] if os.path.exists(os.path.join(student_dir, "config.json")) else s_init
 
     if "eval" in spec.stages:
         sd = stage_data(t_cfg)
@@ -220,23 +248,26 @@ def _run(spec: RunSpec, workdir: str) -> dict:
             score, preds = evaluate(model, params, splits["test"], sd, spec.eval, tok, desc=f"{who} test")
             results[f"{who}_test"] = score
             mlog.write(stage="eval", split="test", model=who, **{k: v for k, v in score.items() if isinstance(v, float)})
-            with open(os.path.join(workdir, f"predictions_{who}_test.txt"), "w") as f:
-                f.write("\n".join(p.replace("\n", " ") for p in preds) + "\n")
+            if distributed.is_main():
+                with open(os.path.join(workdir, f"predictions_{who}_test.txt"), "w") as f:
+                    f.write("\n".join(p.replace("\n", " ") for p in preds) + "\n")
 
-    if "export" in spec.stages and os.path.exists(os.path.join(student_dir, STUDENT_META)):
+    if "export" in spec.stages and os.path.exists(os.path.join(student_dir, STUDENT_META)) and distributed.is_main():
         results["export"] = {fmt: export_workdir(workdir, fmt) for fmt in ("hf", "packed")}
         results["export"]["teacher_safetensors_bytes"] = os.path.getsize(os.path.join(teacher_dir, "model.safetensors"))
 
     t_shapes, s_shapes = hf.abstract_params(t_cfg), hf.abstract_params(s_cfg)
     teacher_mib = size.paper_size_mib(t_shapes, None, None)
     student_mib = size.paper_size_mib(s_shapes, spec.quant.weight_bits, spec.quant.embed_bits)
-    packed = size.packed_size_bytes(s_shapes, spec.quant, tokenizer_bytes=size.tokenizer_bytes(teacher_dir))
+    s_vars = hf.abstract_variables(s_cfg, spec.quant)
+    s_tree = dict(s_vars["params"], **({ELASTIC: s_vars[ELASTIC]} if ELASTIC in s_vars else {}))
+    packed = size.packed_size_bytes(s_tree, spec.quant, tokenizer_bytes=size.tokenizer_bytes(teacher_dir))
     results["size"] = {"convention": "paper", "teacher_mib": teacher_mib, "student_mib": student_mib,
                        "compression_ratio": teacher_mib / student_mib,
                        "packed_student_mib": packed / size.MIB,
                        "packed_compression_ratio": teacher_mib / (packed / size.MIB)}
     results["config"] = json.loads(spec.config_json)
-    if jax.process_index() == 0:
+    if distributed.is_main():
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2, default=float)
     return results

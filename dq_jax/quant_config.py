@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:  # the config is read by numpy-only code (packed files): no JAX import here
     import jax
 
-WEIGHT_METHODS = ("dq_bart", "symmetric", "binary", "mse")
+WEIGHT_METHODS = ("dq_bart", "symmetric", "binary", "mse", "tbt")
+ELASTIC = "elastic"  # Flax collection of the learned activation step sizes (TBT)
 GRANULARITIES = ("tensor", "row")
 ACT_SCALES = ("tensor", "example")
 
@@ -27,10 +28,13 @@ class QuantConfig:
 
     `method` picks the weight quantizer by bit-width: `dq_bart` (the reference: 2 bits ->
     ternary TWN, 1 bit -> binary BWN, otherwise symmetric), `symmetric` (2..8), `binary`
-    (1 bit only) or `mse` (symmetric levels, MSE-optimal scale, 2..8). Activations are
-    always symmetric with a dynamic scale: `act_scale="tensor"` is the reference's one
-    scale for the whole batch tensor, `"example"` one scale per example so an example's
-    output does not depend on what else is in its batch.
+    (1 bit only), `mse` (symmetric levels, MSE-optimal scale, 2..8) or `tbt` (Liu et al. 2023:
+    statistics-based ternary at 2 bits, binary at 1 bit, one scale per output row, no clip).
+    Activations at 3..8 bits are symmetric with a dynamic scale: `act_scale="tensor"` is the
+    reference's one scale for the whole batch tensor, `"example"` one scale per example so an
+    example's output does not depend on what else is in its batch. With `method="tbt"`, 1- and
+    2-bit activations are elastic: a learned step size per quantizer, in the `elastic`
+    collection (`act_scale="example"` then takes the unsigned quantizers' minimum per example).
     """
 
     weight_bits: int | None = None
@@ -50,10 +54,13 @@ class QuantConfig:
             raise ValueError(f"quant.method={self.method!r} is not supported; choose one of {WEIGHT_METHODS}.")
         for name in ("weight_bits", "embed_bits"):
             _check_weight_bits(name, getattr(self, name), self.method)
-        if self.act_bits is not None and not (isinstance(self.act_bits, int) and 2 <= self.act_bits <= 8):
+        low = 1 if self.method == "tbt" else 2
+        if self.act_bits is not None and not (isinstance(self.act_bits, int) and not isinstance(self.act_bits, bool)
+                                              and low <= self.act_bits <= 8):
+            hint = "" if low == 1 else "; 1-bit activations need quant.method='tbt'"
             raise ValueError(
-                    f"quant.act_bits={self.act_bits!r} has no activation quantizer; use an integer in 2..8 or None "
-                    "(full-precision activations).")
+                    f"quant.act_bits={self.act_bits!r} has no activation quantizer with quant.method={self.method!r}; "
+                    f"use an integer in {low}..8 or None (full-precision activations){hint}.")
         if self.weight_granularity not in GRANULARITIES:
             raise ValueError(f"quant.weight_granularity={self.weight_granularity!r}; choose one of {GRANULARITIES}.")
         if self.embed_granularity != "row":
@@ -70,10 +77,20 @@ class QuantConfig:
     def enabled(self) -> bool:
         return any(b is not None for b in (self.weight_bits, self.embed_bits, self.act_bits))
 
+    @property
+    def elastic(self) -> bool:
+        """True when activations use learned step sizes (TBT at 1 or 2 bits)."""
+        return self.method == "tbt" and self.act_bits is not None and self.act_bits <= 2
+
+    def weight_axes(self, row_axes):
+        """What weight statistics reduce over: everything (None) per tensor, `row_axes` per row.
+        TBT's scales are always per output row."""
+        return None if self.weight_granularity == "tensor" and self.method != "tbt" else row_axes
+
     def weight_fn(self, reduce_axes) -> Callable[[jax.Array], jax.Array]:
         """Fake-quantizer of a Linear kernel; `reduce_axes` is the input axis for per-row scales."""
-        axes = None if self.weight_granularity == "tensor" else reduce_axes
-        return _weight_quantizer(self.method, self.weight_bits, self.weight_clip, axes, self.mse_steps)
+        return _weight_quantizer(self.method, self.weight_bits, self.weight_clip, self.weight_axes(reduce_axes),
+                                 self.mse_steps)
 
     def embed_fn(self) -> Callable[[jax.Array], jax.Array]:
         """Fake-quantizer of embedding rows `[..., D]` (one scale per row)."""
@@ -87,17 +104,30 @@ class QuantConfig:
         return lambda x: quant.activation(x, bits, clip, per_example=per_example)
 
 
+def split_elastic(params: dict) -> tuple[dict, dict | None]:
+    """A student's trainable tree -> (weights, learned activation step sizes or None).
+
+    Trainers, checkpoints and optimizers hold one tree; the step sizes of elastic (TBT)
+    activation quantizers ride in it under the `elastic` key and are their own Flax collection."""
+    if ELASTIC not in params:
+        return params, None
+    return {k: v for k, v in params.items() if k != ELASTIC}, params[ELASTIC]
+
+
 def weight_kind(method: str, bits: int) -> str:
     """The quantizer family a method uses at a bit-width: symmetric, ternary, binary or mse."""
     if method == "dq_bart":
         return {1: "binary", 2: "ternary"}.get(bits, "symmetric")
+    if method == "tbt":
+        return {1: "tbt_binary", 2: "tbt_ternary"}[bits]
     return method
 
 
 def _check_weight_bits(name: str, bits, method: str) -> None:
     if bits is None:
         return
-    allowed = {"dq_bart": range(1, 9), "symmetric": range(2, 9), "mse": range(2, 9), "binary": (1,)}[method]
+    allowed = {"dq_bart": range(1, 9), "symmetric": range(2, 9), "mse": range(2, 9), "binary": (1,),
+               "tbt": (1, 2)}[method]
     if not isinstance(bits, int) or isinstance(bits, bool) or bits not in allowed:
         raise ValueError(
                 f"quant.{name}={bits!r} is not supported by quant.method={method!r}; allowed bits: "
@@ -115,4 +145,8 @@ def _weight_quantizer(method, bits, clip, reduce_axes, mse_steps):
         return lambda w: quant.ternary(w, clip, reduce_axes)
     if kind == "binary":
         return lambda w: quant.binary(w, clip, reduce_axes)
+    if kind == "tbt_ternary":
+        return lambda w: quant.tbt_ternary(w, reduce_axes)
+    if kind == "tbt_binary":
+        return lambda w: quant.tbt_binary(w, reduce_axes)
     return lambda w: quant.mse(w, bits, clip, reduce_axes, mse_steps)

@@ -118,6 +118,18 @@ def batch_sharding(mesh: Mesh, ndim: int, leading: int = 0) -> NamedSharding:
     return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES, *([None] * (ndim - leading - 1))))
 
 
+def process_rows(mesh: Mesh, batch_size: int) -> np.ndarray:
+    """Rows of a global batch whose data this process's devices hold (sorted): what it loads.
+
+    With one process, every row. With several, each loads only its share; processes whose
+    devices replicate the same rows (e.g. a tensor axis across hosts) load the same rows."""
+    shard = batch_sharding(mesh, 1)
+    rows: set[int] = set()
+    for index in shard.addressable_devices_indices_map((batch_size,)).values():
+        rows.update(range(batch_size)[index[0]])
+    return np.array(sorted(rows), np.int64)
+
+
 def data_parallel_size(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
 

@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 from dq_jax.hf import flatten
+from dq_jax.quant_config import split_elastic
 
 MIB = 2 ** 20
 
@@ -75,7 +76,8 @@ def packed_components(abstract_params: dict, quant) -> list[dict]:
 
     Mirrors `dq_jax.export.write_packed`: codes at their container width, fp32 scales, fp32
     for everything unquantized, and an fp32 LM head when the embedding is quantized but the
-    head is not."""
+    head is not; the learned activation step sizes of a TBT student if `abstract_params` has
+    them (see `hf.abstract_variables`)."""
     from dq_jax.export import _bits_of, quantized_spec
     from dq_jax.packing import packed_nbytes
     rows: dict[str, dict] = {}
@@ -85,6 +87,9 @@ def packed_components(abstract_params: dict, quant) -> list[dict]:
         r["elements"] += elements
         r["bytes"] += nbytes
 
+    abstract_params, elastic = split_elastic(abstract_params)
+    for _ in flatten(elastic or {}):
+        add("activation step sizes", 1, 4, 32)
     for path, leaf in flatten(abstract_params):
         n = int(np.prod(leaf.shape))
         spec = quantized_spec(path, quant)

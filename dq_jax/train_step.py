@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dq_jax import distill, sharding
-from dq_jax.modeling import Seq2SeqLM
+from dq_jax.modeling import Seq2SeqLM, variables
 
 BATCH_KEYS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels")
 
@@ -60,7 +60,7 @@ def _labels(params) -> Any:
 
 
 def _decay_mask(params) -> Any:
-    """Weight decay on kernels and embeddings only, not on biases and layer norms."""
+    """Weight decay on kernels and embeddings only, not on biases, layer norms or activation step sizes."""
     return jax.tree_util.tree_map_with_path(
         lambda kp, _: str(kp[-1].key) in ("kernel", "embedding"), params)
 
@@ -76,7 +76,7 @@ def make_optimizer(cfg: OptimConfig, params) -> optax.GradientTransformation:
 def _forward(model: Seq2SeqLM, params, mb: dict, with_dec_mask: bool, need_internals: bool,
              deterministic: bool, rng=None):
     return model.apply(
-        {"params": params}, mb["input_ids"], mb["attention_mask"], mb["decoder_input_ids"],
+        variables(params), mb["input_ids"], mb["attention_mask"], mb["decoder_input_ids"],
         mb["decoder_attention_mask"] if with_dec_mask else None,
         output_hidden_states=need_internals, output_attentions=need_internals,
         deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
@@ -154,8 +154,15 @@ def compile_step(step: Callable, mesh: Mesh, state_sh, teacher_sh) -> Callable:
                    out_shardings=(state_sh, replicated), donate_argnums=(0,))
 
 
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Host numpy batch `[A, B, L]` -> global device arrays sharded over data x fsdp."""
-    sharding.check_batch(batch["input_ids"].shape[1], mesh)
-    return {k: jax.device_put(batch[k], s) for k, s in batch_shardings(mesh).items()}
+def shard_batch(batch: dict, mesh: Mesh, global_batch_size: int | None = None) -> dict:
+    """Host numpy batch `[A, B, L]` -> global device arrays sharded over data x fsdp.
+
+    With several processes, `batch` holds this process's rows only (`sharding.process_rows`)
+    and `global_batch_size` is B of the global batch."""
+    size = global_batch_size or batch["input_ids"].shape[1]
+    sharding.check_batch(size, mesh)
+    if jax.process_count() == 1:
+        return {k: jax.device_put(batch[k], s) for k, s in batch_shardings(mesh).items()}
+    return {k: jax.make_array_from_process_local_data(s, batch[k], (batch[k].shape[0], size, *batch[k].shape[2:]))
+            for k, s in batch_shardings(mesh).items()}
 

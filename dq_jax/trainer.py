@@ -21,10 +21,11 @@ import numpy as np
 from tqdm import tqdm
 
 from dq_jax import data as data_lib
-from dq_jax import distill, metrics as metrics_lib, sharding, train_step
+from dq_jax import distill, distributed, metrics as metrics_lib, sharding, train_step
 from dq_jax.checkpoint import StageCheckpoints
 from dq_jax.generate import GenerationConfig, decode_texts, generate
-from dq_jax.modeling import Seq2SeqLM
+from dq_jax.modeling import Seq2SeqLM, init_elastic
+from dq_jax.quant_config import ELASTIC
 from dq_jax.spec import EvalSettings, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,10 @@ def evaluate(model: Seq2SeqLM, params, data: data_lib.Tokenized, sd: StageData, 
     subset = data_lib.Tokenized(data.source[:n], data.target[:n], data.texts[:n])
     preds: list[str | None] = [None] * n
     batches = list(data_lib.eval_batches(subset, sd.cfg, ev.batch_size, sd.pad, sd.start, sd.model_type))
-    for idx, batch in tqdm(batches, desc=desc, leave=False):
+    # Every process generates the whole split on its own devices from a host copy of the
+    # params: the scores agree everywhere, so all processes keep the same best checkpoint.
+    params = distributed.to_host(params) if jax.process_count() > 1 else params
+    for idx, batch in tqdm(batches, desc=desc, leave=False, disable=not distributed.is_main()):
         out = generate(model, params, batch["input_ids"], batch["attention_mask"], gen)
         for i, text in zip(idx, decode_texts(tokenizer, out.sequences)[: len(idx)]):
             preds[i] = text.strip()
@@ -109,12 +113,20 @@ def train_stage(name: str, workdir: str, ts: TrainSettings, ev: EvalSettings, st
     """Trains one stage to completion (resuming if possible); returns (best params on host, best dev
     score) — the final params when no evaluation ran."""
     sharding.check_batch(ts.batch_size, mesh)
+    rows = sharding.process_rows(mesh, ts.batch_size) if jax.process_count() > 1 else None
     it = data_lib.TrainIterator(sd.train, sd.cfg, ts.batch_size, ts.grad_accum, seed, sd.pad, sd.start,
-                                sd.model_type)
+                                sd.model_type, rows=rows)
     total = ts.steps or ts.epochs * it.steps_per_epoch
     if total <= 0:
         raise ValueError(f"Stage {name}: {len(sd.train.source)} training examples give no step at batch size "
                          f"{ts.batch_size} x {ts.grad_accum}; lower train.batch_size or add data.")
+    if student.quant is not None and student.quant.elastic and ELASTIC not in init_params:
+        # TBT initializes each learned step size from the first batch it quantizes; every process
+        # computes it from the same global batch, so they agree.
+        first = next(data_lib.TrainIterator(sd.train, sd.cfg, ts.batch_size, ts.grad_accum, seed, sd.pad, sd.start,
+                                            sd.model_type))
+        init_params = init_elastic(student, init_params, first["input_ids"][0], first["attention_mask"][0],
+                                   first["decoder_input_ids"][0])
     tx = train_step.make_optimizer(_optim(ts, total), init_params)
     state, st_sh = train_step.init_state(init_params, tx, jax.random.PRNGKey(seed), mesh)
     t_sh = teacher_dev = None
@@ -130,7 +142,7 @@ def train_stage(name: str, workdir: str, ts: TrainSettings, ev: EvalSettings, st
     step_fn = train_step.compile_step(train_step.make_train_step(student, teacher, dcfg, tx), mesh, st_sh, t_sh)
     start = int(state.step)
     eval_every = ts.eval_every or it.steps_per_epoch
-    bar = tqdm(total=total, initial=start, desc=name, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start, desc=name, dynamic_ncols=True, disable=not distributed.is_main())
     t_last = time.perf_counter()
 
     def check_finite(state):
@@ -144,7 +156,7 @@ def train_stage(name: str, workdir: str, ts: TrainSettings, ev: EvalSettings, st
 
     with _stop_requests() as stop:
         for step in range(start + 1, total + 1):
-            state, m = step_fn(state, teacher_dev, train_step.shard_batch(next(it), mesh))
+            state, m = step_fn(state, teacher_dev, train_step.shard_batch(next(it), mesh, ts.batch_size))
             bar.update(1)
             if step % ts.log_every == 0 or step == total:
                 m = jax.device_get(m)
@@ -178,6 +190,6 @@ def train_stage(name: str, workdir: str, ts: TrainSettings, ev: EvalSettings, st
     bar.close()
     ckpts.wait()
     best_params = ckpts.restore_best(state.params, st_sh.params) if best is not None else state.params
-    result = jax.device_get(best_params)
+    result = distributed.to_host(best_params)
     ckpts.close()
     return result, best

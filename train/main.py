@@ -20,14 +20,24 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from dq_jax import distributed
     from train.settings import spec_from_config
     try:
         spec = spec_from_config(_CONFIG.value)  # every config check happens here, before any work
+        dist = distributed.DistributedConfig(**_CONFIG.value.distributed.to_dict())
+        dist.with_env().check()
     except ValueError as e:
         sys.exit(f"error: {e}")
     os.makedirs(_WORKDIR.value, exist_ok=True)
+    try:
+        multi = distributed.initialize(dist)
+    except Exception as e:  # the runtime reports a missing coordinator or peer as assorted errors
+        sys.exit(f"error: could not join the distributed runtime ({dist.with_env().coordinator_address or 'auto'}): "
+                 f"{e}")
+    import jax
+    log_name = "run.log" if not multi or jax.process_index() == 0 else f"run.process{jax.process_index()}.log"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=[logging.FileHandler(os.path.join(_WORKDIR.value, "run.log")),
+                        handlers=[logging.FileHandler(os.path.join(_WORKDIR.value, log_name)),
                                   logging.StreamHandler(sys.stderr)], force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every file it writes
     from dq_jax import pipeline
@@ -50,7 +60,8 @@ def main(argv):
         logger.error("%s", e)
         sys.exit(f"error: disk full writing {e.filename or _WORKDIR.value}; checkpoints already written are "
                  "intact: free space and rerun the same command to resume.")
-    print_results(results)
+    if distributed.is_main():
+        print_results(results)
 
 
 def parse_flags(argv):
