@@ -119,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.no_repeat_ngram_size = 3
     c.eval.max_examples = 0
 
+    # Named sweeps for `python -m train.sweep --sweep NAME` (train/sweep.py has the syntax);
+    # train.main ignores them.
+    c.sweeps = ml_collections.ConfigDict()
     return c
 
 

@@ -6,6 +6,12 @@ Generates the demo summarization task (dq_jax.demo_task) and trains a byte-level
 tokenizer on it, trains a small teacher from scratch, distills a 2-2-8 student of the same
 depth, scores both on the test split with ROUGE and reports sizes. Variants as everywhere,
 e.g. `configs/demo.py:wbits=8,ebits=8,abits=8` or `:layers=3-1`.
+
+A named sweep, 2-2-8 and 8-8-8 students at three depths with one shared teacher:
+
+    python -m train.sweep --config configs/demo.py --workdir runs/demo_sweep --sweep bits_layers
+
+and `--sweep dq_vs_tbt`: DQ-BART 2-2-8 next to the TBT rows W2A8, W1A8, W2A2 and W1A1.
 """
 
 from configs import common
@@ -36,4 +42,14 @@ def get_config(arg: str | None = None):
     c.eval.max_length = 40
     c.eval.no_repeat_ngram_size = 0
     c.eval.max_examples = 200
+    # weight and embedding bits move together (`a+b=`); 2 x 3 = 6 points
+    c.sweeps.bits_layers = ("quant.weight_bits+quant.embed_bits=2,8", "student.layers=3-3,3-2,3-1")
+    # DQ-BART against the TBT rows (explicit points: `name:key=value;...`)
+    c.sweeps.dq_vs_tbt = (
+        "dq_2-2-8:quant.method=dq_bart",
+        "tbt_W2A8:quant.method=tbt",
+        "tbt_W1A8:quant.method=tbt;quant.weight_bits=1;quant.embed_bits=1",
+        "tbt_W2A2:quant.method=tbt;quant.act_bits=2",
+        "tbt_W1A1:quant.method=tbt;quant.weight_bits=1;quant.embed_bits=1;quant.act_bits=1",
+    )
     return common.finalize(common.apply_variant(c, arg))
