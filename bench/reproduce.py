@@ -10,6 +10,13 @@ resumes like any sweep: rerun the same command after an interruption):
 Writes the sweep's `sweep.md`, `sweep.csv` and `tradeoff.png` in the workdir, then checks the
 paper's qualitative findings against the numbers and writes `findings.md` there and
 `bench/results/reproduce.json`. The default (demo config) takes about 40 minutes on 2 CPU cores.
+
+The paper distills from a teacher fine-tuned to convergence. The demo's own teacher (600
+steps) is still improving when it stops, and then every student, trained 400 more steps
+from its weights, gains from the extra task training alone: quantization-only students
+beat the teacher they started from and the comparison says nothing about distillation. So
+the teacher here trains for `teacher.steps=1600` (where its dev score levels off) unless
+`--set teacher.steps=...` says otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from common import write_json  # noqa: E402
 from train import sweep, sweep_report  # noqa: E402
 
 BITS = ("quant.weight_bits", "quant.embed_bits", "quant.act_bits")
+DEFAULT_SETS = {"teacher.steps": "1600"}  # a converged teacher (see the module docstring)
 
 
 def _bits(w, e, a) -> dict:
@@ -55,6 +63,10 @@ def findings(rows: list[dict], metric: str, enc: int, dec: int) -> list[dict]:
     score = {r["point"]: r.get(f"test_{metric}") for r in rows}
     teacher = next(r.get(f"test_{metric}") for r in rows if r["distill"] == "teacher")
     s = lambda name: score.get(name)
+
+    def f(name: str) -> str:
+        return "-" if s(name) is None else f"{s(name):.2f}"
+
     shallow = f"dq_2-2-8_{enc}-{max(dec - 1, 1)}"
     out = []
 
@@ -64,25 +76,24 @@ def findings(rows: list[dict], metric: str, enc: int, dec: int) -> list[dict]:
         else:
             out.append({"claim": text, "holds": bool(holds()), "detail": detail()})
 
-    claim("8-bit DQ is close to the teacher (within 1 point)", [teacher, s("dq_8-8-8")],
-          lambda: abs(teacher - s("dq_8-8-8")) <= 1.0,
-          lambda: f"teacher {teacher:.2f}, DQ 8-8-8 {s('dq_8-8-8'):.2f}")
+    claim("8-bit DQ is close to the teacher (at most 1 point below it)", [teacher, s("dq_8-8-8")],
+          lambda: teacher - s("dq_8-8-8") <= 1.0,
+          lambda: f"teacher {teacher:.2f}, DQ 8-8-8 {f('dq_8-8-8')}")
     claim("2-bit quantization without distillation loses clearly more than 2-bit DQ (by > 1 point)",
           [s("qonly_2-2-8"), s("dq_2-2-8")], lambda: s("dq_2-2-8") - s("qonly_2-2-8") > 1.0,
-          lambda: f"quant-only 2-2-8 {s('qonly_2-2-8'):.2f}, DQ 2-2-8 {s('dq_2-2-8'):.2f} "
-                  f"(quant-only 8-8-8 {s('qonly_8-8-8'):.2f})")
+          lambda: f"quant-only 2-2-8 {f('qonly_2-2-8')}, DQ 2-2-8 {f('dq_2-2-8')} "
+                  f"(quant-only 8-8-8 {f('qonly_8-8-8')})")
     claim("quality falls as decoder layers are removed", [s("dq_2-2-8"), s(shallow), s(f"dq_2-2-8_{enc}-1")],
           lambda: s("dq_2-2-8") >= s(shallow) >= s(f"dq_2-2-8_{enc}-1") and s("dq_2-2-8") > s(f"dq_2-2-8_{enc}-1"),
-          lambda: f"{enc}-{dec}: {s('dq_2-2-8'):.2f}, {shallow.split('_')[-1]}: {s(shallow):.2f}, "
-                  f"{enc}-1: {s(f'dq_2-2-8_{enc}-1'):.2f}")
+          lambda: f"{enc}-{dec}: {f('dq_2-2-8')}, {shallow.split('_')[-1]}: {f(shallow)}, "
+                  f"{enc}-1: {f(f'dq_2-2-8_{enc}-1')}")
     claim("TBT 2-2-8 is at least as good as DQ-BART 2-2-8 (within 0.5)", [s("tbt_W2A8"), s("dq_2-2-8")],
           lambda: s("tbt_W2A8") >= s("dq_2-2-8") - 0.5,
-          lambda: f"TBT W2A8 {s('tbt_W2A8'):.2f}, DQ-BART 2-2-8 {s('dq_2-2-8'):.2f}")
+          lambda: f"TBT W2A8 {f('tbt_W2A8')}, DQ-BART 2-2-8 {f('dq_2-2-8')}")
     claim("TBT W1A8 trains to a usable model (at least 80% of the teacher)", [teacher, s("tbt_W1A8")],
           lambda: s("tbt_W1A8") >= 0.8 * teacher,
-          lambda: f"TBT W1A8 {s('tbt_W1A8'):.2f} = {100 * s('tbt_W1A8') / teacher:.0f}% of the teacher "
-                  f"(W2A2 {s('tbt_W2A2') if s('tbt_W2A2') is not None else float('nan'):.2f}, "
-                  f"W1A1 {s('tbt_W1A1') if s('tbt_W1A1') is not None else float('nan'):.2f})")
+          lambda: f"TBT W1A8 {f('tbt_W1A8')} = {100 * s('tbt_W1A8') / teacher:.0f}% of the teacher "
+                  f"(W2A2 {f('tbt_W2A2')}, W1A1 {f('tbt_W1A1')})")
     return out
 
 
@@ -93,7 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a fixed override for every job, e.g. train.steps=200 for a quicker look")
     args = ap.parse_args(argv)
-    sets = dict(sweep.parse_set(s) for s in args.set)
+    sets = {**DEFAULT_SETS, **dict(sweep.parse_set(s) for s in args.set)}
     c = sweep.load_config(args.config, sets)
     enc, dec = (int(v) for v in c.student.layers.split("-"))
     t0 = time.monotonic()

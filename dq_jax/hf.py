@@ -195,6 +195,13 @@ def abstract_variables(cfg: ModelConfig, quant=None) -> dict:
     return jax.eval_shape(lambda: model.init(jax.random.key(0), ids, decoder_input_ids=ids))
 
 
+def abstract_trainable(cfg: ModelConfig, quant=None) -> dict:
+    """The trainable tree's shapes: params, plus the `elastic` step sizes of a TBT student."""
+    from dq_jax.quant_config import ELASTIC
+    v = abstract_variables(cfg, quant)
+    return dict(v["params"], **({ELASTIC: v[ELASTIC]} if ELASTIC in v else {}))
+
+
 def unflatten(items) -> dict:
     """Inverse of `flatten`: `{(a, b, c): v}` or pairs -> nested dict."""
     out: dict = {}

@@ -23,7 +23,6 @@ from dq_jax import data as data_lib
 from dq_jax import demo_task, distill, distributed, hf, sharding, size
 from dq_jax.config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
-from dq_jax.quant_config import ELASTIC
 from dq_jax.spec import SCRATCH_SIZES, RunSpec
 from dq_jax.trainer import MetricsLog, StageData, evaluate, train_stage
 
@@ -259,9 +258,8 @@ def _run(spec: RunSpec, workdir: str) -> dict:
     t_shapes, s_shapes = hf.abstract_params(t_cfg), hf.abstract_params(s_cfg)
     teacher_mib = size.paper_size_mib(t_shapes, None, None)
     student_mib = size.paper_size_mib(s_shapes, spec.quant.weight_bits, spec.quant.embed_bits)
-    s_vars = hf.abstract_variables(s_cfg, spec.quant)
-    s_tree = dict(s_vars["params"], **({ELASTIC: s_vars[ELASTIC]} if ELASTIC in s_vars else {}))
-    packed = size.packed_size_bytes(s_tree, spec.quant, tokenizer_bytes=size.tokenizer_bytes(teacher_dir))
+    packed = size.packed_size_bytes(hf.abstract_trainable(s_cfg, spec.quant), spec.quant,
+                                    tokenizer_bytes=size.tokenizer_bytes(teacher_dir))
     results["size"] = {"convention": "paper", "teacher_mib": teacher_mib, "student_mib": student_mib,
                        "compression_ratio": teacher_mib / student_mib,
                        "packed_student_mib": packed / size.MIB,

@@ -164,13 +164,18 @@ def _random_params(cfg, seed=0):
                                                                    decoder_input_ids=ids)["params"])
 
 
-@pytest.mark.parametrize("quant", [QuantConfig(2, 2, 8), QuantConfig(8, 8, 8, quantize_lm_head=True)], ids=["2-2-8", "8-8-8-tied"])
+@pytest.mark.parametrize("quant", [QuantConfig(2, 2, 8), QuantConfig(8, 8, 8, quantize_lm_head=True),
+                                   QuantConfig(1, 1, 1, method="tbt", quantize_lm_head=True)],
+                         ids=["2-2-8", "8-8-8-tied", "tbt-w1a1-tied"])
 def test_packed_size_prediction_within_one_percent(quant, tmp_path):
     cfg = ModelConfig(vocab_size=8192, d_model=256, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                       decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024)
     params = _random_params(cfg)
+    trainable = hf.abstract_trainable(cfg, quant)
+    if "elastic" in trainable:  # TBT's step sizes are stored too
+        params = dict(params, elastic=jax.tree.map(lambda s: np.float32(0.5), trainable["elastic"]))
     path = export.write_packed(cfg, params, quant, str(tmp_path / "s.safetensors"))
-    predicted = size.packed_size_bytes(hf.abstract_params(cfg), quant)
+    predicted = size.packed_size_bytes(trainable, quant)
     assert abs(predicted - os.path.getsize(path)) / os.path.getsize(path) < 0.01
 
 

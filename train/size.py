@@ -51,11 +51,13 @@ def report(spec) -> dict:
     distill.layer_map(t_cfg.decoder_layers, dec, side="decoder")
     s_cfg = t_cfg.replace(encoder_layers=enc, decoder_layers=dec)
     t_abs, s_abs = hf.abstract_params(t_cfg), hf.abstract_params(s_cfg)
+    s_trainable = hf.abstract_trainable(s_cfg, spec.quant)  # + TBT's activation step sizes
     tok = size.tokenizer_bytes(spec.teacher_path if os.path.isdir(spec.teacher_path or "") else None)
     rows = []
-    for who, shapes, q in (("teacher", t_abs, QuantConfig()), ("student", s_abs, spec.quant)):
+    for who, shapes, trainable, q in (("teacher", t_abs, t_abs, QuantConfig()),
+                                      ("student", s_abs, s_trainable, spec.quant)):
         paper = {c.name: c for c in size.paper_components(shapes, q.weight_bits, q.embed_bits)}
-        packed = {r["component"]: r for r in size.packed_components(shapes, q)}
+        packed = {r["component"]: r for r in size.packed_components(trainable, q)}
         for name in list(paper) + [n for n in packed if n not in paper]:
             p, k = paper.get(name), packed.get(name)
             rows.append({"model": who, "component": name, "elements": (p.elements if p else k["elements"]),
@@ -64,7 +66,7 @@ def report(spec) -> dict:
     t_paper = size.paper_size_mib(t_abs, None, None)
     s_paper = size.paper_size_mib(s_abs, spec.quant.weight_bits, spec.quant.embed_bits)
     t_packed = size.packed_size_bytes(t_abs, QuantConfig(), tok) / size.MIB
-    s_packed = size.packed_size_bytes(s_abs, spec.quant, tok) / size.MIB
+    s_packed = size.packed_size_bytes(s_trainable, spec.quant, tok) / size.MIB
     totals = {"teacher_paper_mib": t_paper, "student_paper_mib": s_paper, "paper_ratio": t_paper / s_paper,
               "teacher_packed_mib": t_packed, "student_packed_mib": s_packed, "packed_ratio": t_packed / s_packed}
     return {"rows": rows, "totals": totals}
