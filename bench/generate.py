@@ -30,6 +30,37 @@ from dq_jax.generate import GenerationConfig, generate  # noqa: E402
 from dq_jax.modeling import Seq2SeqLM  # noqa: E402
 
 
+def _matmul_floor(model, params, cfg, ids, am, sequences, gen) -> dict:
+    """What the weight products alone cost: every decoding step multiplies the [batch*beams,
+    d_model] states by each decoder weight matrix (self-attention q/k/v/out, cross-attention
+    q/out, fc1, fc2; the cross keys/values are computed once) and by the LM head. With the
+    encoder timed alone, `encoder + steps x (those products)` is a floor for any
+    implementation whose matmuls run at XLA's speed on this machine (at these row counts the
+    products stream the weights from memory)."""
+    import jax.numpy as jnp
+    rows = ids.shape[0] * gen.num_beams
+    layer = params["decoder"]["layers_0"]
+    mats = [layer[m]["kernel"] for m in ("fc1", "fc2")]
+    mats += [layer["self_attn"][m]["kernel"] for m in ("q_proj", "k_proj", "v_proj", "out_proj")]
+    mats += [layer["encoder_attn"][m]["kernel"] for m in ("q_proj", "out_proj")]
+    weights = [jax.device_put(np.array(m)) for _ in range(cfg.decoder_layers) for m in mats]  # distinct buffers
+    head = params["shared"]["embedding"]
+
+    @jax.jit
+    def products(ws, head, h):
+        outs = [jnp.sum(h[:, : w.shape[0]] @ w) for w in ws]
+        return sum(outs) + jnp.sum(jnp.einsum("td,vd->tv", h[:, : head.shape[1]], head))
+
+    h = jnp.ones((rows, max(cfg.d_model, cfg.decoder_ffn_dim)), jnp.float32)
+    step_s = timeit(lambda: products(weights, head, h).block_until_ready(), warmup=1, repeat=5)
+    enc = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=model.encode).last_hidden_state)
+    enc_s = timeit(lambda: enc(params, ids, am).block_until_ready(), warmup=1, repeat=3)
+    steps = int((np.asarray(sequences) != gen.pad_token_id).any(0).sum()) - 1
+    nbytes = sum(w.nbytes for w in weights) + np.asarray(head).nbytes
+    return {"encoder_s": enc_s, "steps": steps, "products_ms_per_step": 1e3 * step_s,
+            "weight_mib_per_step": nbytes / 2**20, "floor_s": enc_s + steps * step_s}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
@@ -96,6 +127,8 @@ def main():
     jax_s = timeit(lambda: generate(model, params, ids, am, gen).sequences.block_until_ready(),
                    warmup=1, repeat=args.repeat)
 
+    floor = _matmul_floor(model, params, cfg, ids, am, ours.sequences, gen)
+
     count = lambda seqs: int((np.asarray(seqs)[:, 1:] != gen.pad_token_id).sum())
     ours_np = np.asarray(ours.sequences)
     theirs = np.pad(theirs, ((0, 0), (0, max_length - theirs.shape[1])), constant_values=gen.pad_token_id)
@@ -110,10 +143,15 @@ def main():
     print_table(rows)
     print(f"speed-up (ours / best HF tokens/s): {ratio:.2f}x; JAX compile + first run {compile_s:.1f} s (not timed); "
           f"identical sequences: {match:.0%}")
+    best_hf = min(r["s/batch"] for r in rows[1:])
+    print(f"matmul floor: encoder {floor['encoder_s']:.2f} s + {floor['steps']} steps x {floor['products_ms_per_step']:.1f} ms "
+          f"(the step's weight products alone, {floor['weight_mib_per_step']:.0f} MiB of weights) = "
+          f"{floor['floor_s']:.2f} s per batch; ours is {jax_s / floor['floor_s']:.2f}x that floor, which is "
+          f"{best_hf / floor['floor_s']:.2f}x faster than HF")
     print("wrote", write_json(f"generate_{args.preset}", {
         "preset": args.preset, "batch": batch, "source": source, "max_length": max_length,
         "generation": gen.to_hf_dict(), "rows": rows, "speedup": ratio, "compile_s": compile_s,
-        "sequence_match": match}))
+        "sequence_match": match, "matmul_floor": floor, "max_speedup_at_floor": best_hf / floor["floor_s"]}))
 
 
 if __name__ == "__main__":
