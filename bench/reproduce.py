@@ -94,11 +94,13 @@ def findings(rows: list[dict], metric: str, enc: int, dec: int) -> list[dict]:
           lambda: f"{enc}-{dec}: {f('dq_2-2-8')}, {shallow.split('_')[-1]}: {f(shallow)}, "
                   f"{enc}-1: {f(f'dq_2-2-8_{enc}-1')}",
           lambda: ". A shallower decoder does as well here: the task needs little decoder depth")
-    claim("TBT 2-2-8 is at least as good as DQ-BART 2-2-8 (within 0.5)", [s("tbt_W2A8"), s("dq_2-2-8")],
-          lambda: s("tbt_W2A8") >= s("dq_2-2-8") - 0.5,
+    claim("TBT 2-2-8 is at least as good as DQ-BART 2-2-8", [s("tbt_W2A8"), s("dq_2-2-8")],
+          lambda: s("tbt_W2A8") >= s("dq_2-2-8"),
           lambda: f"TBT W2A8 {f('tbt_W2A8')}, DQ-BART 2-2-8 {f('dq_2-2-8')}",
-          lambda: ". On this model and budget TBT's per-row statistics quantizer does not beat DQ-BART's "
-                  "clipped per-tensor TWN")
+          lambda: f". TBT is {s('dq_2-2-8') - s('tbt_W2A8'):.2f} below; both 2-bit students are within "
+                  f"{teacher - min(s('tbt_W2A8'), s('dq_2-2-8')):.2f} of the teacher here, so there is little left "
+                  "for TBT's quantizer to win (the paper's gain, 2.3 ROUGE-1 and 2.0 ROUGE-L, is on BART-base XSum, "
+                  "where DQ-BART loses 3-4 points)")
     claim("TBT W1A8 trains to a usable model (at least 80% of the teacher)", [teacher, s("tbt_W1A8")],
           lambda: s("tbt_W1A8") >= 0.8 * teacher,
           lambda: f"TBT W1A8 {f('tbt_W1A8')} = {100 * s('tbt_W1A8') / teacher:.0f}% of the teacher "
