@@ -114,7 +114,7 @@ def _main(capsys, *args):
     (["--grid", "student.layers=3x3"], "error: point 'layers3x3': student.layers='3x3': write encoder-decoder "
                                        "layer counts, e.g. '6-3'."),
     (["--sweep", "nope"], "error: --sweep nope: configs/demo.py has no such named sweep; it has "
-                          "['bits_layers'] (c.sweeps)."),
+                          "['bits_layers', 'dq_vs_tbt'] (c.sweeps)."),
     (["--grid", "quant.weight_bits=2", "--set", "quant.weight_bits=8"],
      "error: quant.weight_bits is both a fixed --set override and varied by point 'wbits2'."),
 ])
