@@ -93,17 +93,14 @@ def fake_quantized_params(params: dict, quant: QuantConfig) -> dict:
     """Params with every quantized tensor replaced by `codes * scales` (numpy, fp32); elastic
     step sizes, if any, are kept as they are."""
     params, elastic = split_elastic(params)
-    out: dict = {}
+    out = {}
     for path, value in flatten(params):
         spec = quantized_spec(path, quant)
         if spec:
             codes, scales = codes_of(value, *spec, quant)
             value = codes.astype(np.float32) * scales
-        node = out
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = np.asarray(value, np.float32)
-    return join_elastic(out, elastic)
+        out[path] = np.asarray(value, np.float32)
+    return join_elastic(unflatten(out), elastic)
 
 
 def export_hf(cfg: ModelConfig, params: dict, quant: QuantConfig, out_dir: str, tokenizer_dir: str | None = None,

@@ -63,21 +63,18 @@ def state_dict_to_params(sd: dict[str, np.ndarray], tied: bool = True) -> dict:
             if key in sd:
                 sd["model.shared.weight"] = sd[key]
                 break
-    params: dict = {}
     if not tied:
         for key in _TIED[:2]:
             if key in sd and not np.array_equal(sd[key], sd["model.shared.weight"]):
                 raise ValueError(f"{key} differs from model.shared.weight; dq-jax models share one input "
                                  "embedding between encoder and decoder.")
+    items = {}
     for name, value in sd.items():
         if name in _TIED and (tied or name != "lm_head.weight"):
             continue
         path, transpose = hf_to_flax_name(name)
-        node = params
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = np.ascontiguousarray(value.T) if transpose else value
-    return params
+        items[path] = np.ascontiguousarray(value.T) if transpose else value
+    return unflatten(items)
 
 
 def params_to_state_dict(params: dict, tied: bool = True) -> dict[str, np.ndarray]:
@@ -177,12 +174,7 @@ def check_params(cfg: ModelConfig, params: dict, source: str = "params") -> None
 
 def abstract_params(cfg: ModelConfig, quant=None) -> dict:
     """Param shapes (`jax.ShapeDtypeStruct`) of a model, with no memory allocated."""
-    import jax
-    import jax.numpy as jnp
-    from dq_jax.modeling import Seq2SeqLM
-    model = Seq2SeqLM(cfg, quant)
-    ids = jnp.zeros((1, 2), jnp.int32)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), ids, decoder_input_ids=ids))["params"]
+    return abstract_variables(cfg, quant)["params"]
 
 
 def abstract_variables(cfg: ModelConfig, quant=None) -> dict:

@@ -23,6 +23,7 @@ from dq_jax import data as data_lib
 from dq_jax import demo_task, distill, distributed, hf, sharding, size
 from dq_jax.config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
+from dq_jax.quant_config import split_elastic
 from dq_jax.spec import SCRATCH_SIZES, RunSpec
 from dq_jax.trainer import MetricsLog, StageData, evaluate, train_stage
 
@@ -153,7 +154,7 @@ class WorkdirBusy(RuntimeError):
 def workdir_lock(workdir: str):
     """An exclusive lock on the workdir for the life of the run. The OS drops it when the process
     dies, even by SIGKILL, so a crashed run never leaves a stale lock behind."""
-    if jax.process_index() != 0:  # multi-process runs share one workdir; process 0 holds it
+    if not distributed.is_main():  # multi-process runs share one workdir; process 0 holds it
         yield
         return
     f = open(os.path.join(workdir, ".lock"), "a+")
@@ -185,7 +186,7 @@ def run(spec: RunSpec, workdir: str) -> dict:
 def _run(spec: RunSpec, workdir: str) -> dict:
     distributed.sync("start")  # all processes see the workdir as it was before this run
     mesh = sharding.make_mesh(resolve_mesh(spec.mesh))
-    mlog = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=jax.process_index() == 0)
+    mlog = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=distributed.is_main())
     dcfg = _prepare_data(spec, workdir)
     tok, _ = _tokenizer(spec, workdir, dcfg)
     splits = {s: data_lib.tokenize(data_lib.load_rows(dcfg, s), tok, dcfg, s) for s in data_lib.SPLITS}
@@ -255,11 +256,11 @@ def _run(spec: RunSpec, workdir: str) -> dict:
         results["export"] = {fmt: export_workdir(workdir, fmt) for fmt in ("hf", "packed")}
         results["export"]["teacher_safetensors_bytes"] = os.path.getsize(os.path.join(teacher_dir, "model.safetensors"))
 
-    t_shapes, s_shapes = hf.abstract_params(t_cfg), hf.abstract_params(s_cfg)
+    s_trainable = hf.abstract_trainable(s_cfg, spec.quant)
+    t_shapes, s_shapes = hf.abstract_params(t_cfg), split_elastic(s_trainable)[0]
     teacher_mib = size.paper_size_mib(t_shapes, None, None)
     student_mib = size.paper_size_mib(s_shapes, spec.quant.weight_bits, spec.quant.embed_bits)
-    packed = size.packed_size_bytes(hf.abstract_trainable(s_cfg, spec.quant), spec.quant,
-                                    tokenizer_bytes=size.tokenizer_bytes(teacher_dir))
+    packed = size.packed_size_bytes(s_trainable, spec.quant, tokenizer_bytes=size.tokenizer_bytes(teacher_dir))
     results["size"] = {"convention": "paper", "teacher_mib": teacher_mib, "student_mib": student_mib,
                        "compression_ratio": teacher_mib / student_mib,
                        "packed_student_mib": packed / size.MIB,

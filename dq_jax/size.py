@@ -77,7 +77,7 @@ def packed_components(abstract_params: dict, quant) -> list[dict]:
     Mirrors `dq_jax.export.write_packed`: codes at their container width, fp32 scales, fp32
     for everything unquantized, and an fp32 LM head when the embedding is quantized but the
     head is not; the learned activation step sizes of a TBT student if `abstract_params` has
-    them (see `hf.abstract_variables`)."""
+    them (see `hf.abstract_trainable`)."""
     from dq_jax.export import _bits_of, quantized_spec
     from dq_jax.packing import packed_nbytes
     rows: dict[str, dict] = {}

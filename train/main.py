@@ -24,18 +24,17 @@ def main(argv):
     from train.settings import spec_from_config
     try:
         spec = spec_from_config(_CONFIG.value)  # every config check happens here, before any work
-        dist = distributed.DistributedConfig(**_CONFIG.value.distributed.to_dict())
-        dist.with_env().check()
+        dist = distributed.DistributedConfig(**_CONFIG.value.distributed.to_dict()).with_env()
+        dist.check()
     except ValueError as e:
         sys.exit(f"error: {e}")
     os.makedirs(_WORKDIR.value, exist_ok=True)
     try:
-        multi = distributed.initialize(dist)
+        distributed.initialize(dist)
     except Exception as e:  # the runtime reports a missing coordinator or peer as assorted errors
-        sys.exit(f"error: could not join the distributed runtime ({dist.with_env().coordinator_address or 'auto'}): "
-                 f"{e}")
+        sys.exit(f"error: could not join the distributed runtime ({dist.coordinator_address or 'auto'}): {e}")
     import jax
-    log_name = "run.log" if not multi or jax.process_index() == 0 else f"run.process{jax.process_index()}.log"
+    log_name = "run.log" if jax.process_index() == 0 else f"run.process{jax.process_index()}.log"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=[logging.FileHandler(os.path.join(_WORKDIR.value, log_name)),
                                   logging.StreamHandler(sys.stderr)], force=True)

@@ -44,14 +44,14 @@ def teacher_config(spec):
 
 def report(spec) -> dict:
     from dq_jax import distill, hf, size
-    from dq_jax.quant_config import QuantConfig
+    from dq_jax.quant_config import QuantConfig, split_elastic
     t_cfg = teacher_config(spec)
     enc, dec = spec.student_layers
     distill.layer_map(t_cfg.encoder_layers, enc, side="encoder")
     distill.layer_map(t_cfg.decoder_layers, dec, side="decoder")
     s_cfg = t_cfg.replace(encoder_layers=enc, decoder_layers=dec)
-    t_abs, s_abs = hf.abstract_params(t_cfg), hf.abstract_params(s_cfg)
     s_trainable = hf.abstract_trainable(s_cfg, spec.quant)  # + TBT's activation step sizes
+    t_abs, s_abs = hf.abstract_params(t_cfg), split_elastic(s_trainable)[0]
     tok = size.tokenizer_bytes(spec.teacher_path if os.path.isdir(spec.teacher_path or "") else None)
     rows = []
     for who, shapes, trainable, q in (("teacher", t_abs, t_abs, QuantConfig()),
