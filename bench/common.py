@@ -9,16 +9,14 @@ import resource
 import time
 from typing import Callable
 
-from dq_jax.config import ModelConfig
+from dq_jax.model_sizes import model_config
+from dq_jax.table import format_table
 
 PRESETS = {
     # a few seconds per measurement on 2 CPU cores
-    "tiny": dict(model=ModelConfig(vocab_size=8192, d_model=256, encoder_layers=2, decoder_layers=2,
-                                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=1024,
-                                   decoder_ffn_dim=1024, max_position_embeddings=512, dropout=0.1),
-                 student_layers=(2, 1), batch=4, source=128, target=32),
+    "tiny": dict(model=model_config("tiny", dropout=0.1), student_layers=(2, 1), batch=4, source=128, target=32),
     # BART-base shapes; teacher 6-6, student 6-3
-    "base": dict(model=ModelConfig(dropout=0.1), student_layers=(6, 3), batch=4, source=256, target=64),
+    "base": dict(model=model_config("base", dropout=0.1), student_layers=(6, 3), batch=4, source=256, target=64),
 }
 
 
@@ -44,13 +42,7 @@ def machine() -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    cols = list(rows[0])
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    widths = [max(len(c), *(len(fmt(r[c])) for r in rows)) for c in cols]
-    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(fmt(r[c]).ljust(w) for c, w in zip(cols, widths)))
+    print(format_table(rows))
 
 
 def write_json(name: str, payload: dict) -> str:

@@ -1,6 +1,6 @@
 """Beam-search throughput: our jit-compiled `dq_jax.generate` vs HF PyTorch `generate`, same weights.
 
-    python bench/generate.py [--preset tiny|base] [--beams 4] [--max-length N] [--repeat 3]
+    python -m bench.generate [--preset tiny|base] [--beams 4] [--max-length N] [--repeat 3]
                              [--torch-threads 2,1]
 
 A random HF BART at the preset's size is saved and loaded back through `dq_jax.hf`, so both
@@ -22,12 +22,11 @@ import numpy as np
 import torch
 import transformers
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import PRESETS, print_table, timeit, write_json  # noqa: E402
+from bench.common import PRESETS, print_table, timeit, write_json
 
-from dq_jax import hf  # noqa: E402
-from dq_jax.generate import GenerationConfig, generate  # noqa: E402
-from dq_jax.modeling import Seq2SeqLM  # noqa: E402
+from dq_jax import hf
+from dq_jax.generate import GenerationConfig, generate
+from dq_jax.modeling import Seq2SeqLM
 
 
 def _matmul_floor(model, params, cfg, ids, am, sequences, gen) -> dict:

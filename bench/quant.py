@@ -1,6 +1,6 @@
 """Cost of fake quantization: quantized forward vs the full-precision forward, same weights.
 
-    python bench/quant.py [--preset tiny|base] [--repeat 5]
+    python -m bench.quant [--preset tiny|base] [--repeat 5]
 
 Prints a table (ms per forward, ratio to fp32) and writes bench/results/quant_<preset>.json.
 """
@@ -13,11 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import PRESETS, print_table, timeit, write_json  # noqa: E402
+from bench.common import PRESETS, print_table, timeit, write_json
 
-from dq_jax.modeling import Seq2SeqLM  # noqa: E402
-from dq_jax.quant_config import QuantConfig  # noqa: E402
+from dq_jax.modeling import Seq2SeqLM
+from dq_jax.quant_config import QuantConfig
 
 SETTINGS = [("fp32", None), ("8-8-8", QuantConfig(8, 8, 8)), ("2-2-8", QuantConfig(2, 2, 8)),
             ("2-2-fp", QuantConfig(2, 2, None)), ("fp-fp-8", QuantConfig(None, None, 8))]

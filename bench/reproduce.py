@@ -1,6 +1,6 @@
 """The paper's table in miniature, offline: DQ-BART's and TBT's findings on the demo task.
 
-    python bench/reproduce.py [--workdir runs/reproduce] [--config configs/demo.py] [--set KEY=VALUE ...]
+    python -m bench.reproduce [--workdir runs/reproduce] [--config configs/demo.py] [--set KEY=VALUE ...]
 
 One teacher, then students distilled from it (a `train.sweep` with explicit points, so it
 resumes like any sweep: rerun the same command after an interruption):
@@ -26,11 +26,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import write_json  # noqa: E402
+from bench.common import write_json
 
-from train import sweep, sweep_report  # noqa: E402
+from train import sweep, sweep_report
 
 BITS = ("quant.weight_bits", "quant.embed_bits", "quant.act_bits")
 DEFAULT_SETS = {"teacher.steps": "1600"}  # a converged teacher (see the module docstring)

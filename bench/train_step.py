@@ -1,11 +1,11 @@
 """DQ train step throughput: dq-jax vs the same step in PyTorch on HF BART, in one run.
 
-    python bench/train_step.py [--preset tiny|base|all] [--steps 5]
+    python -m bench.train_step [--preset tiny|base|all] [--steps 5]
 
 One step = frozen fp32 teacher forward (6-6 at `base`), fake-quantized 2-2-8 student (6-3)
 forward and backward with the full DQ-BART loss (task CE + logits + attention + hidden-state
 MSE), one AdamW update. The peer is `transformers.BartForConditionalGeneration` patched into
-the reference DQ-BART student (`dq_jax.torch_reference`), same weights, same batch, same
+the reference DQ-BART student (`tests.torch_reference`), same weights, same batch, same
 loss. Each framework runs in its own subprocess (so peak RSS is its own) with the same
 allocator; a large fp32 matmul measured in the same run gives the machine's peak FLOP/s, and
 the step's FLOPs come from XLA's cost analysis of the compiled JAX step (the same work for
@@ -26,8 +26,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import PRESETS, print_table, write_json  # noqa: E402
+from bench.common import PRESETS, print_table, write_json
 
 QUANT = (2, 2, 8)
 
@@ -93,7 +92,7 @@ def worker_jax(preset_name: str, d: str, steps: int) -> dict:
                                  decoder_map=distill.layer_map(tcfg.decoder_layers, scfg.decoder_layers))
     tx = train_step.make_optimizer(train_step.OptimConfig(learning_rate=1e-5, total_steps=1000), sparams)
     state, st_sh = train_step.init_state(sparams, tx, jax.random.key(0), mesh)
-    t_sh = sharding.param_shardings(jax.eval_shape(lambda p: p, tparams), mesh)
+    t_sh = sharding.param_shardings(tparams, mesh)
     teacher = jax.device_put(tparams, t_sh)
     fn = train_step.make_train_step(Seq2SeqLM(scfg, QuantConfig(*QUANT)), Seq2SeqLM(tcfg), dcfg, tx)
     step = train_step.compile_step(fn, mesh, st_sh, t_sh)
@@ -135,7 +134,7 @@ def worker_torch(preset_name: str, d: str, steps: int) -> dict:
     import torch
     import transformers
     from dq_jax import distill
-    from dq_jax.torch_reference import quantize_model
+    from tests.torch_reference import quantize_model
     torch.set_num_threads(os.cpu_count())
     teacher = transformers.BartForConditionalGeneration.from_pretrained(f"{d}/teacher", attn_implementation="eager").eval()
     student = transformers.BartForConditionalGeneration.from_pretrained(f"{d}/student", attn_implementation="eager")
@@ -168,8 +167,9 @@ def worker_torch(preset_name: str, d: str, steps: int) -> dict:
 
 
 def _run_worker(kind: str, preset: str, d: str, steps: int, env: dict) -> dict:
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, "--preset", preset,
-                          "--dir", d, "--steps", str(steps)], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "bench.train_step", "--worker", kind, "--preset", preset,
+                          "--dir", d, "--steps", str(steps)], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if out.returncode != 0:
         raise RuntimeError(f"{kind} worker failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

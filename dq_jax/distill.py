@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from dq_jax.config import ModelConfig
+from dq_jax.model_config import ModelConfig
 
 MODES = ("dq_bart", "masked")
 IGNORE_INDEX = -100

@@ -28,7 +28,7 @@ import os
 import numpy as np
 
 from dq_jax import packing, quant_config
-from dq_jax.config import ModelConfig
+from dq_jax.model_config import ModelConfig
 from dq_jax.hf import TOKENIZER_FILES, flatten, flax_to_hf_name, save_pretrained, state_dict_to_params, unflatten
 from dq_jax.quant_config import ELASTIC, QuantConfig, weight_kind
 
@@ -76,14 +76,14 @@ def _untie(cfg: ModelConfig, params: dict, quant: QuantConfig) -> tuple[ModelCon
     return cfg, params
 
 
-def split_elastic(params: dict) -> tuple[dict, dict]:
+def split_step_sizes(params: dict) -> tuple[dict, dict]:
     """(weights, {flax path string: step size}) of a trainable tree."""
     weights, tree = quant_config.split_elastic(params)
     return weights, {"/".join(p): float(np.asarray(v)) for p, v in flatten(tree or {})}
 
 
-def join_elastic(params: dict, elastic: dict) -> dict:
-    """Inverse of `split_elastic`."""
+def join_step_sizes(params: dict, elastic: dict) -> dict:
+    """Inverse of `split_step_sizes`."""
     if not elastic:
         return params
     return dict(params, **{ELASTIC: unflatten({tuple(k.split("/")): np.float32(v) for k, v in elastic.items()})})
@@ -92,7 +92,7 @@ def join_elastic(params: dict, elastic: dict) -> dict:
 def fake_quantized_params(params: dict, quant: QuantConfig) -> dict:
     """Params with every quantized tensor replaced by `codes * scales` (numpy, fp32); elastic
     step sizes, if any, are kept as they are."""
-    params, elastic = split_elastic(params)
+    params, elastic = split_step_sizes(params)
     out = {}
     for path, value in flatten(params):
         spec = quantized_spec(path, quant)
@@ -100,14 +100,14 @@ def fake_quantized_params(params: dict, quant: QuantConfig) -> dict:
             codes, scales = codes_of(value, *spec, quant)
             value = codes.astype(np.float32) * scales
         out[path] = np.asarray(value, np.float32)
-    return join_elastic(unflatten(out), elastic)
+    return join_step_sizes(unflatten(out), elastic)
 
 
 def export_hf(cfg: ModelConfig, params: dict, quant: QuantConfig, out_dir: str, tokenizer_dir: str | None = None,
               generation_config: dict | None = None) -> str:
     """HF directory with the student's fake-quantized weights (loads with from_pretrained), and
     `dq_jax.json` with the quant config and any learned activation step sizes."""
-    params, elastic = split_elastic(params)
+    params, elastic = split_step_sizes(params)
     cfg, with_head = _untie(cfg, params, quant)
     fq = fake_quantized_params(with_head, quant)  # a separate lm_head stays fp32
     save_pretrained(cfg, fq, out_dir, tokenizer_dir, generation_config)
@@ -134,7 +134,7 @@ def _tokenizer_payload(tokenizer_dir: str | None) -> dict:
 def write_packed(cfg: ModelConfig, params: dict, quant: QuantConfig, path: str, tokenizer_dir: str | None = None,
                  generation_config: dict | None = None) -> str:
     from safetensors.numpy import save_file
-    params, elastic = split_elastic(params)
+    params, elastic = split_step_sizes(params)
     cfg, params = _untie(cfg, params, quant)
     tensors = {f"{ELASTIC}.{k.replace('/', '.')}": np.asarray(v, np.float32) for k, v in elastic.items()}
     entries = {}
@@ -200,7 +200,7 @@ def load_packed(path: str) -> tuple[ModelConfig, QuantConfig, dict]:
     hf_cfg, qcfg, sd, extra = read_packed(path)
     cfg = ModelConfig.from_hf_dict(hf_cfg)
     params = state_dict_to_params(sd, tied=cfg.tie_word_embeddings)
-    return cfg, QuantConfig(**qcfg), join_elastic(params, extra["elastic"])
+    return cfg, QuantConfig(**qcfg), join_step_sizes(params, extra["elastic"])
 
 
 def packed_to_hf(path: str, out_dir: str) -> str:

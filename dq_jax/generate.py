@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dq_jax.config import ModelConfig
+from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM, variables
 
 EARLY_STOPPING = (True, False, "never")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dq_jax.config import ModelConfig
+from dq_jax.model_config import ModelConfig
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -139,7 +139,7 @@ def load_state_dict(directory: str) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"No weights in {directory}: expected one of {_WEIGHTS}.")
 
 
-def load_config(directory: str) -> ModelConfig:
+def load_model_config(directory: str) -> ModelConfig:
     path = os.path.join(directory, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{directory} has no config.json; it is not a Hugging Face checkpoint.")
@@ -150,7 +150,7 @@ def load_config(directory: str) -> ModelConfig:
 def load_pretrained(path_or_hub_id: str) -> tuple[ModelConfig, dict]:
     """Returns `(config, params)`, params a nested dict of numpy arrays in Flax layout."""
     directory = resolve(path_or_hub_id)
-    cfg = load_config(directory)
+    cfg = load_model_config(directory)
     params = state_dict_to_params(load_state_dict(directory), tied=cfg.tie_word_embeddings)
     if "final_logits_bias" not in params:  # HF treats it as an optional buffer
         params["final_logits_bias"] = np.zeros((1, cfg.vocab_size), np.float32)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dq_jax.config import ModelConfig
+from dq_jax.model_config import ModelConfig
 from dq_jax.layers import Attention, QDense, QEmbed
 from dq_jax.quant_config import ELASTIC, QuantConfig, split_elastic
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from dq_jax import data as data_lib
 from dq_jax import demo_task, distill, distributed, hf, sharding, size
-from dq_jax.config import ModelConfig
+from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
 from dq_jax.quant_config import split_elastic
 from dq_jax.spec import SCRATCH_SIZES, RunSpec
@@ -68,8 +68,8 @@ def save_student(cfg: ModelConfig, params: dict, quant, student_dir: str, tokeni
                  generation_config: dict) -> None:
     """fp32 master weights as an HF directory, plus the quant config, generation settings and
     learned activation step sizes in `dq_jax.json`."""
-    from dq_jax.export import split_elastic
-    weights, elastic = split_elastic(params)
+    from dq_jax.export import split_step_sizes
+    weights, elastic = split_step_sizes(params)
     hf.save_pretrained(cfg, weights, student_dir, tokenizer_dir=tokenizer_dir)
     with open(os.path.join(student_dir, STUDENT_META), "w") as f:
         json.dump({"quant_config": dataclasses.asdict(quant), "generation_config": generation_config,
@@ -78,14 +78,14 @@ def save_student(cfg: ModelConfig, params: dict, quant, student_dir: str, tokeni
 
 def load_student(student_dir: str) -> tuple[ModelConfig, dict]:
     """Inverse of `save_student`: (config, params with any `elastic` step sizes)."""
-    from dq_jax.export import join_elastic
+    from dq_jax.export import join_step_sizes
     cfg, params = hf.load_pretrained(student_dir)
     meta_path = os.path.join(student_dir, STUDENT_META)
     elastic = {}
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             elastic = json.load(f).get("elastic", {})
-    return cfg, join_elastic(params, elastic)
+    return cfg, join_step_sizes(params, elastic)
 
 
 def resolve_mesh(shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -85,10 +85,10 @@ def _key_names(keypath) -> tuple[str, ...]:
 
 
 def param_shardings(params, mesh: Mesh, rules=RULES):
-    """NamedShardings for a params tree (arrays or ShapeDtypeStructs)."""
+    """NamedShardings for a params tree: device or numpy arrays, ShapeDtypeStructs or scalars."""
     def one(keypath, leaf):
-        path = _key_names(keypath)
-        return NamedSharding(mesh, spec_for(leaf.shape, logical_axes(path, len(leaf.shape)), mesh, rules))
+        path, shape = _key_names(keypath), np.shape(leaf)
+        return NamedSharding(mesh, spec_for(shape, logical_axes(path, len(shape)), mesh, rules))
     return jax.tree_util.tree_map_with_path(one, params)
 
 

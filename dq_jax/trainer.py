@@ -131,7 +131,7 @@ def train_stage(name: str, workdir: str, ts: TrainSettings, ev: EvalSettings, st
     state, st_sh = train_step.init_state(init_params, tx, jax.random.PRNGKey(seed), mesh)
     t_sh = teacher_dev = None
     if teacher is not None:
-        t_sh = sharding.param_shardings(jax.eval_shape(lambda p: p, teacher_params), mesh)
+        t_sh = sharding.param_shardings(teacher_params, mesh)
         teacher_dev = jax.device_put(teacher_params, t_sh)
     ckpts = StageCheckpoints(os.path.join(workdir, "checkpoints", name))
     best = None

@@ -1,6 +1,6 @@
 """One process of a multi-process DQ run (and its single-process reference).
 
-    python tests/dist_worker.py OUT_DIR PROCESS_ID NUM_PROCESSES PORT [--die-after N]
+    python -m tests.dist_worker OUT_DIR PROCESS_ID NUM_PROCESSES PORT [--die-after N]
 
 Each process has 4 simulated CPU devices; the (2, 2, 2) mesh spans all of them. Three DQ steps
 of a tiny 2-2-8 student, each process loading only its rows of every global batch; then an
@@ -15,8 +15,6 @@ import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 
 MESH = (2, 2, 2)
 STEPS = 3
@@ -24,7 +22,7 @@ BATCH, SRC, TGT = 8, 12, 8
 
 
 def teacher_config():
-    from dq_jax.config import ModelConfig
+    from dq_jax.model_config import ModelConfig
     return ModelConfig(vocab_size=128, d_model=32, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
                        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=32)
 
@@ -64,7 +62,7 @@ def setup(mesh_shape=MESH):
                                                           weight_decay=0.01), s_params)
     mesh = sharding.make_mesh(mesh_shape)
     state, st_sh = train_step.init_state(s_params, tx, jax.random.key(42), mesh)
-    t_sh = sharding.param_shardings(jax.eval_shape(lambda p: p, t_params), mesh)
+    t_sh = sharding.param_shardings(t_params, mesh)
     student, teacher = Seq2SeqLM(s_cfg, QuantConfig(2, 2, 8)), Seq2SeqLM(cfg)
     step = train_step.compile_step(train_step.make_train_step(student, teacher, dcfg, tx), mesh, st_sh, t_sh)
     return step, mesh, state, st_sh, jax.device_put(t_params, t_sh)

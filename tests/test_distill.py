@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from dq_jax import distill, hf, modeling
 from dq_jax.distill import DistillConfig, distill_loss, init_student, layer_map, resolve_map
-from hf_models import make_hf_model, padded_batch, torch_forward
+from tests.hf_models import make_hf_model, padded_batch, torch_forward
 
 ENC_MAP, DEC_MAP = (0, 3), (0, 1, 3)  # 4-layer teacher -> 2-3 student; neither is the identity
 TERMS = ("task", "logits", "enc_attn", "dec_attn", "cross_attn", "enc_hidden", "dec_hidden", "enc_last")

@@ -13,12 +13,12 @@ import jax
 import numpy as np
 import pytest
 
-import dist_worker
+from tests import dist_worker
 from dq_jax import distributed, sharding, train_step
 from dq_jax.checkpoint import StageCheckpoints
 from dq_jax.hf import flatten
 
-WORKER = Path(__file__).resolve().parent / "dist_worker.py"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -31,8 +31,8 @@ def _launch(out: Path, *extra: str, timeout: float = 600):
     out.mkdir(parents=True, exist_ok=True)
     port = str(_free_port())
     env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(out), str(i), "2", port, *extra],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.dist_worker", str(out), str(i), "2", port, *extra],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
              for i in range(2)]
     t0 = time.monotonic()
     outs = [p.communicate(timeout=timeout)[0] for p in procs]

@@ -14,9 +14,9 @@ import transformers
 from safetensors.numpy import load_file
 
 from dq_jax import export, hf, modeling, size
-from dq_jax.config import ModelConfig
+from dq_jax.model_config import ModelConfig
 from dq_jax.quant_config import QuantConfig
-from hf_models import make_hf_model, padded_batch
+from tests.hf_models import make_hf_model, padded_batch
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 
 from dq_jax import hf, modeling
-from dq_jax.config import ModelConfig
+from dq_jax.model_config import ModelConfig
 from dq_jax.generate import GenerationConfig, decode_texts, generate, process_logits
 from dq_jax.quant_config import QuantConfig
-from hf_models import make_hf_model
+from tests.hf_models import make_hf_model
 
 MAX_LEN, MIN_LEN, NGRAM = 20, 5, 3
 MBART_LANG = 5  # the "target language code" forced at position 1

@@ -11,7 +11,7 @@ import transformers
 from safetensors.numpy import load_file
 
 from dq_jax import hf, modeling
-from hf_models import CONFIGS, make_hf_model, padded_batch, torch_forward
+from tests.hf_models import CONFIGS, make_hf_model, padded_batch, torch_forward
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))

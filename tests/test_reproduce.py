@@ -1,12 +1,8 @@
 """bench/reproduce.py: its points and the check of each finding against the numbers."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import reproduce  # noqa: E402
+from bench import reproduce
 
 
 def _named(**scores):

@@ -7,7 +7,7 @@ import pytest
 
 from dq_jax import hf, modeling
 from dq_jax.quant_config import QuantConfig
-from hf_models import make_hf_model, padded_batch
+from tests.hf_models import make_hf_model, padded_batch
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from configs import common, demo, xsum
 from dq_jax import distill, export, hf, modeling, quant, sharding, train_step
 from dq_jax.quant_config import ELASTIC, QuantConfig
-from hf_models import make_hf_model, padded_batch
+from tests.hf_models import make_hf_model, padded_batch
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_step_sizes_train_replicated_and_checkpointable(teacher):
     state, st_sh = train_step.init_state(sparams, tx, jax.random.key(0), mesh)
     for leaf in jax.tree.leaves(state.params[ELASTIC]):
         assert leaf.sharding.is_fully_replicated
-    t_sh = sharding.param_shardings(jax.eval_shape(lambda p: p, params), mesh)
+    t_sh = sharding.param_shardings(params, mesh)
     step = train_step.compile_step(train_step.make_train_step(student, modeling.Seq2SeqLM(cfg), dcfg, tx),
                                    mesh, st_sh, t_sh)
     new, metrics = step(state, jax.device_put(params, t_sh), train_step.shard_batch(batch, mesh))

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from dq_jax import hf, modeling, quant
-from dq_jax import torch_reference as tr
+from tests import torch_reference as tr
 from dq_jax.quant_config import QuantConfig
-from hf_models import make_hf_model, padded_batch, torch_forward
+from tests.hf_models import make_hf_model, padded_batch, torch_forward
 
 
 def bits_of(a):

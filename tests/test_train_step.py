@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from dq_jax import distill, sharding, train_step
-from dq_jax.config import ModelConfig
+from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
 from dq_jax.quant_config import QuantConfig
 
@@ -53,7 +53,7 @@ def _run(setup, mesh_shape, quant=None, steps=3, devices=None):
     ocfg = train_step.OptimConfig(learning_rate=1e-3, warmup_steps=1, total_steps=10, weight_decay=0.01)
     tx = train_step.make_optimizer(ocfg, student_params)
     state, st_sh = train_step.init_state(student_params, tx, jax.random.key(42), mesh)
-    t_sh = sharding.param_shardings(jax.eval_shape(lambda p: p, teacher_params), mesh)
+    t_sh = sharding.param_shardings(teacher_params, mesh)
     teacher = jax.device_put(teacher_params, t_sh)
     fn = train_step.make_train_step(Seq2SeqLM(student_cfg, quant), Seq2SeqLM(TEACHER), dcfg, tx)
     step = train_step.compile_step(fn, mesh, st_sh, t_sh)
@@ -110,7 +110,7 @@ def test_compiled_step_has_no_host_round_trips(setup):
     mesh = sharding.make_mesh((2, 2, 2))
     tx = train_step.make_optimizer(train_step.OptimConfig(), student_params)
     state, st_sh = train_step.init_state(student_params, tx, jax.random.key(0), mesh)
-    t_sh = sharding.param_shardings(jax.eval_shape(lambda p: p, teacher_params), mesh)
+    t_sh = sharding.param_shardings(teacher_params, mesh)
     teacher = jax.device_put(teacher_params, t_sh)
     step = train_step.compile_step(
         train_step.make_train_step(Seq2SeqLM(student_cfg, QuantConfig(2, 2, 8)), Seq2SeqLM(TEACHER), dcfg, tx),
@@ -129,7 +129,7 @@ def test_non_finite_step_is_skipped_and_recorded(setup):
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     tx = train_step.make_optimizer(train_step.OptimConfig(), bad)
     state, st_sh = train_step.init_state(bad, tx, jax.random.key(0), mesh)
-    t_sh = sharding.param_shardings(jax.eval_shape(lambda p: p, teacher_params), mesh)
+    t_sh = sharding.param_shardings(teacher_params, mesh)
     step = train_step.compile_step(
         train_step.make_train_step(Seq2SeqLM(student_cfg), Seq2SeqLM(TEACHER), dcfg, tx), mesh, st_sh, t_sh)
     before = jax.device_get(state.params)

@@ -24,7 +24,7 @@ def main(argv=None):
     import transformers
 
     from dq_jax import hf, modeling, size
-    from dq_jax.config import ModelConfig
+    from dq_jax.model_config import ModelConfig
     from dq_jax.quant_config import QuantConfig
 
     os.makedirs(args.workdir, exist_ok=True)

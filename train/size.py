@@ -17,27 +17,16 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optional
                                           lock_config=True)
 flags.mark_flags_as_required(["config"])
 
-# Teacher shapes for hub ids when no local config.json is at hand (offline).
-KNOWN = {
-    "facebook/bart-base": {},
-    "facebook/bart-large": dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
-                                decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096),
-    "facebook/mbart-large-en-ro": dict(model_type="mbart", vocab_size=250027, d_model=1024, encoder_layers=12,
-                                       decoder_layers=12, encoder_attention_heads=16, decoder_attention_heads=16,
-                                       encoder_ffn_dim=4096, decoder_ffn_dim=4096, scale_embedding=True),
-}
-
-
 def teacher_config(spec):
-    from dq_jax import hf
-    from dq_jax.config import ModelConfig
-    from dq_jax.spec import SCRATCH_SIZES
+    """The teacher's shapes: a local HF directory's config, a known hub checkpoint's (offline), or
+    a scratch size's with the demo tokenizer's 1000 tokens."""
+    from dq_jax import hf, model_sizes
     if spec.teacher_path and os.path.isdir(spec.teacher_path):
-        return hf.load_config(spec.teacher_path)
-    if spec.teacher_path in KNOWN:
-        return ModelConfig(**KNOWN[spec.teacher_path])
+        return hf.load_model_config(spec.teacher_path)
+    if spec.teacher_path in model_sizes.HUB:
+        return model_sizes.model_config(model_sizes.HUB[spec.teacher_path])
     if spec.teacher_scratch:
-        return ModelConfig(vocab_size=1000, **SCRATCH_SIZES[spec.teacher_scratch])
+        return model_sizes.model_config(spec.teacher_scratch, vocab_size=1000)
     raise ValueError(f"Cannot tell the teacher's shapes from teacher.path={spec.teacher_path!r}; "
                      "point it at a local HF directory.")
 
@@ -77,13 +66,8 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)
     from train.settings import spec_from_config
     out = report(spec_from_config(_CONFIG.value))
-    rows = out["rows"]
-    cols = list(rows[0])
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
-    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    print("-|-".join("-" * w for w in widths))
-    for r in rows:
-        print(" | ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)))
+    from dq_jax.table import format_table
+    print(format_table(out["rows"], fmt=lambda _k, v: str(v)))
     t = out["totals"]
     print(f"\npaper convention : teacher {t['teacher_paper_mib']:.1f} MiB, student {t['student_paper_mib']:.1f} MiB, "
           f"ratio {t['paper_ratio']:.1f}x")
