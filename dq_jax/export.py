@@ -28,49 +28,27 @@ import os
 import numpy as np
 
 from dq_jax import packing, quant_config
-from dq_jax.model_config import ModelConfig
 from dq_jax.hf import TOKENIZER_FILES, flatten, flax_to_hf_name, save_pretrained, state_dict_to_params, unflatten
-from dq_jax.quant_config import ELASTIC, QuantConfig, weight_kind
+from dq_jax.model_config import ModelConfig
+from dq_jax.policy import WeightRule, fp32_lm_head_copy, param_rule
+from dq_jax.quant_config import ELASTIC, QuantConfig
 
 FORMAT = "dq-jax-packed"
 VERSION = 1
-# Codes are stored in the smallest container `packing` supports: 3-bit codes take 4 bits.
-CONTAINER_BITS = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}
 
 
 class PackedFileError(ValueError):
     pass
 
 
-def quantized_spec(path: tuple[str, ...], quant: QuantConfig):
-    """(kind, bits, flax reduce axes) of a quantized parameter, or None if it stays fp32."""
-    if path == ("shared", "embedding") and quant.embed_bits:
-        return weight_kind(quant.method, quant.embed_bits), quant.embed_bits, (-1,)
-    if path[-1] == "kernel" and path[0] in ("encoder", "decoder") and quant.weight_bits:
-        axes = quant.weight_axes((0,))
-        return weight_kind(quant.method, quant.weight_bits), quant.weight_bits, axes
-    return None
-
-
-def codes_of(value, kind: str, bits: int, axes, quant: QuantConfig):
+def _numpy_codes(value, rule: WeightRule) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes and scales of one tensor (Flax layout), exactly as training computes them."""
-    from dq_jax import quant as q
-    fn = {"symmetric": lambda x: q.symmetric_codes(x, bits, quant.weight_clip, axes),
-          "ternary": lambda x: q.ternary_codes(x, quant.weight_clip, axes),
-          "binary": lambda x: q.binary_codes(x, quant.weight_clip, axes),
-          "mse": lambda x: q.mse_codes(x, bits, quant.weight_clip, axes, quant.mse_steps),
-          "tbt_ternary": lambda x: q.tbt_ternary_codes(x, axes),
-          "tbt_binary": lambda x: q.tbt_binary_codes(x, axes)}[kind]
-    codes, scales = fn(np.asarray(value, np.float32))
-    return np.asarray(codes), np.asarray(scales, np.float32)
-
-
-def _bits_of(kind: str, bits: int) -> int:
-    return {"ternary": 2, "binary": 1, "tbt_ternary": 2, "tbt_binary": 1}.get(kind, CONTAINER_BITS[bits])
+    codes = rule.codes(np.asarray(value, np.float32))
+    return np.asarray(codes.values), np.asarray(codes.scales, np.float32)
 
 
 def _untie(cfg: ModelConfig, params: dict, quant: QuantConfig) -> tuple[ModelConfig, dict]:
-    if quant.embed_bits and not quant.quantize_lm_head and cfg.tie_word_embeddings:
+    if fp32_lm_head_copy(quant) and cfg.tie_word_embeddings:
         params = dict(params, lm_head={"kernel": np.asarray(params["shared"]["embedding"], np.float32).T})
         cfg = cfg.replace(tie_word_embeddings=False)
     return cfg, params
@@ -95,9 +73,9 @@ def fake_quantized_params(params: dict, quant: QuantConfig) -> dict:
     params, elastic = split_step_sizes(params)
     out = {}
     for path, value in flatten(params):
-        spec = quantized_spec(path, quant)
-        if spec:
-            codes, scales = codes_of(value, *spec, quant)
+        rule = param_rule(path, np.ndim(value), quant)
+        if rule:
+            codes, scales = _numpy_codes(value, rule)
             value = codes.astype(np.float32) * scales
         out[path] = np.asarray(value, np.float32)
     return join_step_sizes(unflatten(out), elastic)
@@ -140,18 +118,17 @@ def write_packed(cfg: ModelConfig, params: dict, quant: QuantConfig, path: str, 
     entries = {}
     for fpath, value in flatten(params):
         name, transposed = flax_to_hf_name(fpath)
-        spec = quantized_spec(fpath, quant)
-        if spec is None:
+        rule = param_rule(fpath, np.ndim(value), quant)
+        if rule is None:
             value = np.asarray(value, np.float32)
             tensors[name] = np.ascontiguousarray(value.T if transposed else value)
             continue
-        codes, scales = codes_of(value, *spec, quant)
+        codes, scales = _numpy_codes(value, rule)
         if transposed:
             codes, scales = codes.T, scales.T
-        bits = _bits_of(spec[0], spec[1])
-        tensors[name + ".codes"] = packing.pack(codes, bits)
+        tensors[name + ".codes"] = packing.pack(codes, rule.storage_bits)
         tensors[name + ".scales"] = np.ascontiguousarray(scales)
-        entries[name] = {"shape": list(codes.shape), "bits": bits, "kind": spec[0]}
+        entries[name] = {"shape": list(codes.shape), "bits": rule.storage_bits, "kind": rule.kind}
     metadata = {"format": FORMAT, "version": str(VERSION), "model_config": json.dumps(cfg.to_hf_dict()),
                 "quant_config": json.dumps(dataclasses.asdict(quant)), "quantized": json.dumps(entries),
                 "generation_config": json.dumps(generation_config or {}),
@@ -200,7 +177,7 @@ def load_packed(path: str) -> tuple[ModelConfig, QuantConfig, dict]:
     hf_cfg, qcfg, sd, extra = read_packed(path)
     cfg = ModelConfig.from_hf_dict(hf_cfg)
     params = state_dict_to_params(sd, tied=cfg.tie_word_embeddings)
-    return cfg, QuantConfig(**qcfg), join_step_sizes(params, extra["elastic"])
+    return cfg, QuantConfig.from_dict(qcfg), join_step_sizes(params, extra["elastic"])
 
 
 def packed_to_hf(path: str, out_dir: str) -> str:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dq_jax.kv_cache import DecoderCache
 from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM, variables
 
@@ -151,9 +152,9 @@ def process_logits(scores, seq, cur_len, gen: GenerationConfig):
 def _prepare(model, params, input_ids, attention_mask, gen, expand):
     """Encode once; cache and encoder states repeated `expand` times per example (beam-major).
 
-    Returns `step(tokens, cache) -> (logits, cache)` and the loop-carried part of the cache
-    (index and self-attention buffers). The cross-attention keys/values never change, so they
-    stay outside the loop carry and `step` closes over them.
+    Returns `step(tokens, cache) -> (logits, cache)` and the loop-carried part of the cache: its
+    index and self-attention buffers, `cross_attn=()`. The cross-attention keys/values never
+    change, so they stay outside the loop carry and `step` closes over them.
     """
     v = variables(params)
     enc = model.apply(v, input_ids, attention_mask, method=model.encode).last_hidden_state
@@ -161,43 +162,49 @@ def _prepare(model, params, input_ids, attention_mask, gen, expand):
     if expand > 1:  # [B, ...] -> [B * K, ...], example b's beams at rows b*K .. b*K+K-1
         rep = lambda x: jnp.repeat(x, expand, axis=0) if x.ndim else x
         enc, attention_mask, cache = rep(enc), rep(attention_mask), jax.tree.map(rep, cache)
-    cross = [{"cross_k": layer["cross_k"], "cross_v": layer["cross_v"]} for layer in cache["layers"]]
-    carried = {"index": cache["index"],
-               "layers": [{"self_k": layer["self_k"], "self_v": layer["self_v"]} for layer in cache["layers"]]}
+    cross = cache.cross_attn
 
-    def step(tokens, carried):  # tokens [N] -> logits [N, V] fp32, new carried cache
-        full = dict(carried, layers=[dict(s, **c) for s, c in zip(carried["layers"], cross)])
-        out = model.apply(v, tokens[:, None], enc, attention_mask, cache=full, method=model.decode)
-        new = {"index": out.cache["index"],
-               "layers": [{"self_k": l["self_k"], "self_v": l["self_v"]} for l in out.cache["layers"]]}
-        return out.logits[:, 0].astype(jnp.float32), new
-    return step, carried
+    def step(tokens, carried: DecoderCache):  # tokens [N] -> logits [N, V] fp32, new carried cache
+        out = model.apply(v, tokens[:, None], enc, attention_mask, cache=carried.replace(cross_attn=cross),
+                          method=model.decode)
+        return out.logits[:, 0].astype(jnp.float32), out.cache.replace(cross_attn=())
+    return step, cache.replace(cross_attn=())
+
+
+@flax.struct.dataclass
+class _GreedyState:
+    seq: jax.Array  # [B, L] int32: start token, then the tokens so far, pad after them
+    cur: jax.Array  # int32 scalar: tokens in seq, the start token included
+    unfinished: jax.Array  # [B] bool
+    score: jax.Array  # [B] float32: sum of the chosen tokens' processed log-probs
+    lengths: jax.Array  # [B] int32: as GenerateOutput.lengths
+    cache: DecoderCache  # the loop-carried part (see `_prepare`)
 
 
 def _greedy(model, params, input_ids, attention_mask, gen):
     b, length = input_ids.shape[0], gen.max_length
     step, cache = _prepare(model, params, input_ids, attention_mask, gen, 1)
     seq = jnp.full((b, length), gen.pad_token_id, jnp.int32).at[:, 0].set(gen.decoder_start_token_id)
-    init = dict(seq=seq, cur=jnp.array(1, jnp.int32), unfinished=jnp.ones((b,), bool),
-                score=jnp.zeros((b,), jnp.float32), lengths=jnp.ones((b,), jnp.int32), cache=cache)
+    init = _GreedyState(seq=seq, cur=jnp.array(1, jnp.int32), unfinished=jnp.ones((b,), bool),
+                        score=jnp.zeros((b,), jnp.float32), lengths=jnp.ones((b,), jnp.int32), cache=cache)
 
-    def cond(s):
-        return jnp.any(s["unfinished"]) & (s["cur"] < length)
+    def cond(s: _GreedyState):
+        return jnp.any(s.unfinished) & (s.cur < length)
 
-    def body(s):
-        cur, unfinished = s["cur"], s["unfinished"]
-        logits, cache = step(jax.lax.dynamic_index_in_dim(s["seq"], cur - 1, 1, keepdims=False), s["cache"])
-        nxt = jnp.argmax(process_logits(logits, s["seq"], cur, gen), axis=-1).astype(jnp.int32)
-        logp = process_logits(jax.nn.log_softmax(logits, axis=-1), s["seq"], cur, gen)
+    def body(s: _GreedyState):
+        cur, unfinished = s.cur, s.unfinished
+        logits, cache = step(jax.lax.dynamic_index_in_dim(s.seq, cur - 1, 1, keepdims=False), s.cache)
+        nxt = jnp.argmax(process_logits(logits, s.seq, cur, gen), axis=-1).astype(jnp.int32)
+        logp = process_logits(jax.nn.log_softmax(logits, axis=-1), s.seq, cur, gen)
         tok_logp = jnp.take_along_axis(logp, nxt[:, None], axis=-1)[:, 0]
         nxt = jnp.where(unfinished, nxt, gen.pad_token_id)  # finished rows emit pad, as HF
-        return dict(seq=s["seq"].at[:, cur].set(nxt), cur=cur + 1,
-                    unfinished=unfinished & (nxt != gen.eos_token_id) & (cur + 1 < length),
-                    score=s["score"] + jnp.where(unfinished, tok_logp, 0.0),
-                    lengths=jnp.where(unfinished, cur + 1, s["lengths"]), cache=cache)
+        return _GreedyState(seq=s.seq.at[:, cur].set(nxt), cur=cur + 1,
+                            unfinished=unfinished & (nxt != gen.eos_token_id) & (cur + 1 < length),
+                            score=s.score + jnp.where(unfinished, tok_logp, 0.0),
+                            lengths=jnp.where(unfinished, cur + 1, s.lengths), cache=cache)
 
     s = jax.lax.while_loop(cond, body, init)
-    return GenerateOutput(s["seq"], s["score"], s["lengths"])
+    return GenerateOutput(s.seq, s.score, s.lengths)
 
 
 def _penalty_table(gen):
@@ -212,6 +219,22 @@ def _take(x, idx):
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
+@flax.struct.dataclass
+class _BeamState:
+    """HF `_beam_search`'s loop state, K = num_beams, L = max_length."""
+
+    running_seq: jax.Array  # [B, K, L] int32: the beams still extended
+    running_scores: jax.Array  # [B, K] float32: their summed log-probs
+    seq: jax.Array  # [B, K, L] int32: the finished hypotheses, best first
+    beam_scores: jax.Array  # [B, K] float32: their length-penalized scores, -1e9 for empty slots
+    fin_len: jax.Array  # [B, K] int32: their lengths
+    is_fin: jax.Array  # [B, K] bool: slot holds a finished hypothesis
+    heur: jax.Array  # [B, 1] bool: the early-stopping heuristic still lets the example improve
+    cur: jax.Array  # int32 scalar: tokens per beam, the start token included
+    done: jax.Array  # bool scalar
+    cache: DecoderCache  # the loop-carried part (see `_prepare`), rows ordered as running_seq
+
+
 def _beam_search(model, params, input_ids, attention_mask, gen):
     b, k, length = input_ids.shape[0], gen.num_beams, gen.max_length
     k2 = 2 * k  # beams_to_keep with one EOS token
@@ -221,19 +244,20 @@ def _beam_search(model, params, input_ids, attention_mask, gen):
     top_mask = jnp.arange(k2) < k  # only the best num_beams candidates may finish
     early = gen.early_stopping
     seq = jnp.full((b, k, length), gen.pad_token_id, jnp.int32).at[:, :, 0].set(gen.decoder_start_token_id)
-    init = dict(
+    init = _BeamState(
         running_seq=seq, running_scores=jnp.zeros((b, k), jnp.float32).at[:, 1:].set(_NEG),
         seq=seq, beam_scores=jnp.full((b, k), _NEG, jnp.float32), fin_len=jnp.ones((b, k), jnp.int32),
         is_fin=jnp.zeros((b, k), bool), heur=jnp.ones((b, 1), bool), cur=jnp.array(prompt, jnp.int32),
         done=jnp.array(False), cache=cache)
 
-    def body(s):
-        cur, running_seq = s["cur"], s["running_seq"]
-        flat_seq = running_seq.reshape(b * k, length)
-        logits, cache = step(jax.lax.dynamic_index_in_dim(flat_seq, cur - 1, 1, keepdims=False), s["cache"])
+    def body(s: _BeamState):
+        cur, running_seq = s.cur, s.running_seq
+        flat_seq = running_seq.reshape(b * k, length)  # [B * K, L]
+        logits, cache = step(jax.lax.dynamic_index_in_dim(flat_seq, cur - 1, 1, keepdims=False), s.cache)
         vocab = logits.shape[-1]
         logp = process_logits(jax.nn.log_softmax(logits, axis=-1), flat_seq, cur, gen)
-        logp = (logp.reshape(b, k, vocab) + s["running_scores"][:, :, None]).reshape(b, k * vocab)
+        # [B * K, V] -> [B, K, V], plus each beam's score -> [B, K * V]
+        logp = (logp.reshape(b, k, vocab) + s.running_scores[:, :, None]).reshape(b, k * vocab)
 
         # c. top-2K continuations over all beams (_get_top_k_continuations)
         topk_logp, topk_idx = jax.lax.top_k(logp, k2)  # [B, 2K]
@@ -251,38 +275,38 @@ def _beam_search(model, params, input_ids, attention_mask, gen):
         just = hits & top_mask[None]
         cand = topk_logp / pen[cur + 1 - prompt]
         if early is True:
-            cand = cand + (jnp.all(s["is_fin"], axis=-1, keepdims=True)).astype(jnp.float32) * _NEG
-        cand = cand + (~s["heur"]).astype(jnp.float32) * _NEG
+            cand = cand + (jnp.all(s.is_fin, axis=-1, keepdims=True)).astype(jnp.float32) * _NEG
+        cand = cand + (~s.heur).astype(jnp.float32) * _NEG
         cand = cand + (~just).astype(jnp.float32) * _NEG
-        merged_scores = jnp.concatenate([s["beam_scores"], cand], axis=1)  # [B, 3K]
+        merged_scores = jnp.concatenate([s.beam_scores, cand], axis=1)  # [B, 3K]
         keep = jax.lax.top_k(merged_scores, k)[1]
-        new_seq = _take(jnp.concatenate([s["seq"], topk_seq], axis=1), keep)
+        new_seq = _take(jnp.concatenate([s.seq, topk_seq], axis=1), keep)
         beam_scores = _take(merged_scores, keep)
-        fin_len = _take(jnp.concatenate([s["fin_len"], jnp.broadcast_to(cur + 1, (b, k2))], axis=1), keep)
-        is_fin = _take(jnp.concatenate([s["is_fin"], just], axis=1), keep)
+        fin_len = _take(jnp.concatenate([s.fin_len, jnp.broadcast_to(cur + 1, (b, k2))], axis=1), keep)
+        is_fin = _take(jnp.concatenate([s.is_fin, just], axis=1), keep)
 
         # g. reorder the self-attention cache by source beam (the cross-attention keys/values are
         # identical across an example's beams and are not carried). `take` with in-range indices is
         # ~3x faster on CPU than `x[idx]`, which adds negative-index handling.
-        flat_src = (jnp.arange(b)[:, None] * k + beam_src).reshape(b * k)
+        flat_src = (jnp.arange(b)[:, None] * k + beam_src).reshape(b * k)  # [B, K] -> [B * K]
         reorder = lambda x: jnp.take(x, flat_src, axis=0, mode="clip")
-        cache = dict(cache, layers=[{name: reorder(x) for name, x in layer.items()} for layer in cache["layers"]])
+        cache = cache.replace(self_attn=jax.tree.map(reorder, cache.self_attn))
 
         cur = cur + 1
         # _check_early_stop_heuristic
         hyp = (length - prompt) if (early == "never" and gen.length_penalty > 0.0) else (cur - prompt)
         best_running = running_scores[:, :1] / pen[hyp]
         worst_fin = jnp.where(is_fin, jnp.min(beam_scores, axis=1, keepdims=True), _NEG)
-        heur = s["heur"] & jnp.any(best_running > worst_fin, axis=-1, keepdims=True)
+        heur = s.heur & jnp.any(best_running > worst_fin, axis=-1, keepdims=True)
         # _beam_search_has_unfinished_sequences
         open_beam = ~(jnp.all(is_fin) & (early is True))
         unfinished = jnp.any(heur) & open_beam & ~jnp.all(hits)
-        return dict(running_seq=running_seq, running_scores=running_scores, seq=new_seq,
-                    beam_scores=beam_scores, fin_len=fin_len, is_fin=is_fin, heur=heur, cur=cur,
-                    done=~unfinished, cache=cache)
+        return _BeamState(running_seq=running_seq, running_scores=running_scores, seq=new_seq,
+                          beam_scores=beam_scores, fin_len=fin_len, is_fin=is_fin, heur=heur, cur=cur,
+                          done=~unfinished, cache=cache)
 
-    s = jax.lax.while_loop(lambda s: ~s["done"], body, init)
-    return GenerateOutput(s["seq"][:, 0], s["beam_scores"][:, 0], s["fin_len"][:, 0])
+    s = jax.lax.while_loop(lambda s: ~s.done, body, init)
+    return GenerateOutput(s.seq[:, 0], s.beam_scores[:, 0], s.fin_len[:, 0])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

@@ -1,9 +1,9 @@
 """Building blocks shared by encoder and decoder: quantized Dense/Embed and attention.
 
 Quantization enters only here: `QDense` fake-quantizes its kernel and its input, `QEmbed`
-its looked-up rows, `Attention` its scaled queries, keys, probabilities and values. With
-`quant=None` (or no bits set) every quantizer is the identity and the math is exactly the
-full-precision model's. Elastic (TBT) activation quantizers keep their learned step size in
+its looked-up rows, `Attention` its scaled queries, keys, probabilities and values, each with
+the quantizer `dq_jax.policy` gives its role. With `quant=None` (or no bits set) every
+quantizer is the identity and the math is exactly the full-precision model's. Elastic (TBT) activation quantizers keep their learned step size in
 the `elastic` collection, initialized from the first batch they see: run the model once with
 `mutable=["elastic"]` on real data to create them (`modeling.init_elastic`).
 """
@@ -16,34 +16,31 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dq_jax.kv_cache import KVCache
+from dq_jax.policy import ActRole, Role, act_rule, tied_lm_head_rule, weight_rule
 from dq_jax.quant_config import ELASTIC, QuantConfig
 
 Dtype = Any
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 
 
-def _no_quant(quant: QuantConfig | None) -> QuantConfig:
-    return quant if quant is not None else QuantConfig()
-
-
 class ActQuant(nn.Module):
-    """Activation fake-quantizer: the dynamic symmetric one of DQ-BART, or TBT's elastic one
-    (1-2 bits) with a learned step size `alpha` (float32 scalar in the `elastic` collection).
-    `signed=False` for non-negative-ish inputs (probabilities, post-GELU)."""
+    """Activation fake-quantizer of one `role`: the dynamic symmetric one of DQ-BART, or TBT's
+    elastic one (1-2 bits) with a learned step size `alpha` (float32 scalar in the `elastic`
+    collection, initialized from the first activations it sees)."""
 
     quant: QuantConfig | None = None
-    signed: bool = True
+    role: ActRole = ActRole.LINEAR_INPUT
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        q = _no_quant(self.quant)
-        if not q.elastic:
-            return q.act_fn()(x)
-        from dq_jax import quant as qz
-        bits, signed = q.act_bits, self.signed
-        alpha = self.variable(ELASTIC, "alpha", lambda: qz.elastic_init(jax.lax.stop_gradient(x), bits, signed))
-        axes = tuple(range(1, x.ndim)) if q.act_scale == "example" else None
-        return qz.elastic(x, alpha.value, bits, signed, axes)
+        rule = act_rule(self.role, self.quant)
+        if rule is None:
+            return x
+        if not rule.elastic:
+            return rule.apply(x)
+        alpha = self.variable(ELASTIC, "alpha", lambda: rule.init_step_size(jax.lax.stop_gradient(x)))
+        return rule.apply(x, alpha.value)
 
 
 class QDense(nn.Module):
@@ -54,17 +51,16 @@ class QDense(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     init_std: float = 0.02
-    signed_input: bool = True
+    input_role: ActRole = ActRole.LINEAR_INPUT
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        q = _no_quant(self.quant)
         kernel = self.param("kernel", nn.initializers.normal(self.init_std),
                             (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-        # Per-row (per output channel) scales reduce over the input axis, 0 in Flax's layout.
-        kernel = q.weight_fn(reduce_axes=(0,))(kernel)
-        x = ActQuant(self.quant, self.signed_input, name="act")(x)
+        rule = weight_rule(Role.LINEAR, self.quant)
+        kernel = rule.fake(kernel) if rule else kernel
+        x = ActQuant(self.quant, self.input_role, name="act")(x)
         y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 
@@ -98,22 +94,22 @@ class QEmbed(nn.Module):
             # torch's Embedding(padding_idx) sends no gradient to the padding row from lookups.
             rows = jnp.where((ids == self.pad_id)[..., None], jax.lax.stop_gradient(rows), rows)
         # Scales are per row, so quantizing the gathered rows equals gathering quantized rows.
-        return _no_quant(self.quant).embed_fn()(rows).astype(self.dtype)
+        rule = weight_rule(Role.TOKEN_EMBEDDING, self.quant)
+        return (rule.fake(rows) if rule else rows).astype(self.dtype)
 
     def attend(self, h: jax.Array) -> jax.Array:
         """LM head: `h [..., D] @ E^T -> [..., V]` with the full table (quantized if asked)."""
-        q = _no_quant(self.quant)
-        table = q.embed_fn()(self.embedding) if q.quantize_lm_head else self.embedding
+        rule = tied_lm_head_rule(self.quant)
+        table = rule.fake(self.embedding) if rule else self.embedding
         return jnp.einsum("...d,vd->...v", h.astype(self.dtype), table.astype(self.dtype))
 
 
 class Attention(nn.Module):
     """Multi-head attention with HF BART's projections, optional KV cache and quantization.
 
-    Cache layout (a plain dict): `k`, `v`: `[B, H, L, Dh]` buffers; `index`: int32 scalar,
-    the number of positions already written. Cross-attention caches hold the projected
-    encoder keys/values `[B, H, S, Dh]` and no index. Head-major, so that decoding reads the
-    cache in the layout the attention matmuls want instead of transposing it every step.
+    Decoding uses `kv_cache.KVCache` (head-major `[B, H, L, Dh]`): self-attention writes the new
+    positions into buffers at a given index, cross-attention reads the encoder states'
+    keys/values projected once by `project_kv`.
     """
 
     num_heads: int
@@ -128,32 +124,30 @@ class Attention(nn.Module):
         dense = lambda: QDense(self.d_model, self.quant, self.dtype, self.param_dtype, self.init_std)
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = dense(), dense(), dense(), dense()
         self.attn_dropout = nn.Dropout(self.dropout)
-        self.q_act, self.k_act, self.v_act = (ActQuant(self.quant) for _ in range(3))
-        self.p_act = ActQuant(self.quant, signed=False)
+        self.q_act, self.k_act, self.v_act = (ActQuant(self.quant, r) for r in (ActRole.QUERY, ActRole.KEY,
+                                                                                  ActRole.VALUE))
+        self.p_act = ActQuant(self.quant, ActRole.PROBS)
 
     def _heads(self, x):  # [B, T, D] -> [B, H, T, Dh]
         x = x.reshape(*x.shape[:-1], self.num_heads, self.d_model // self.num_heads)  # [B, T, H, Dh]
         return jnp.swapaxes(x, 1, 2)
 
-    def project_kv(self, kv: jax.Array) -> dict:
-        """Cross-attention cache from encoder states `[B, S, D]`."""
-        return {"k": self._heads(self.k_proj(kv)), "v": self._heads(self.v_proj(kv))}
+    def project_kv(self, kv: jax.Array) -> KVCache:
+        """Keys and values `[B, H, S, Dh]` of states `[B, S, D]`."""
+        return KVCache(self._heads(self.k_proj(kv)), self._heads(self.v_proj(kv)))
 
-    def __call__(self, x, kv=None, mask=None, cache=None, deterministic=True):
-        """x: `[B, T, D]`; kv: `[B, S, D]` for cross-attention; mask: boolean, broadcastable
-        to `[B, H, T, S]`, True = attend. Returns (out `[B, T, D]`, probs `[B, H, T, S]`, cache)."""
+    def __call__(self, x, kv=None, mask=None, cache=None, index=None, deterministic=True):
+        """x: `[B, T, D]`; kv: cross-attention's encoder states `[B, S, D]`, or their
+        `project_kv` when decoding; mask: boolean, broadcastable to `[B, H, T, S]`, True =
+        attend; cache: self-attention buffers (`[B, H, L, Dh]`) that x's keys/values are written
+        into at position `index` (int32 scalar), attending over all L. Returns (out `[B, T, D]`,
+        probs `[B, H, T, S]`, the written cache or None)."""
         head_dim = self.d_model // self.num_heads
         q = self._heads(self.q_proj(x)) * jnp.asarray(head_dim ** -0.5, self.dtype)
-        if kv is not None and cache is not None:  # cross-attention, keys precomputed
-            k, v = cache["k"], cache["v"]
-        else:
-            src = x if kv is None else kv
-            k, v = self._heads(self.k_proj(src)), self._heads(self.v_proj(src))
-            if cache is not None:  # self-attention: write the new positions into the buffers
-                idx = cache["index"]
-                k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, 0, idx, 0))
-                v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, 0, idx, 0))
-                cache = {"k": k, "v": v, "index": idx + x.shape[1]}
+        keys = kv if isinstance(kv, KVCache) else self.project_kv(x if kv is None else kv)
+        if cache is not None:  # decoding: attend over the earlier positions too
+            keys = cache = cache.write(keys, index)
+        k, v = keys.k, keys.v
         scores = jnp.einsum("bhtd,bhsd->bhts", self.q_act(q), self.k_act(k)).astype(jnp.float32)
         if mask is not None:
             scores = jnp.where(mask, scores, NEG_INF)

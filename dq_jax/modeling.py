@@ -6,6 +6,7 @@ kernel`, ...) so `dq_jax.hf` converts by renaming and transposing only.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -13,8 +14,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dq_jax.model_config import ModelConfig
+from dq_jax.kv_cache import DecoderCache, KVCache
 from dq_jax.layers import Attention, QDense, QEmbed
+from dq_jax.model_config import ModelConfig
+from dq_jax.policy import ActRole
 from dq_jax.quant_config import ELASTIC, QuantConfig, split_elastic
 
 Dtype = Any
@@ -44,7 +47,7 @@ class DecoderOutput:
     hidden_states: tuple | None = None
     attentions: tuple | None = None  # L x [B, H, T, T]
     cross_attentions: tuple | None = None  # L x [B, H, T, S]
-    cache: dict | None = None
+    cache: DecoderCache | None = None  # with `decode(cache=...)`: advanced past the new positions
 
 
 @flax.struct.dataclass
@@ -58,77 +61,74 @@ class Seq2SeqOutput:
     cross_attentions: tuple | None = None
 
 
-class _Layer(nn.Module):
-    """One encoder (no cross-attention) or decoder layer, post-LN (BART) or pre-LN (mBART)."""
+class _Part(nn.Module):
+    """What a stack and its layers share: the config, which side, quantization and dtypes."""
 
     cfg: ModelConfig
     decoder: bool
     quant: QuantConfig | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def _norm(self) -> nn.LayerNorm:
+        return nn.LayerNorm(self.cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
+
+
+class _Layer(_Part):
+    """One encoder (no cross-attention) or decoder layer, post-LN (BART) or pre-LN (mBART)."""
 
     def setup(self):
         c, side = self.cfg, "decoder" if self.decoder else "encoder"
         heads, ffn = getattr(c, f"{side}_attention_heads"), getattr(c, f"{side}_ffn_dim")
         attn = lambda: Attention(heads, c.d_model, c.attention_dropout, self.quant, self.dtype,
                                  self.param_dtype, c.init_std)
-        norm = lambda: nn.LayerNorm(c.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
-        dense = lambda n, signed=True: QDense(n, self.quant, self.dtype, self.param_dtype, c.init_std, signed)
-        self.self_attn, self.self_attn_layer_norm = attn(), norm()
+        dense = lambda n, role=ActRole.LINEAR_INPUT: QDense(n, self.quant, self.dtype, self.param_dtype, c.init_std,
+                                                            role)
+        self.self_attn, self.self_attn_layer_norm = attn(), self._norm()
         if self.decoder:
-            self.encoder_attn, self.encoder_attn_layer_norm = attn(), norm()
-        # fc2 reads activations after GELU/ReLU: (almost) non-negative, the unsigned quantizer's case
-        self.fc1, self.fc2, self.final_layer_norm = dense(ffn), dense(c.d_model, False), norm()
+            self.encoder_attn, self.encoder_attn_layer_norm = attn(), self._norm()
+        self.fc1, self.fc2, self.final_layer_norm = dense(ffn), dense(c.d_model, ActRole.FFN_HIDDEN), self._norm()
         self.drop, self.act_drop = nn.Dropout(c.dropout), nn.Dropout(c.activation_dropout)
         if c.activation_function not in ACTIVATIONS:
             raise ValueError(f"activation_function={c.activation_function!r} is not supported; "
                              f"choose one of {sorted(ACTIVATIONS)}.")
 
-    def _residual(self, h, fn, norm, det):
-        x = norm(h) if self.cfg.pre_layer_norm else h
-        out, *aux = fn(x)
+    def _input(self, h, norm):
+        """A sublayer's input: pre-LN normalizes it, post-LN the residual sum instead."""
+        return norm(h) if self.cfg.pre_layer_norm else h
+
+    def _residual(self, h, out, norm, det):
+        """`h` plus the sublayer's output `out` (both `[B, T, D]`), then post-LN's norm."""
         h = h + self.drop(out, deterministic=det)
-        return (h if self.cfg.pre_layer_norm else norm(h)), aux
+        return h if self.cfg.pre_layer_norm else norm(h)
 
     def _ffn(self, x, det):
         x = self.act_drop(ACTIVATIONS[self.cfg.activation_function](self.fc1(x)), deterministic=det)
-        return (self.fc2(x),)
+        return self.fc2(x)
 
-    def cross_kv(self, enc: jax.Array) -> dict:
-        return self.encoder_attn.project_kv(enc)
-
-    def __call__(self, h, mask, enc=None, enc_mask=None, cache=None, deterministic=True):
-        """h `[B, T, D]`; mask/enc_mask: booleans broadcastable to `[B, H, T, S]`.
-        Returns (h, self-attention probs, cross-attention probs or None, cache or None)."""
-        det, cache = deterministic, cache or {}
-        self_cache = ({"k": cache["self_k"], "v": cache["self_v"], "index": cache["index"]}
-                      if cache else None)
-        h, (p_self, new_self) = self._residual(
-            h, lambda x: self.self_attn(x, mask=mask, cache=self_cache, deterministic=det),
-            self.self_attn_layer_norm, det)
-        p_cross, new_cache = None, None
+    def __call__(self, h, mask, enc=None, enc_mask=None, cache=None, index=None, deterministic=True):
+        """h `[B, T, D]`; mask/enc_mask: booleans broadcastable to `[B, H, T, S]`; enc: encoder
+        states `[B, S, D]`, or their projected `KVCache` when decoding; cache: the self-attention
+        `KVCache` that this step writes at `index` (see `Attention`).
+        Returns (h, self-attention probs, cross-attention probs or None, written cache or None)."""
+        det, norm = deterministic, self.self_attn_layer_norm
+        out, p_self, cache = self.self_attn(self._input(h, norm), mask=mask, cache=cache, index=index,
+                                            deterministic=det)
+        h = self._residual(h, out, norm, det)
+        p_cross = None
         if self.decoder:
-            cross_cache = {"k": cache["cross_k"], "v": cache["cross_v"]} if cache else None
-            h, (p_cross, _) = self._residual(
-                h, lambda x: self.encoder_attn(x, kv=enc, mask=enc_mask, cache=cross_cache,
-                                               deterministic=det),
-                self.encoder_attn_layer_norm, det)
-            if cache:
-                new_cache = dict(cache, self_k=new_self["k"], self_v=new_self["v"],
-                                 index=new_self["index"])
-        h, _ = self._residual(h, lambda x: self._ffn(x, det), self.final_layer_norm, det)
-        return h, p_self, p_cross, new_cache
+            norm = self.encoder_attn_layer_norm
+            out, p_cross, _ = self.encoder_attn(self._input(h, norm), kv=enc, mask=enc_mask, deterministic=det)
+            h = self._residual(h, out, norm, det)
+        norm = self.final_layer_norm
+        h = self._residual(h, self._ffn(self._input(h, norm), det), norm, det)
+        return h, p_self, p_cross, cache
 
 
-class _Stack(nn.Module):
+class _Stack(_Part):
     """Embeddings + layers (+ mBART's final layer norm) of one side."""
 
-    cfg: ModelConfig
-    decoder: bool
-    embed: QEmbed
-    quant: QuantConfig | None = None
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    embed: QEmbed = dataclasses.field(kw_only=True)  # the token embedding both sides share
 
     def setup(self):
         c = self.cfg
@@ -136,12 +136,11 @@ class _Stack(nn.Module):
         self.embed_positions = nn.Embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model,
                                         embedding_init=nn.initializers.normal(c.init_std),
                                         param_dtype=self.param_dtype, dtype=self.dtype)
-        norm = lambda: nn.LayerNorm(c.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
-        self.layernorm_embedding = norm()
+        self.layernorm_embedding = self._norm()
         self.layers = [_Layer(c, self.decoder, self.quant, self.dtype, self.param_dtype)
                        for _ in range(n)]
         if c.pre_layer_norm:
-            self.layer_norm = norm()
+            self.layer_norm = self._norm()
         self.drop = nn.Dropout(c.dropout)
 
     def embed_inputs(self, ids, start, deterministic):
@@ -152,26 +151,35 @@ class _Stack(nn.Module):
         h = self.layernorm_embedding(x + pos[None])
         return self.drop(h, deterministic=deterministic)
 
-    def init_cross_kv(self, enc):
-        return [layer.cross_kv(enc) for layer in self.layers]
+    def init_cache(self, enc, max_length: int) -> DecoderCache:
+        """Zero self-attention buffers `[B, H, max_length, Dh]`, the keys/values of enc `[B, S, D]`."""
+        c = self.cfg
+        b, h = enc.shape[0], c.decoder_attention_heads
+        zeros = jnp.zeros((b, h, max_length, c.d_model // h), self.dtype)
+        return DecoderCache(index=jnp.array(0, jnp.int32),
+                            self_attn=tuple(KVCache(zeros, zeros) for _ in self.layers),
+                            cross_attn=tuple(layer.encoder_attn.project_kv(enc) for layer in self.layers))
 
     def __call__(self, ids, mask, enc=None, enc_mask=None, cache=None, deterministic=True):
-        start = cache["index"] if cache else 0
+        """ids `[B, T]`; with a `DecoderCache`, the next T positions, attending to `cache.cross_attn`
+        instead of `enc`. Returns (h, hidden states, self-attention probs, cross-attention probs,
+        the cache advanced by T or None)."""
+        start = 0 if cache is None else cache.index
         h = self.embed_inputs(ids, start, deterministic)
-        states, self_probs, cross_probs, new_layers = [h], [], [], []
+        states, self_probs, cross_probs, written = [h], [], [], []
         for i, layer in enumerate(self.layers):
-            layer_cache = dict(cache["layers"][i], index=cache["index"]) if cache else None
-            h, p_self, p_cross, layer_cache = layer(h, mask, enc, enc_mask, layer_cache, deterministic)
+            layer_enc, layer_cache = (enc, None) if cache is None else (cache.cross_attn[i], cache.self_attn[i])
+            h, p_self, p_cross, layer_cache = layer(h, mask, layer_enc, enc_mask, layer_cache, start, deterministic)
             states.append(h)
             self_probs.append(p_self)
             cross_probs.append(p_cross)
-            if cache:
-                new_layers.append({k: v for k, v in layer_cache.items() if k != "index"})
+            written.append(layer_cache)
         if self.cfg.pre_layer_norm:
             h = self.layer_norm(h)
             states[-1] = h  # as HF: the last hidden state is the normalized one
-        new_cache = {"index": cache["index"] + ids.shape[1], "layers": new_layers} if cache else None
-        return h, tuple(states), tuple(self_probs), tuple(cross_probs), new_cache
+        if cache is not None:
+            cache = cache.replace(index=start + ids.shape[1], self_attn=tuple(written))
+        return h, tuple(states), tuple(self_probs), tuple(cross_probs), cache
 
 
 def padding_mask(mask: jax.Array) -> jax.Array:
@@ -197,7 +205,7 @@ class Seq2SeqLM(nn.Module):
         c = self.cfg
         self.shared = QEmbed(c.vocab_size, c.d_model, c.pad_token_id, self.quant, self.dtype,
                              self.param_dtype, c.init_std)
-        stack = lambda dec: _Stack(c, dec, self.shared, self.quant, self.dtype, self.param_dtype)
+        stack = lambda dec: _Stack(c, dec, self.quant, self.dtype, self.param_dtype, embed=self.shared)
         self.encoder, self.decoder = stack(False), stack(True)
         self.final_logits_bias = self.param("final_logits_bias", nn.initializers.zeros,
                                             (1, c.vocab_size), self.param_dtype)
@@ -215,14 +223,10 @@ class Seq2SeqLM(nn.Module):
         return EncoderOutput(h, states if output_hidden_states else None,
                              probs if output_attentions else None)
 
-    def init_cache(self, encoder_hidden_states, max_length: int) -> dict:
-        """Empty self-attention buffers of `max_length` plus the projected encoder keys/values."""
-        c = self.cfg
-        b, h = encoder_hidden_states.shape[0], c.decoder_attention_heads
-        zeros = jnp.zeros((b, h, max_length, c.d_model // h), self.dtype)
-        layers = [{"self_k": zeros, "self_v": zeros, "cross_k": kv["k"], "cross_v": kv["v"]}
-                  for kv in self.decoder.init_cross_kv(encoder_hidden_states)]
-        return {"index": jnp.array(0, jnp.int32), "layers": layers}
+    def init_cache(self, encoder_hidden_states, max_length: int) -> DecoderCache:
+        """Empty self-attention buffers of `max_length` plus the projected encoder keys/values
+        (encoder_hidden_states `[B, S, D]`)."""
+        return self.decoder.init_cache(encoder_hidden_states, max_length)
 
     def decode(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask=None,
                decoder_attention_mask=None, cache=None, output_hidden_states=False,
@@ -238,7 +242,7 @@ class Seq2SeqLM(nn.Module):
         if cache is None:
             mask = causal_mask(t, t)
         else:
-            mask = causal_mask(t, cache["layers"][0]["self_k"].shape[2], cache["index"])
+            mask = causal_mask(t, cache.max_length, cache.index)
         if decoder_attention_mask is not None:
             mask = mask & padding_mask(decoder_attention_mask)
         h, states, p_self, p_cross, cache = self.decoder(

@@ -8,9 +8,9 @@ ternary TWN (``{-1, 0, 1} * alpha`` with threshold ``0.7 * mean|x|``), binary BW
 (``{-1, +1} * mean|x|``) and an MSE-optimal symmetric scale found by alternating least squares.
 The backward pass is the STE of the reference code: the gradient passes unchanged where
 ``-clip < x < clip`` and is zero elsewhere; scales get no gradient. Each ``*_codes`` function
-returns ``(codes int8 [x.shape], scales float32 [keepdims shape])`` and the fake quantizer is
-exactly ``dequantize(codes, scales, x.dtype)``, so exported integer codes reproduce training
-bit for bit. Statistics and scales are float32 whatever the input dtype. Groups whose scale
+returns a ``Codes`` (int8 codes of x's shape, float32 scales of the keepdims shape, the code
+width and the reduced axes) and the fake quantizer is exactly ``dequantize(codes, x.dtype)``,
+so exported integer codes reproduce training bit for bit. Statistics and scales are float32 whatever the input dtype. Groups whose scale
 would fall below ``2**-120`` (all-zero groups in practice) quantize to exact zeros with a
 finite scale, where the reference code gives NaN.
 
@@ -29,13 +29,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dq_jax.codes import Codes
 from dq_jax.packing import pack, packed_nbytes, unpack
 
 __all__ = [
     "symmetric", "ternary", "binary", "mse", "activation", "symmetric_codes", "ternary_codes",
     "binary_codes", "mse_codes", "dequantize", "ste_clip", "pack", "unpack", "packed_nbytes",
     "tbt_ternary", "tbt_binary", "tbt_ternary_codes", "tbt_binary_codes", "elastic",
-    "elastic_init", "elastic_levels",
+    "elastic_init", "elastic_levels", "Codes",
 ]
 
 Axes = Optional[Union[int, Sequence[int]]]
@@ -67,6 +68,13 @@ def _call(runner, kernel, x, clip, reduce_axes, n=0, steps=0):
     return runner(kernel, _axes(x.ndim, reduce_axes), steps, x, clip, n)
 
 
+def _codes(kernel, x, clip, reduce_axes, bits: int, n=0, steps=0) -> Codes:
+    x = jnp.asarray(x)
+    axes = _axes(x.ndim, reduce_axes)
+    values, scales = _run_codes(kernel, axes, steps, x, clip, n)
+    return Codes(values, scales, bits, axes)
+
+
 # One jit around each whole quantizer, so eager calls (export) and traced calls (training)
 # compile the same arithmetic. clip and n are traced: one compile serves every bit-width.
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -83,7 +91,7 @@ def _run_codes(kernel, axes, steps, x, clip, n):
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _run_fake(kernel, axes, steps, x, clip, n):
-    q = dequantize(*_run_codes(kernel, axes, steps, x, clip, n), dtype=x.dtype)
+    q = _dequantize(*_run_codes(kernel, axes, steps, x, clip, n), dtype=x.dtype)
     return ste_clip(x, lax.stop_gradient(q), clip)
 
 
@@ -102,9 +110,13 @@ def _stable_step(m, n):
     return (n * (m / n)) / n
 
 
-def dequantize(codes, scales, dtype=jnp.float32):
-    """``codes [*] int`` times ``scales`` (broadcastable, float32), cast to ``dtype``."""
-    return (codes.astype(_F32) * scales).astype(dtype)
+def _dequantize(values, scales, dtype):
+    return (values.astype(_F32) * scales).astype(dtype)
+
+
+def dequantize(codes: Codes, dtype=jnp.float32):
+    """``codes.values * codes.scales`` in float32, cast to ``dtype``: the fake-quantized tensor."""
+    return codes.dequantize(dtype)
 
 
 def _symmetric(xc, axes, size, n, steps):
@@ -149,27 +161,27 @@ def _mse(xc, axes, size, n, steps):
 
 
 def symmetric_codes(x, bits: int, clip: float = 2.5, reduce_axes: Axes = None):
-    """Symmetric uniform codes. ``x [*]`` -> ``(codes int8 [*] in [-n, n], scales f32)`` with
-    ``n = 2**(bits-1) - 1`` and scales of the keepdims shape of the reduction."""
-    return _call(_run_codes, _symmetric, x, clip, reduce_axes, _levels(bits))
+    """Symmetric uniform codes. ``x [*]`` -> ``Codes`` (values int8 [*] in [-n, n], f32 scales)
+    with ``n = 2**(bits-1) - 1`` and scales of the keepdims shape of the reduction."""
+    return _codes(_symmetric, x, clip, reduce_axes, int(bits), _levels(bits))
 
 
 def ternary_codes(x, clip: float = 2.5, reduce_axes: Axes = None):
-    """TWN codes. ``x [*]`` -> ``(codes int8 [*] in {-1, 0, 1}, scales f32)``; the scale is
+    """TWN codes. ``x [*]`` -> ``Codes`` (2-bit values in {-1, 0, 1}, f32 scales); the scale is
     the mean |x| of the elements above ``0.7 * mean|x|``."""
-    return _call(_run_codes, _ternary, x, clip, reduce_axes)
+    return _codes(_ternary, x, clip, reduce_axes, 2)
 
 
 def binary_codes(x, clip: float = 2.5, reduce_axes: Axes = None):
-    """BWN codes. ``x [*]`` -> ``(codes int8 [*] in {-1, +1}, scales f32 = mean|x|)``."""
-    return _call(_run_codes, _binary, x, clip, reduce_axes)
+    """BWN codes. ``x [*]`` -> ``Codes`` (1-bit values in {-1, +1}, f32 scales = mean|x|)."""
+    return _codes(_binary, x, clip, reduce_axes, 1)
 
 
 def mse_codes(x, bits: int, clip: float = 2.5, reduce_axes: Axes = None, steps: int = 5):
     """Symmetric codes with the scale refined by ``steps`` alternating least-squares updates
     (``b = clip(round(x / alpha), -n, n)``, ``alpha = <x, b> / <b, b>``).
-    ``x [*]`` -> ``(codes int8 [*] in [-n, n], scales f32)``."""
-    return _call(_run_codes, _mse, x, clip, reduce_axes, _levels(bits), int(steps))
+    ``x [*]`` -> ``Codes`` (values int8 [*] in [-n, n], f32 scales)."""
+    return _codes(_mse, x, clip, reduce_axes, int(bits), _levels(bits), int(steps))
 
 
 @jax.custom_vjp
@@ -251,7 +263,7 @@ _ste.defvjp(_ste_plain_fwd, _ste_plain_bwd)
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _run_fake_plain(kernel, axes, steps, x, clip, n):
-    q = dequantize(*_run_codes(kernel, axes, steps, x, clip, n), dtype=x.dtype)
+    q = _dequantize(*_run_codes(kernel, axes, steps, x, clip, n), dtype=x.dtype)
     return _ste(x, lax.stop_gradient(q))
 
 
@@ -278,23 +290,23 @@ def tbt_ternary_codes(w, reduce_axes: Axes = (-1,)):
     """TBT ternary weight codes: ``alpha = 4/3 * mean|w|`` over ``reduce_axes`` and
     ``codes = round_half_even(clip(w / alpha, -1, 1))``, no clipping of ``w`` itself.
 
-    ``w [*]`` -> ``(codes int8 [*] in {-1, 0, 1}, scales f32 [keepdims shape])``. The default
+    ``w [*]`` -> ``Codes`` (2-bit values in {-1, 0, 1}, f32 scales [keepdims shape]). The default
     ``(-1,)`` gives one scale per output row of a PyTorch ``nn.Linear`` ``[out, in]`` weight;
     for a Flax ``[in, out]`` kernel pass ``reduce_axes=(0,)`` (scales ``[1, out]``). An all-zero
     group gets zero codes and scale 1.
     """
-    return _call(_run_codes, _tbt_ternary, w, _NO_CLIP, reduce_axes)
+    return _codes(_tbt_ternary, w, _NO_CLIP, reduce_axes, 2)
 
 
 def tbt_binary_codes(w, reduce_axes: Axes = (-1,)):
     """TBT binary weight codes: ``alpha = mean|w|`` over ``reduce_axes``, ``codes = sign(w)``
     with ``sign(0) := +1``, no clipping.
 
-    ``w [*]`` -> ``(codes int8 [*] in {-1, +1}, scales f32 [keepdims shape])``. Rows of an
+    ``w [*]`` -> ``Codes`` (1-bit values in {-1, +1}, f32 scales [keepdims shape]). Rows of an
     ``[out, in]`` weight by default; a Flax ``[in, out]`` kernel needs ``reduce_axes=(0,)``.
     An all-zero group gets scale 0, so it dequantizes to exact zeros.
     """
-    return _call(_run_codes, _tbt_binary, w, _NO_CLIP, reduce_axes)
+    return _codes(_tbt_binary, w, _NO_CLIP, reduce_axes, 1)
 
 
 def tbt_ternary(w, reduce_axes: Axes = (-1,)):
@@ -321,25 +333,22 @@ def elastic_levels(bits: int, signed: bool) -> Tuple[int, int]:
     return 0, int(bits)
 
 
-def elastic_init(x, bits: int, signed: bool = True, reduce_axes: Axes = None):
+def elastic_init(x, bits: int, signed: bool = True):
     """Initial elastic step size from a first batch ``x [*]`` -> f32 scalar ``[]``.
 
     Signed: ``2 * mean|x| / sqrt(Qp)``. Unsigned: ``4 * mean|x| / sqrt(Qp)`` (METHOD.md, as the
-    TBT code: the statistics of the raw input, not of ``x - min``). Floored at 1e-5, so an
-    all-zero batch still gives a usable step. Computed in float32 (TBT, Liu et al., ACL 2023;
-    ``Qp`` from ``elastic_levels``). ``reduce_axes`` is accepted for symmetry with ``elastic``
-    and does not change the value.
+    TBT code: the statistics of the raw input, not of ``x - min``, whatever the granularity
+    of the minimum ``elastic`` later subtracts). Floored at 1e-5, so an all-zero batch still
+    gives a usable step. Computed in float32 (TBT, Liu et al., ACL 2023; ``Qp`` from
+    ``elastic_levels``).
     """
     _, qp = elastic_levels(bits, signed)
-    x = jnp.asarray(x)
-    axes = () if signed else _axes(x.ndim, reduce_axes)
-    return _run_elastic_init(qp, bool(signed), axes, x)
+    return _run_elastic_init(qp, bool(signed), jnp.asarray(x))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _run_elastic_init(qp, signed, axes, x):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _run_elastic_init(qp, signed, x):
     xf = x.astype(_F32)
-    del axes
     factor = 2.0 if signed else 4.0
     value = factor * _mean_abs(xf, None, max(xf.size, 1)).reshape(()) / math.sqrt(qp)
     return jnp.maximum(value, jnp.float32(_ALPHA_EPS))

@@ -1,25 +1,17 @@
-"""What a student quantizes and how: a frozen, validated `QuantConfig`.
+"""What a student quantizes: a frozen, validated `QuantConfig` (bits and quantizer choices).
 
-The model never branches on bit-widths itself; it asks the config for a weight, embedding
-or activation quantizer and applies whatever comes back (identity when bits are None).
+How each tensor is then quantized is decided by `dq_jax.policy` from this config. No JAX here:
+numpy-only code reads it from packed files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:  # the config is read by numpy-only code (packed files): no JAX import here
-    import jax
 
 WEIGHT_METHODS = ("dq_bart", "symmetric", "binary", "mse", "tbt")
 ELASTIC = "elastic"  # Flax collection of the learned activation step sizes (TBT)
 GRANULARITIES = ("tensor", "row")
 ACT_SCALES = ("tensor", "example")
-
-
-def _identity(x: jax.Array) -> jax.Array:
-    return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +33,7 @@ class QuantConfig:
     embed_bits: int | None = None
     act_bits: int | None = None
     method: str = "dq_bart"
-    weight_granularity: str = "tensor"
-    embed_granularity: str = "row"
+    weight_granularity: str = "tensor"  # embeddings are always quantized per row
     weight_clip: float = 2.5
     act_clip: float = 2.5
     act_scale: str = "tensor"
@@ -63,8 +54,6 @@ class QuantConfig:
                     f"use an integer in {low}..8 or None (full-precision activations){hint}.")
         if self.weight_granularity not in GRANULARITIES:
             raise ValueError(f"quant.weight_granularity={self.weight_granularity!r}; choose one of {GRANULARITIES}.")
-        if self.embed_granularity != "row":
-            raise ValueError(f"quant.embed_granularity={self.embed_granularity!r}; embeddings are quantized per row.")
         if self.act_scale not in ACT_SCALES:
             raise ValueError(f"quant.act_scale={self.act_scale!r}; choose one of {ACT_SCALES}.")
         for name in ("weight_clip", "act_clip"):
@@ -82,26 +71,14 @@ class QuantConfig:
         """True when activations use learned step sizes (TBT at 1 or 2 bits)."""
         return self.method == "tbt" and self.act_bits is not None and self.act_bits <= 2
 
-    def weight_axes(self, row_axes):
-        """What weight statistics reduce over: everything (None) per tensor, `row_axes` per row.
-        TBT's scales are always per output row."""
-        return None if self.weight_granularity == "tensor" and self.method != "tbt" else row_axes
-
-    def weight_fn(self, reduce_axes) -> Callable[[jax.Array], jax.Array]:
-        """Fake-quantizer of a Linear kernel; `reduce_axes` is the input axis for per-row scales."""
-        return _weight_quantizer(self.method, self.weight_bits, self.weight_clip, self.weight_axes(reduce_axes),
-                                 self.mse_steps)
-
-    def embed_fn(self) -> Callable[[jax.Array], jax.Array]:
-        """Fake-quantizer of embedding rows `[..., D]` (one scale per row)."""
-        return _weight_quantizer(self.method, self.embed_bits, self.weight_clip, (-1,), self.mse_steps)
-
-    def act_fn(self) -> Callable[[jax.Array], jax.Array]:
-        if self.act_bits is None:
-            return _identity
-        from dq_jax import quant
-        bits, clip, per_example = self.act_bits, self.act_clip, self.act_scale == "example"
-        return lambda x: quant.activation(x, bits, clip, per_example=per_example)
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantConfig:
+        """From `dataclasses.asdict` output, as packed files and `dq_jax.json` store it. An
+        `embed_granularity` key (always "row": embeddings are quantized per row) is accepted."""
+        d = dict(d)
+        if d.pop("embed_granularity", "row") != "row":
+            raise ValueError("quant_config.embed_granularity must be 'row'; embeddings are quantized per row.")
+        return cls(**d)
 
 
 def split_elastic(params: dict) -> tuple[dict, dict | None]:
@@ -114,15 +91,6 @@ def split_elastic(params: dict) -> tuple[dict, dict | None]:
     return {k: v for k, v in params.items() if k != ELASTIC}, params[ELASTIC]
 
 
-def weight_kind(method: str, bits: int) -> str:
-    """The quantizer family a method uses at a bit-width: symmetric, ternary, binary or mse."""
-    if method == "dq_bart":
-        return {1: "binary", 2: "ternary"}.get(bits, "symmetric")
-    if method == "tbt":
-        return {1: "tbt_binary", 2: "tbt_ternary"}[bits]
-    return method
-
-
 def _check_weight_bits(name: str, bits, method: str) -> None:
     if bits is None:
         return
@@ -132,21 +100,3 @@ def _check_weight_bits(name: str, bits, method: str) -> None:
         raise ValueError(
                 f"quant.{name}={bits!r} is not supported by quant.method={method!r}; allowed bits: "
                 f"{list(allowed)} (or None for full precision).")
-
-
-def _weight_quantizer(method, bits, clip, reduce_axes, mse_steps):
-    if bits is None:
-        return _identity
-    from dq_jax import quant
-    kind = weight_kind(method, bits)
-    if kind == "symmetric":
-        return lambda w: quant.symmetric(w, bits, clip, reduce_axes)
-    if kind == "ternary":
-        return lambda w: quant.ternary(w, clip, reduce_axes)
-    if kind == "binary":
-        return lambda w: quant.binary(w, clip, reduce_axes)
-    if kind == "tbt_ternary":
-        return lambda w: quant.tbt_ternary(w, reduce_axes)
-    if kind == "tbt_binary":
-        return lambda w: quant.tbt_binary(w, reduce_axes)
-    return lambda w: quant.mse(w, bits, clip, reduce_axes, mse_steps)

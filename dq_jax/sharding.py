@@ -1,7 +1,8 @@
 """Device mesh, logical-axis rules and the shardings of params, optimizer state and batches.
 
 Mesh axes are `data`, `fsdp` and `tensor` (Auto axis types). Every parameter gets logical
-axes from its name (t5x style) and the rules map them to mesh axes: vocab/mlp/heads ->
+axes from the quantization policy's classification of its path (`dq_jax.policy.classify`, t5x
+style) and the rules map them to mesh axes: vocab/mlp/heads ->
 tensor, embed -> fsdp. Batches split over `data` and `fsdp` together: FSDP devices hold a
 slice of every parameter and each computes its own part of the batch, so they do not repeat
 each other's work. A dimension the mesh axis does not divide stays replicated.
@@ -15,6 +16,8 @@ from typing import Sequence
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from dq_jax.policy import classify
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -42,30 +45,6 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices[:n])
 
 
-def logical_axes(path: tuple[str, ...], ndim: int) -> tuple[str | None, ...]:
-    """Logical axis names of a parameter from its Flax path (HF naming)."""
-    leaf, owner = path[-1], (path[-2] if len(path) > 1 else "")
-    if path[0] == "final_logits_bias":
-        return (None, "vocab")
-    if owner == "shared":
-        return ("vocab", "embed")
-    if owner == "lm_head":
-        return ("embed", "vocab")
-    if owner == "embed_positions":
-        return ("positions", "embed")
-    if "norm" in owner:
-        return ("norm",)
-    if owner in ("q_proj", "k_proj", "v_proj"):
-        return ("embed", "heads") if leaf == "kernel" else ("heads",)
-    if owner == "out_proj":
-        return ("heads", "embed") if leaf == "kernel" else ("norm",)
-    if owner == "fc1":
-        return ("embed", "mlp") if leaf == "kernel" else ("mlp",)
-    if owner == "fc2":
-        return ("mlp", "embed") if leaf == "kernel" else ("norm",)
-    return (None,) * ndim
-
-
 def spec_for(shape: Sequence[int], axes: Sequence[str | None], mesh: Mesh, rules=RULES) -> P:
     """PartitionSpec for logical `axes`; mesh axes that do not divide a dimension are dropped."""
     table = dict(rules)
@@ -80,15 +59,16 @@ def spec_for(shape: Sequence[int], axes: Sequence[str | None], mesh: Mesh, rules
     return P(*out)
 
 
-def _key_names(keypath) -> tuple[str, ...]:
+def key_names(keypath) -> tuple[str, ...]:
+    """A pytree key path as the parameter path `policy.classify` reads: `("encoder", "layers_0", ...)`."""
     return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in keypath)
 
 
 def param_shardings(params, mesh: Mesh, rules=RULES):
     """NamedShardings for a params tree: device or numpy arrays, ShapeDtypeStructs or scalars."""
     def one(keypath, leaf):
-        path, shape = _key_names(keypath), np.shape(leaf)
-        return NamedSharding(mesh, spec_for(shape, logical_axes(path, len(shape)), mesh, rules))
+        path, shape = key_names(keypath), np.shape(leaf)
+        return NamedSharding(mesh, spec_for(shape, classify(path, len(shape)).logical_axes, mesh, rules))
     return jax.tree_util.tree_map_with_path(one, params)
 
 
@@ -98,12 +78,12 @@ def state_shardings(tree, params, mesh: Mesh, rules=RULES):
     everything else (step counters, rng keys, scalars) is replicated."""
     by_path = {}
     for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        by_path[_key_names(keypath)] = leaf
+        by_path[key_names(keypath)] = leaf
     flat = jax.tree_util.tree_flatten_with_path(param_shardings(params, mesh, rules))[0]
-    spec_by_path = {_key_names(k): s for k, s in flat}
+    spec_by_path = {key_names(k): s for k, s in flat}
 
     def one(keypath, leaf):
-        names = _key_names(keypath)
+        names = key_names(keypath)
         for start in range(len(names)):
             tail = names[start:]
             if tail in by_path and tuple(by_path[tail].shape) == tuple(np.shape(leaf)):

@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 from dq_jax.hf import flatten
+from dq_jax.policy import Role, classify, fp32_lm_head_copy, param_rule
 from dq_jax.quant_config import split_elastic
 
 MIB = 2 ** 20
@@ -28,30 +29,22 @@ class Component:
         return self.elements * self.bits / 8 / MIB
 
 
-def component_of(path: tuple[str, ...]) -> str:
-    leaf = path[-1]
-    if path[0] == "shared":
-        return "token embedding"
-    if path[0] == "final_logits_bias":
-        return "final_logits_bias"
-    if "embed_positions" in path:
-        return "positional embeddings"
-    if leaf == "kernel":
-        return "Linear weights"
-    if leaf == "scale" or any("norm" in p for p in path[:-1]):
-        return "LayerNorms"
-    return "biases"
+def component_of(path: tuple[str, ...], ndim: int) -> str:
+    """The size report's row of a parameter: its role's name. The paper counts every Linear
+    weight at W bits, an untied LM head (an `nn.Linear` in HF) included."""
+    role = classify(path, ndim).role
+    return (Role.LINEAR if role is Role.LM_HEAD else role).value
 
 
 def paper_components(abstract_params: dict, weight_bits: int | None, embed_bits: int | None) -> list[Component]:
     """Per-component element counts and bits; `None` bits mean fp32."""
     counts: dict[str, int] = {}
     for path, leaf in flatten(abstract_params):
-        name = component_of(path)
+        name = component_of(path, len(leaf.shape))
         counts[name] = counts.get(name, 0) + int(np.prod(leaf.shape))
-    bits = {"Linear weights": weight_bits or 32, "token embedding": embed_bits or 32}
-    order = ("Linear weights", "token embedding", "positional embeddings", "LayerNorms", "biases",
-             "final_logits_bias")
+    bits = {Role.LINEAR.value: weight_bits or 32, Role.TOKEN_EMBEDDING.value: embed_bits or 32}
+    order = tuple(r.value for r in (Role.LINEAR, Role.TOKEN_EMBEDDING, Role.POSITIONS, Role.NORM, Role.BIAS,
+                                    Role.LOGITS_BIAS))
     return [Component(n, counts.get(n, 0), bits.get(n, 32)) for n in order]
 
 
@@ -78,7 +71,6 @@ def packed_components(abstract_params: dict, quant) -> list[dict]:
     for everything unquantized, and an fp32 LM head when the embedding is quantized but the
     head is not; the learned activation step sizes of a TBT student if `abstract_params` has
     them (see `hf.abstract_trainable`)."""
-    from dq_jax.export import _bits_of, quantized_spec
     from dq_jax.packing import packed_nbytes
     rows: dict[str, dict] = {}
 
@@ -89,20 +81,19 @@ def packed_components(abstract_params: dict, quant) -> list[dict]:
 
     abstract_params, elastic = split_elastic(abstract_params)
     for _ in flatten(elastic or {}):
-        add("activation step sizes", 1, 4, 32)
+        add(Role.STEP_SIZE.value, 1, 4, 32)
     for path, leaf in flatten(abstract_params):
-        n = int(np.prod(leaf.shape))
-        spec = quantized_spec(path, quant)
-        if spec is None:
-            add(component_of(path), n, 4 * n, 32)
+        n, ndim = int(np.prod(leaf.shape)), len(leaf.shape)
+        rule = param_rule(path, ndim, quant)
+        if rule is None:
+            add(component_of(path, ndim), n, 4 * n, 32)
             continue
-        kind, bits, axes = spec
-        stored = _bits_of(kind, bits)
-        add(component_of(path), n, packed_nbytes(n, stored), stored)
+        add(component_of(path, ndim), n, packed_nbytes(n, rule.storage_bits), rule.storage_bits)
+        axes = rule.reduce_axes
         groups = 1 if axes is None else int(np.prod([d for i, d in enumerate(leaf.shape)
-                                                      if i not in {a % len(leaf.shape) for a in axes}]))
+                                                      if i not in {a % ndim for a in axes}]))
         add("scales", groups, 4 * groups, 32)
-    if quant.embed_bits and not quant.quantize_lm_head:
+    if fp32_lm_head_copy(quant):
         n = int(np.prod(abstract_params["shared"]["embedding"].shape))
         add("LM head (fp32 copy)", n, 4 * n, 32)
     for r in rows.values():

@@ -15,11 +15,13 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dq_jax import distill, sharding
 from dq_jax.modeling import Seq2SeqLM, variables
+from dq_jax.policy import classify
 
 BATCH_KEYS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels")
 
@@ -53,16 +55,19 @@ class OptimConfig:
         return optax.join_schedules([optax.linear_schedule(0.0, self.learning_rate, warm), decay], [warm])
 
 
-def _labels(params) -> Any:
-    """'frozen' for final_logits_bias (a buffer in HF, never trained), else 'train'."""
+def _param_infos(params) -> Any:
     return jax.tree_util.tree_map_with_path(
-        lambda kp, _: "frozen" if str(getattr(kp[0], "key", "")) == "final_logits_bias" else "train", params)
+        lambda kp, leaf: classify(sharding.key_names(kp), np.ndim(leaf)), params)
+
+
+def _labels(params) -> Any:
+    """'frozen' for what is never trained (final_logits_bias, a buffer in HF), else 'train'."""
+    return jax.tree.map(lambda info: "train" if info.trainable else "frozen", _param_infos(params))
 
 
 def _decay_mask(params) -> Any:
     """Weight decay on kernels and embeddings only, not on biases, layer norms or activation step sizes."""
-    return jax.tree_util.tree_map_with_path(
-        lambda kp, _: str(kp[-1].key) in ("kernel", "embedding"), params)
+    return jax.tree.map(lambda info: info.decays, _param_infos(params))
 
 
 def make_optimizer(cfg: OptimConfig, params) -> optax.GradientTransformation:

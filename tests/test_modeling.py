@@ -120,7 +120,7 @@ def test_incremental_decoding_matches_full_pass(saved):
         out = step(cache, dids[:, a:b])
         cache = out.cache
         logits.append(out.logits)
-    assert int(cache["index"]) == dids.shape[1]
+    assert int(cache.index) == dids.shape[1]
     np.testing.assert_allclose(jnp.concatenate(logits, axis=1), full, atol=1e-5, rtol=0)
 
 

@@ -48,7 +48,8 @@ def test_symmetric_table_per_tensor(bits):
     q = quant.symmetric(jnp.array(x, jnp.float32), bits)
     assert q.dtype == jnp.float32
     np.testing.assert_array_equal(q, np.array(expected, np.float32))
-    codes, scales = quant.symmetric_codes(jnp.array(x, jnp.float32), bits)
+    c = quant.symmetric_codes(jnp.array(x, jnp.float32), bits)
+    codes, scales = c.values, c.scales
     np.testing.assert_array_equal(codes, np.round(np.array(expected) * 64).astype(np.int8))
     assert codes.dtype == jnp.int8 and scales.dtype == jnp.float32
     assert scales.shape == (1,) and float(scales[0]) == S
@@ -62,7 +63,8 @@ def test_symmetric_table_per_row_with_zero_row(bits):
     want = np.array([expected, [v / 2 for v in expected], [0.0] * len(x)], np.float32)
     q = quant.symmetric(x2, bits, reduce_axes=(-1,))
     np.testing.assert_array_equal(q, want)
-    _, scales = quant.symmetric_codes(x2, bits, reduce_axes=-1)
+    c = quant.symmetric_codes(x2, bits, reduce_axes=-1)
+    _, scales = c.values, c.scales
     np.testing.assert_array_equal(scales, [[S], [S / 2], [1.0]])
 
 
@@ -74,7 +76,8 @@ def test_symmetric_table_per_row_with_zero_row(bits):
 ])
 def test_symmetric_clamps_beyond_clip(bits, codes, step):
     x = jnp.array([3.0, -7.0, 1.0, 0.0])
-    got_codes, scales = quant.symmetric_codes(x, bits)
+    c = quant.symmetric_codes(x, bits)
+    got_codes, scales = c.values, c.scales
     np.testing.assert_array_equal(got_codes, codes)
     np.testing.assert_allclose(scales, [step], rtol=1e-7)
     q = quant.symmetric(x, bits)
@@ -87,7 +90,8 @@ def test_symmetric_single_element_and_scalar():
     # A lone element is its own max: code n, q == x up to the scale's rounding.
     q = quant.symmetric(jnp.array([0.7]), 8)
     np.testing.assert_allclose(q, [0.7], rtol=2e-7)
-    codes, scales = quant.symmetric_codes(jnp.float32(-0.3), 4)
+    c = quant.symmetric_codes(jnp.float32(-0.3), 4)
+    codes, scales = c.values, c.scales
     assert codes.shape == () and int(codes) == -7 and scales.shape == ()
     np.testing.assert_allclose(quant.symmetric(jnp.float32(-0.3), 4), -0.3, rtol=2e-7)
     np.testing.assert_array_equal(quant.symmetric(jnp.float32(5.0), 8), 2.5)
@@ -97,7 +101,7 @@ def test_symmetric_scale_shapes():
     x = jnp.ones((2, 3, 4))
     for axes, shape in [(None, (1, 1, 1)), (-1, (2, 3, 1)), ((-1,), (2, 3, 1)),
                         ((0, 2), (1, 3, 1)), ((2, 0, -1), (1, 3, 1)), ((), (2, 3, 4))]:
-        assert quant.symmetric_codes(x, 8, reduce_axes=axes)[1].shape == shape, axes
+        assert quant.symmetric_codes(x, 8, reduce_axes=axes).scales.shape == shape, axes
 
 
 def test_symmetric_bf16():
@@ -106,7 +110,8 @@ def test_symmetric_bf16():
     q = quant.symmetric(x, 8)
     assert q.dtype == jnp.bfloat16
     np.testing.assert_array_equal(q.astype(jnp.float32), [127 * S, -126 * S, 64 * S, 2 * S])
-    codes, scales = quant.symmetric_codes(x, 8)
+    c = quant.symmetric_codes(x, 8)
+    codes, scales = c.values, c.scales
     assert scales.dtype == jnp.float32 and float(scales[0]) == S
 
 
@@ -122,16 +127,17 @@ TERNARY_Q2 = [0.5, -0.5, 0.5, -0.5, 0.0, 0.0, 0.0, 0.0]
 def test_ternary_table():
     q = quant.ternary(jnp.array(TERNARY_X))
     np.testing.assert_array_equal(q, TERNARY_Q)
-    codes, scales = quant.ternary_codes(jnp.array(TERNARY_X))
+    c = quant.ternary_codes(jnp.array(TERNARY_X))
+    codes, scales = c.values, c.scales
     np.testing.assert_array_equal(codes, [1, -1, 0, 0, 0, 0, 1, 0])
     np.testing.assert_array_equal(scales, [2.0])
     x = jnp.array([TERNARY_X, [0.0] * 8, TERNARY_X2])
     np.testing.assert_array_equal(quant.ternary(x, reduce_axes=-1),
                                   [TERNARY_Q, [0.0] * 8, TERNARY_Q2])
-    np.testing.assert_array_equal(quant.ternary_codes(x, reduce_axes=-1)[1], [[2.0], [1.0], [0.5]])
+    np.testing.assert_array_equal(quant.ternary_codes(x, reduce_axes=-1).scales, [[2.0], [1.0], [0.5]])
     # Per tensor: |x| sums to 7.5 + 0 + 2.1 over 24 -> delta = .7 * .4 = .28; kept 1.5, 2, .5,
     # 2.5, .625 and the four .5s -> alpha = (7.125 + 2) / 9.
-    np.testing.assert_allclose(quant.ternary_codes(x)[1], [[9.125 / 9]], rtol=1e-6)
+    np.testing.assert_allclose(quant.ternary_codes(x).scales, [[9.125 / 9]], rtol=1e-6)
 
 
 def test_ternary_bf16_and_single_element():
@@ -152,13 +158,15 @@ BINARY_C2 = [1, -1, -1, 1, 1, -1, 1, 1]
 
 def test_binary_table():
     np.testing.assert_array_equal(quant.binary(jnp.array(BINARY_X)), np.float32(BINARY_C))
-    codes, scales = quant.binary_codes(jnp.array(BINARY_X))
+    c = quant.binary_codes(jnp.array(BINARY_X))
+    codes, scales = c.values, c.scales
     np.testing.assert_array_equal(codes, BINARY_C)
     np.testing.assert_array_equal(scales, [1.0])
     x = jnp.array([BINARY_X, [0.0] * 8, BINARY_X2])
     q = quant.binary(x, reduce_axes=-1)
     np.testing.assert_array_equal(q, [BINARY_C, [0.0] * 8, [0.4375 * c for c in BINARY_C2]])
-    codes, scales = quant.binary_codes(x, reduce_axes=-1)
+    c = quant.binary_codes(x, reduce_axes=-1)
+    codes, scales = c.values, c.scales
     np.testing.assert_array_equal(codes, [BINARY_C, [1] * 8, BINARY_C2])
     np.testing.assert_array_equal(scales, [[1.0], [0.0], [0.4375]])
     qb = quant.binary(jnp.array(BINARY_X, jnp.bfloat16))
@@ -175,7 +183,8 @@ def test_mse_tables():
     # bits=3 (n=3): alpha0 = 2/3, b = round([3, 1.8, -1.2, .3]) = [3, 2, -1, 0],
     # alpha = (6 + 2.4 + .8) / (9 + 4 + 1) = 9.2 / 14; b is unchanged from then on.
     x = jnp.array([2.0, 1.2, -0.8, 0.2])
-    codes, scales = quant.mse_codes(x, 3)
+    c = quant.mse_codes(x, 3)
+    codes, scales = c.values, c.scales
     np.testing.assert_array_equal(codes, [3, 2, -1, 0])
     np.testing.assert_allclose(scales, [9.2 / 14], rtol=1e-6)
     np.testing.assert_allclose(quant.mse(x, 3), [3 * 9.2 / 14, 2 * 9.2 / 14, -9.2 / 14, 0],
@@ -214,7 +223,8 @@ def test_all_zero_input_gives_zeros(name, axes):
         q = ALL[name](jnp.zeros(SHAPE, dtype), reduce_axes=axes)
         assert q.dtype == dtype
         np.testing.assert_array_equal(q.astype(jnp.float32), np.zeros(SHAPE))
-    codes, scales = CODES[name](jnp.zeros(SHAPE), reduce_axes=axes)
+    c = CODES[name](jnp.zeros(SHAPE), reduce_axes=axes)
+    codes, scales = c.values, c.scales
     assert np.isfinite(np.asarray(scales)).all()
     grad = jax.grad(lambda x: ALL[name](x, reduce_axes=axes).sum())(jnp.zeros(SHAPE))
     np.testing.assert_array_equal(grad, np.ones(SHAPE))
@@ -326,7 +336,8 @@ def test_export_round_trip_in_numpy(name, codes_fn, bits):
             "binary": lambda x: quant.binary(x, reduce_axes=-1),
             "mse4": lambda x: quant.mse(x, 4)}[name]
     x = jnp.array(np.random.default_rng(2).normal(size=(5, 7)).astype(np.float32))
-    codes, scales = codes_fn(x)
+    c = codes_fn(x)
+    codes, scales = c.values, c.scales
     packed = packing.pack(np.asarray(codes), bits)
     rebuilt = packing.unpack(packed, bits, x.shape).astype(np.float32) * np.asarray(scales)
     assert_bitwise_equal(rebuilt, fake(x))
@@ -356,7 +367,8 @@ def n_distinct_per_group(q, axes):
 @given(x=arrays(st.one_of(FINITE, MODEST)), bits=st.integers(2, 8), axes=AXES)
 def test_symmetric_properties(x, bits, axes):
     q = quant.symmetric(x, bits, reduce_axes=axes)
-    codes, scales = quant.symmetric_codes(x, bits, reduce_axes=axes)
+    c = quant.symmetric_codes(x, bits, reduce_axes=axes)
+    codes, scales = c.values, c.scales
     n = 2 ** (bits - 1) - 1
     assert np.isfinite(np.asarray(q)).all() and np.isfinite(np.asarray(scales)).all()
     assert n_distinct_per_group(q, axes) <= 2 ** bits - 1
@@ -366,7 +378,7 @@ def test_symmetric_properties(x, bits, axes):
     assert (err <= np.asarray(scales) * (0.5 + 1e-5)).all()
     # Exact idempotence: the step is snapped to a fixed point of s -> fl(fl(n s) / n).
     assert_bitwise_equal(quant.symmetric(q, bits, reduce_axes=axes), q)
-    assert_bitwise_equal(quant.dequantize(codes, scales), q)
+    assert_bitwise_equal(quant.dequantize(c), q)
     assert_bitwise_equal(np.asarray(codes).astype(np.float32) * np.asarray(scales), q)
 
 
@@ -376,12 +388,13 @@ def test_ternary_binary_properties(x, axes):
     for fn, codes_fn, levels in [(quant.ternary, quant.ternary_codes, 3),
                                  (quant.binary, quant.binary_codes, 2)]:
         q = fn(x, reduce_axes=axes)
-        codes, scales = codes_fn(x, reduce_axes=axes)
+        c = codes_fn(x, reduce_axes=axes)
+        codes, scales = c.values, c.scales
         assert np.isfinite(np.asarray(q)).all() and np.isfinite(np.asarray(scales)).all()
         assert n_distinct_per_group(q, axes) <= levels
         allowed = {-1, 0, 1} if levels == 3 else {-1, 1}
         assert set(np.unique(np.asarray(codes)).tolist()) <= allowed
-        assert_bitwise_equal(quant.dequantize(codes, scales), q)
+        assert_bitwise_equal(quant.dequantize(c), q)
         assert_bitwise_equal(np.asarray(codes).astype(np.float32) * np.asarray(scales), q)
 
 
@@ -389,10 +402,11 @@ def test_ternary_binary_properties(x, axes):
 @given(x=arrays(st.one_of(FINITE, MODEST)), bits=st.sampled_from([2, 3, 8]), axes=AXES)
 def test_mse_properties(x, bits, axes):
     q = quant.mse(x, bits, reduce_axes=axes)
-    codes, scales = quant.mse_codes(x, bits, reduce_axes=axes)
+    c = quant.mse_codes(x, bits, reduce_axes=axes)
+    codes, scales = c.values, c.scales
     assert np.isfinite(np.asarray(q)).all() and np.isfinite(np.asarray(scales)).all()
     assert n_distinct_per_group(q, axes) <= 2 ** bits - 1
-    assert_bitwise_equal(quant.dequantize(codes, scales), q)
+    assert_bitwise_equal(quant.dequantize(c), q)
     assert_bitwise_equal(np.asarray(codes).astype(np.float32) * np.asarray(scales), q)
     # Alternating least squares starts from the symmetric scale and never increases the error.
     xc = np.clip(x, -2.5, 2.5).astype(np.float64)
@@ -412,7 +426,7 @@ def test_bf16_matches_fp32_of_rounded_input(x, bits):
     assert q.dtype == jnp.bfloat16
     want = quant.symmetric(xb.astype(jnp.float32), bits).astype(jnp.bfloat16)
     assert_bitwise_equal(q, want)
-    assert_bitwise_equal(quant.dequantize(*quant.symmetric_codes(xb, bits), dtype=jnp.bfloat16), q)
+    assert_bitwise_equal(quant.dequantize(quant.symmetric_codes(xb, bits), dtype=jnp.bfloat16), q)
 
 
 def test_matches_numpy_transcription_of_the_method():
@@ -429,17 +443,20 @@ def test_matches_numpy_transcription_of_the_method():
             m = ax.max(axis=red, keepdims=True)
             s = n / m
             codes_ref = np.round(xc * s)
-            codes, scales = quant.symmetric_codes(x, bits, reduce_axes=axes)
+            c = quant.symmetric_codes(x, bits, reduce_axes=axes)
+            codes, scales = c.values, c.scales
             np.testing.assert_array_equal(codes, codes_ref)
             np.testing.assert_array_max_ulp(np.asarray(scales), m / n, 1)
             np.testing.assert_allclose(quant.symmetric(x, bits, reduce_axes=axes),
                                        codes_ref / s, rtol=3e-7, atol=0)
         keep = ax > f32(0.7) * ax.mean(axis=red, keepdims=True)
         alpha = (ax * keep).sum(axis=red, keepdims=True) / keep.sum(axis=red, keepdims=True)
-        codes, scales = quant.ternary_codes(x, reduce_axes=axes)
+        c = quant.ternary_codes(x, reduce_axes=axes)
+        codes, scales = c.values, c.scales
         np.testing.assert_array_equal(codes, np.sign(xc) * keep)
         np.testing.assert_allclose(scales, alpha, rtol=1e-6)
-        codes, scales = quant.binary_codes(x, reduce_axes=axes)
+        c = quant.binary_codes(x, reduce_axes=axes)
+        codes, scales = c.values, c.scales
         np.testing.assert_array_equal(codes, np.where(xc >= 0, 1, -1))
         np.testing.assert_allclose(scales, ax.mean(axis=red, keepdims=True), rtol=1e-6)
         x64 = xc.astype(np.float64)
@@ -447,6 +464,7 @@ def test_matches_numpy_transcription_of_the_method():
         for _ in range(5):
             b = np.clip(np.round(x64 / a), -7, 7)
             a = (x64 * b).sum(axis=red, keepdims=True) / (b * b).sum(axis=red, keepdims=True)
-        codes, scales = quant.mse_codes(x, 4, reduce_axes=axes)
+        c = quant.mse_codes(x, 4, reduce_axes=axes)
+        codes, scales = c.values, c.scales
         np.testing.assert_array_equal(codes, np.clip(np.round(x64 / a), -7, 7))
         np.testing.assert_allclose(scales, a, rtol=1e-5)

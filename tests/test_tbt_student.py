@@ -12,7 +12,7 @@ import pytest
 from safetensors import safe_open
 
 from configs import common, demo, xsum
-from dq_jax import distill, export, hf, modeling, quant, sharding, train_step
+from dq_jax import distill, export, hf, modeling, policy, quant, sharding, train_step
 from dq_jax.quant_config import ELASTIC, QuantConfig
 from tests.hf_models import make_hf_model, padded_batch
 
@@ -31,7 +31,8 @@ def _batch(vocab):
 
 def test_quant_config_tbt_rules():
     q = QuantConfig(2, 2, 2, method="tbt")
-    assert q.elastic and q.weight_axes((0,)) == (0,)  # per row even with the default granularity
+    # per row even with the default granularity
+    assert q.elastic and policy.weight_rule(policy.Role.LINEAR, q).reduce_axes == (0,)
     assert not QuantConfig(2, 2, 8, method="tbt").elastic
     assert not QuantConfig(2, 2, 2).elastic  # DQ-BART's 2-bit activations stay dynamic symmetric
     assert QuantConfig(1, 1, 1, method="tbt").elastic

@@ -1,8 +1,9 @@
 """An independent PyTorch DQ-BART student: stock HF BART/mBART patched with fake quantizers.
 
-This module imports torch and transformers at the top, so nothing in the JAX training path
-may import it: it exists only for tests (the oracle of our quantized student's numbers and
-gradients) and benchmarks (a PyTorch training step to compare speed against).
+The oracle of our quantized student's numbers and gradients in the tests, and the PyTorch
+training step `bench.train_step` compares speed against. Which tensors are quantized, and with
+which quantizer, comes from `dq_jax.policy` (the one quantization policy); how each quantizer
+computes is written here independently.
 
 It follows the reference code (HF BART with `QuantizeLinear` layers and quantized attention):
 every forward pass fake-quantizes the fp32 master weights, backward uses the clipped
@@ -40,6 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_utils import AttentionInterface
+
+from dq_jax import policy
+from dq_jax.policy import ActRole, Role
+from dq_jax.quant_config import QuantConfig
 
 DEFAULT_CLIP = 2.5
 # Below this a scale marks an all-zero group (as in dq_jax.quant): code 0, finite scale.
@@ -189,28 +194,27 @@ def activation(x: torch.Tensor, bits: int, clip: float = DEFAULT_CLIP,
     return symmetric(x, bits, clip, dims=dims)
 
 
-def weight_quantizer(bits: Optional[int], method: str = "dq_bart", clip: float = DEFAULT_CLIP,
-                     per_row: bool = False, mse_steps: int = 5) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The weight fake-quantizer for `bits` under `method` (identity for `None` bits).
+# The PyTorch quantizer of each `dq_jax.policy` weight kind: (x, rule, per_row) -> q.
+_WEIGHT_KINDS = {
+    "symmetric": lambda w, r, per_row: symmetric(w, r.bits, r.clip, per_row),
+    "ternary": lambda w, r, per_row: ternary(w, r.clip, per_row),
+    "binary": lambda w, r, per_row: binary(w, r.clip, per_row),
+    "mse": lambda w, r, per_row: mse(w, r.bits, r.clip, per_row, steps=r.mse_steps),
+}
 
-    `dq_bart`: 1 bit -> binary, 2 -> ternary, else symmetric (the reference); `symmetric`,
-    `binary` (1 bit) and `mse` force one family, as `dq_jax.quant_config` does."""
-    if bits is None:
+
+def weight_quantizer(rule: Optional[policy.WeightRule]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The fake quantizer the policy's `rule` describes, in PyTorch (identity for None).
+
+    The policy's axes are Flax's: a kernel `[in, out]` per output row reduces axis 0, an
+    embedding per row axis -1; a PyTorch `[out, in]` weight and a looked-up row both reduce
+    their last dimension, so any per-row rule is `per_row` here."""
+    if rule is None:
         return _identity
-    kind = {"dq_bart": {1: "binary", 2: "ternary"}.get(bits, "symmetric")}.get(method, method)
-    if kind == "symmetric":
-        _levels(bits)
-        return lambda w: symmetric(w, bits, clip, per_row)
-    if kind == "ternary":
-        return lambda w: ternary(w, clip, per_row)
-    if kind == "binary":
-        if bits != 1:
-            raise ValueError(f"method='binary' needs bits=1, got {bits!r}")
-        return lambda w: binary(w, clip, per_row)
-    if kind == "mse":
-        _levels(bits)
-        return lambda w: mse(w, bits, clip, per_row, steps=mse_steps)
-    raise ValueError(f"method={method!r} is not supported; choose dq_bart, symmetric, binary or mse")
+    if rule.kind not in _WEIGHT_KINDS:
+        raise ValueError(f"the PyTorch oracle implements {sorted(_WEIGHT_KINDS)}, not {rule.kind!r}")
+    per_row = rule.reduce_axes is not None
+    return lambda w: _WEIGHT_KINDS[rule.kind](w, rule, per_row)
 
 
 def _identity(x):
@@ -225,14 +229,25 @@ class _Spec:
     """What one patched module quantizes; kept on the module as `dq_spec`."""
 
     weight: Callable = _identity  # weight (Linear) or looked-up rows (embedding)
-    act: Callable = _identity  # activations (Linear input, attention q/k/p/v)
+    act: Callable = _identity  # the Linear's input
 
 
-def _act_quantizer(bits, clip, per_example):
-    if bits is None:
+@dataclasses.dataclass(frozen=True)
+class _AttentionSpec:
+    """The quantizers of one attention module's matmul operands; kept as `dq_spec`."""
+
+    query: Callable = _identity
+    key: Callable = _identity
+    probs: Callable = _identity
+    value: Callable = _identity
+
+
+def _act_quantizer(rule: Optional[policy.ActRule]):
+    if rule is None:
         return _identity
-    _levels(bits)
-    return lambda x: activation(x, bits, clip, per_example)
+    if rule.elastic:
+        raise ValueError("the PyTorch oracle has no elastic (TBT) activation quantizer")
+    return lambda x: activation(x, rule.bits, rule.clip, rule.per_example)
 
 
 class QuantLinear(nn.Linear):
@@ -274,11 +289,11 @@ def quantized_attention(module, query, key, value, attention_mask, scaling=None,
     query/key/value `[B, H, T|S, Dh]`; returns (out `[B, T, H, Dh]`, probs `[B, H, T, S]`).
     The probabilities returned (for `output_attentions` and distillation) are the ones before
     dropout and quantization, like `dq_jax.layers.Attention`'s."""
-    act = getattr(module, "dq_spec", _Spec()).act
+    spec = getattr(module, "dq_spec", _AttentionSpec())
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     # The reference scales the queries before quantizing them (HF scales the scores after).
-    scores = torch.matmul(act(query * scaling), act(key).transpose(2, 3))
+    scores = torch.matmul(spec.query(query * scaling), spec.key(key).transpose(2, 3))
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -286,7 +301,7 @@ def quantized_attention(module, query, key, value, attention_mask, scaling=None,
             scores = scores + attention_mask
     probs = F.softmax(scores, dim=-1)
     p = F.dropout(probs, p=dropout, training=module.training)
-    out = torch.matmul(act(p), act(value))
+    out = torch.matmul(spec.probs(p), spec.value(value))
     return out.transpose(1, 2).contiguous(), probs
 
 
@@ -315,9 +330,12 @@ def quantize_model(model: nn.Module, weight_bits: Optional[int], embed_bits: Opt
     base = getattr(model, "model", model)
     if not (hasattr(base, "encoder") and hasattr(base, "decoder") and hasattr(base, "shared")):
         raise TypeError(f"{type(model).__name__} is not a BART/mBART encoder-decoder model")
-    wq = weight_quantizer(weight_bits, method, clip, weight_per_row, mse_steps)
-    eq = weight_quantizer(embed_bits, method, clip, True, mse_steps)
-    aq = _act_quantizer(act_bits, act_clip, act_per_example)
+    quant = QuantConfig(weight_bits, embed_bits, act_bits, method, "row" if weight_per_row else "tensor",
+                        weight_clip=clip, act_clip=act_clip, act_scale="example" if act_per_example else "tensor",
+                        mse_steps=mse_steps)
+    wq = weight_quantizer(policy.weight_rule(Role.LINEAR, quant))
+    eq = weight_quantizer(policy.weight_rule(Role.TOKEN_EMBEDDING, quant))
+    act = {role: _act_quantizer(policy.act_rule(role, quant)) for role in ActRole}
 
     # The model-level implementation must be eager so masks arrive as 4-D additive tensors
     # and output_attentions works; each attention module then dispatches to ours below.
@@ -325,12 +343,14 @@ def quantize_model(model: nn.Module, weight_bits: Optional[int], embed_bits: Opt
         model.set_attn_implementation("eager")
 
     for stack in (base.encoder, base.decoder):
-        for module in stack.layers.modules():
+        for name, module in stack.layers.named_modules():
             if isinstance(module, nn.Linear):
                 module.__class__ = QuantLinear
-                module.dq_spec = _Spec(weight=wq, act=aq)
+                role = ActRole.FFN_HIDDEN if name.endswith("fc2") else ActRole.LINEAR_INPUT
+                module.dq_spec = _Spec(weight=wq, act=act[role])
             elif _is_attention(module):
-                module.dq_spec = _Spec(act=aq)
+                module.dq_spec = _AttentionSpec(*(act[r] for r in (ActRole.QUERY, ActRole.KEY, ActRole.PROBS,
+                                                                    ActRole.VALUE)))
                 if module.config._attn_implementation != _ATTN_IMPL:
                     # A private config copy: only this module's dispatch changes, the shared
                     # config (masks, output_attentions checks, save_pretrained) stays eager.

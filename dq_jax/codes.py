@@ -1,0 +1,48 @@
+"""`Codes`: a quantized tensor as integer codes and the scales that map them back to reals.
+
+The typed value every `quant.*_codes` function returns and `quant.dequantize` takes (qwix's
+`QArray` without a zero point: every quantizer here is symmetric). `values * scales` is the
+fake-quantized tensor, bit for bit, so codes exported or multiplied directly reproduce
+training exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Codes:
+    """``values [*shape]`` int8 integer codes, ``scales`` float32 of the keepdims shape of the
+    reduction (1 along ``axes``, the tensor's size elsewhere), so ``values * scales``
+    broadcasts. ``bits``: the code width (ternary codes are 2-bit, binary 1-bit). ``axes``:
+    the axes each scale reduces over, sorted; all of them for one scale per tensor. Both are
+    static (pytree metadata): jit specializes on them, not on the arrays."""
+
+    values: jax.Array
+    scales: jax.Array
+    bits: int = dataclasses.field(metadata=dict(static=True))
+    axes: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    @property
+    def granularity(self) -> str:
+        """``tensor`` (one scale), ``row`` (one per index of every axis but the reduced last
+        one, e.g. embedding rows) or ``axes<...>`` for any other grouping."""
+        ndim = len(self.shape)
+        if len(self.axes) == ndim:
+            return "tensor"
+        if self.axes == (ndim - 1,):
+            return "row"
+        return "axes" + "".join(str(a) for a in self.axes)
+
+    def dequantize(self, dtype=jnp.float32) -> jax.Array:
+        """``values * scales`` in float32, cast to ``dtype``."""
+        return (self.values.astype(jnp.float32) * self.scales).astype(dtype)
