@@ -14,12 +14,7 @@ from configs import common
 def get_config(arg: str | None = None):
     c = common.base_config()
     c.teacher.path = "facebook/bart-base"
-    c.data.name, c.data.subset = "abisee/cnn_dailymail", "3.0.0"
-    c.data.source_column, c.data.target_column = "article", "highlights"
-    c.data.max_source_length, c.data.max_target_length = 1024, 128
-    c.train.batch_size, c.train.grad_accum = 8, 2
-    c.train.learning_rate, c.train.epochs, c.train.warmup_ratio = 3e-5, 20, 0.05
-    c.eval.metric = "rougeLsum"
-    c.eval.num_beams, c.eval.length_penalty = 4, 2.0
-    c.eval.min_length, c.eval.max_length, c.eval.no_repeat_ngram_size = 56, 142, 3
+    c.data.update(name="abisee/cnn_dailymail", subset="3.0.0", source_column="article",
+                  target_column="highlights", max_source_length=1024, max_target_length=128)
+    c.eval.update(num_beams=4, length_penalty=2.0, min_length=56, max_length=142, no_repeat_ngram_size=3)
     return common.finalize(common.apply_variant(c, arg, common.TBT_LR_CNN_DM))

@@ -36,91 +36,60 @@ def base_config() -> ml_collections.ConfigDict:
     # Stages run in order; each one resumes from what the workdir already holds.
     c.stages = "teacher,distill,eval,export"
     c.mesh = (1, 1, 1)  # (data, fsdp, tensor); -1 in one place takes the remaining devices
-    c.dtype = "float32"  # compute dtype; params stay fp32
 
     # Multi-process runs (one process per host): the coordinator's host:port, process count and
     # this process's id; empty values come from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
     # JAX_PROCESS_ID, or `auto` lets JAX detect Slurm, Open MPI or a Cloud TPU pod.
-    c.distributed = ml_collections.ConfigDict()
-    c.distributed.coordinator_address = ""
-    c.distributed.num_processes = 0
-    c.distributed.process_id = -1
-    c.distributed.auto = False
-    c.distributed.heartbeat_timeout = 100  # seconds until the others stop when a process dies
-    c.distributed.initialization_timeout = 300
-    c.distributed.cpu_collectives = "gloo"
+    c.distributed = ml_collections.ConfigDict(dict(
+        coordinator_address="", num_processes=0, process_id=-1, auto=False,
+        heartbeat_timeout=100,  # seconds until the others stop when a process dies
+        initialization_timeout=300, cpu_collectives="gloo"))
 
-    c.teacher = ml_collections.ConfigDict()
-    c.teacher.path = ""  # HF directory or hub id; empty with `scratch` set: train one here
-    c.teacher.scratch = ""  # a size from dq_jax.pipeline.SCRATCH_SIZES, trained from scratch
-    c.teacher.tokenizer = ""  # defaults to teacher.path
-    c.teacher.finetune = True  # run the teacher stage on an HF teacher (False: use it as is)
-    c.teacher.learning_rate = 3e-5
-    c.teacher.steps = 0  # 0: train.epochs epochs
-    c.teacher.epochs = 3
+    c.teacher = ml_collections.ConfigDict(dict(
+        path="",  # HF directory or hub id; empty with `scratch` set: train one here
+        scratch="",  # a size from dq_jax.model_sizes.SCRATCH, trained from scratch
+        tokenizer="",  # defaults to teacher.path
+        finetune=True,  # run the teacher stage on an HF teacher (False: use it as is)
+        learning_rate=3e-5, steps=0, epochs=3))  # steps 0: teacher.epochs epochs
 
-    c.student = ml_collections.ConfigDict()
-    c.student.layers = "6-6"
-    c.student.encoder_map = ""  # explicit teacher layers, e.g. "0,2,5"; empty: the rule
-    c.student.decoder_map = ""
+    c.student = ml_collections.ConfigDict(dict(
+        layers="6-6",
+        encoder_map="", decoder_map=""))  # explicit teacher layers, e.g. "0,2,5"; empty: the rule
 
-    c.quant = ml_collections.ConfigDict()
-    c.quant.weight_bits = 2  # 0 = full precision (likewise embed_bits, act_bits)
-    c.quant.embed_bits = 2
-    c.quant.act_bits = 8
-    c.quant.method = "dq_bart"
-    c.quant.weight_granularity = "tensor"
-    c.quant.act_scale = "tensor"
-    c.quant.quantize_lm_head = False
-    c.quant.weight_clip = 2.5
-    c.quant.act_clip = 2.5
+    c.quant = ml_collections.ConfigDict(dict(
+        weight_bits=2, embed_bits=2, act_bits=8,  # 0 = full precision
+        method="dq_bart", weight_granularity="tensor", act_scale="tensor", quantize_lm_head=False,
+        weight_clip=2.5, act_clip=2.5,
+        mse_steps=5))  # scale search steps of method=mse
 
-    c.distill = ml_collections.ConfigDict()
-    c.distill.mode = "dq_bart"
-    c.distill.weights = (1.0, 1.0)  # (logits, intermediate); the "weighted" variant: (0.8, 3.0)
-    c.distill.enabled = True  # False: quantization-only baseline (task loss, no teacher)
+    c.distill = ml_collections.ConfigDict(dict(
+        mode="dq_bart",
+        weights=(1.0, 1.0),  # (logits, intermediate); the "weighted" variant: (0.8, 3.0)
+        enabled=True))  # False: quantization-only baseline (task loss, no teacher)
 
-    c.data = ml_collections.ConfigDict()
-    c.data.synthetic = ""  # "demo": generate the offline demo task into the workdir
-    c.data.name = ""
-    c.data.subset = ""
-    c.data.train_files = ""  # comma-separated local files
-    c.data.validation_files = ""
-    c.data.test_files = ""
-    c.data.source_column = "document"
-    c.data.target_column = "summary"
-    c.data.max_source_length = 1024
-    c.data.max_target_length = 128
-    c.data.max_examples = 0  # per split; 0 = all
-    c.data.min_bucket = 16  # batches pad to a power of two >= this (capped at the max lengths)
-    c.data.src_lang = ""
-    c.data.tgt_lang = ""
+    c.data = ml_collections.ConfigDict(dict(
+        synthetic="",  # "demo": generate the offline demo task into the workdir
+        name="", subset="",  # a `datasets` hub name and configuration
+        train_files="", validation_files="", test_files="",  # comma-separated local files
+        source_column="document", target_column="summary", max_source_length=1024, max_target_length=128,
+        max_examples=0,  # per split; 0 = all
+        min_bucket=16,  # batches pad to a power of two >= this (capped at the max lengths)
+        src_lang="", tgt_lang=""))  # mBART language codes
 
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 8
-    c.train.grad_accum = 2
-    c.train.learning_rate = 3e-5
-    c.train.weight_decay = 0.0
-    c.train.warmup_ratio = 0.05
-    c.train.grad_clip = 0.0
-    c.train.epochs = 20
-    c.train.steps = 0  # > 0 overrides epochs
-    c.train.log_every = 50
-    c.train.eval_every = 0  # 0: after each epoch
-    c.train.checkpoint_every = 500
+    # METHOD.md's reference training, which the task configs keep.
+    c.train = ml_collections.ConfigDict(dict(
+        batch_size=8, grad_accum=2, learning_rate=3e-5, weight_decay=0.0, warmup_ratio=0.05, grad_clip=0.0,
+        epochs=20, steps=0,  # steps > 0 overrides epochs
+        log_every=50, eval_every=0,  # eval_every 0: after each epoch
+        checkpoint_every=500))
 
-    c.eval = ml_collections.ConfigDict()
-    c.eval.metric = "rougeLsum"
-    c.eval.batch_size = 16
-    c.eval.num_beams = 4
-    c.eval.max_length = 142
-    c.eval.min_length = 0
-    c.eval.length_penalty = 1.0
-    c.eval.no_repeat_ngram_size = 3
-    c.eval.max_examples = 0
+    c.eval = ml_collections.ConfigDict(dict(
+        metric="rougeLsum", batch_size=16, num_beams=4, max_length=142, min_length=0, length_penalty=1.0,
+        no_repeat_ngram_size=3, max_examples=0))
 
-    # Named sweeps for `python -m train.sweep --sweep NAME` (train/sweep.py has the syntax);
-    # train.main ignores them.
+    # Named sweeps for `python -m train.sweep --sweep NAME`: c.sweeps.NAME is a list of dicts of
+    # overrides, one a point, `"name"` optional (train/sweep.py has the syntax); train.main
+    # ignores them.
     c.sweeps = ml_collections.ConfigDict()
     return c
 

@@ -20,36 +20,22 @@ from configs import common
 def get_config(arg: str | None = None):
     c = common.base_config()
     c.stages = "teacher,distill,eval,export"
-    c.data.synthetic = "demo"
-    c.teacher.scratch = "demo"
-    c.teacher.tokenizer = "train"
-    c.teacher.learning_rate = 1e-3
-    c.teacher.steps = 600
+    c.teacher.update(scratch="demo", tokenizer="train", learning_rate=1e-3, steps=600)
     c.student.layers = "3-3"
-    c.data.max_source_length = 128
-    c.data.max_target_length = 40
-    c.data.min_bucket = 256  # pad every batch to the max lengths: one compiled shape
-    c.train.batch_size = 16
-    c.train.grad_accum = 1
-    c.train.learning_rate = 5e-4
-    c.train.warmup_ratio = 0.05
-    c.train.steps = 400
-    c.train.log_every = 20
-    c.train.eval_every = 200
-    c.train.checkpoint_every = 100
-    c.eval.batch_size = 64
-    c.eval.num_beams = 1
-    c.eval.max_length = 40
-    c.eval.no_repeat_ngram_size = 0
-    c.eval.max_examples = 200
-    # weight and embedding bits move together (`a+b=`); 2 x 3 = 6 points
-    c.sweeps.bits_layers = ("quant.weight_bits+quant.embed_bits=2,8", "student.layers=3-3,3-2,3-1")
-    # DQ-BART against the TBT rows (explicit points: `name:key=value;...`)
-    c.sweeps.dq_vs_tbt = (
-        "dq_2-2-8:quant.method=dq_bart",
-        "tbt_W2A8:quant.method=tbt",
-        "tbt_W1A8:quant.method=tbt;quant.weight_bits=1;quant.embed_bits=1",
-        "tbt_W2A2:quant.method=tbt;quant.act_bits=2",
-        "tbt_W1A1:quant.method=tbt;quant.weight_bits=1;quant.embed_bits=1;quant.act_bits=1",
-    )
+    c.data.update(synthetic="demo", max_source_length=128, max_target_length=40,
+                  min_bucket=256)  # pad every batch to the max lengths: one compiled shape
+    c.train.update(batch_size=16, grad_accum=1, learning_rate=5e-4, warmup_ratio=0.05, steps=400,
+                   log_every=20, eval_every=200, checkpoint_every=100)
+    c.eval.update(batch_size=64, num_beams=1, max_length=40, no_repeat_ngram_size=0, max_examples=200)
+    # weight and embedding bits move together; 2 x 3 = 6 points, the bits varying slowest
+    c.sweeps.bits_layers = [{"quant.weight_bits": b, "quant.embed_bits": b, "student.layers": layers}
+                            for b in (2, 8) for layers in ("3-3", "3-2", "3-1")]
+    # DQ-BART against the TBT rows; "name" is the point's directory name
+    c.sweeps.dq_vs_tbt = [
+        {"name": "dq_2-2-8", "quant.method": "dq_bart"},
+        {"name": "tbt_W2A8", "quant.method": "tbt"},
+        {"name": "tbt_W1A8", "quant.method": "tbt", "quant.weight_bits": 1, "quant.embed_bits": 1},
+        {"name": "tbt_W2A2", "quant.method": "tbt", "quant.act_bits": 2},
+        {"name": "tbt_W1A1", "quant.method": "tbt", "quant.weight_bits": 1, "quant.embed_bits": 1, "quant.act_bits": 1},
+    ]
     return common.finalize(common.apply_variant(c, arg))

@@ -14,11 +14,6 @@ from configs import common
 def get_config(arg: str | None = None):
     c = common.base_config()
     c.teacher.path = "facebook/bart-base"
-    c.data.source_column, c.data.target_column = "question", "answer"
-    c.data.max_source_length, c.data.max_target_length = 128, 256
-    c.train.batch_size, c.train.grad_accum = 8, 2
-    c.train.learning_rate, c.train.epochs, c.train.warmup_ratio = 3e-5, 20, 0.05
-    c.eval.metric = "rougeLsum"
-    c.eval.num_beams, c.eval.length_penalty = 4, 1.0
-    c.eval.min_length, c.eval.max_length, c.eval.no_repeat_ngram_size = 64, 256, 3
+    c.data.update(source_column="question", target_column="answer", max_source_length=128, max_target_length=256)
+    c.eval.update(num_beams=4, length_penalty=1.0, min_length=64, max_length=256, no_repeat_ngram_size=3)
     return common.finalize(common.apply_variant(c, arg))

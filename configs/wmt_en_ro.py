@@ -14,12 +14,8 @@ def get_config(arg: str | None = None):
     c = common.base_config()
     c.teacher.path = "facebook/mbart-large-en-ro"
     c.student.layers = "12-12"
-    c.data.source_column, c.data.target_column = "en", "ro"
-    c.data.src_lang, c.data.tgt_lang = "en_XX", "ro_RO"
-    c.data.max_source_length, c.data.max_target_length = 128, 128
-    c.train.batch_size, c.train.grad_accum = 8, 2
-    c.train.learning_rate, c.train.epochs, c.train.warmup_ratio = 3e-5, 20, 0.05
-    c.eval.metric = "bleu"
-    c.eval.num_beams, c.eval.length_penalty = 5, 1.0
-    c.eval.min_length, c.eval.max_length, c.eval.no_repeat_ngram_size = 0, 128, 0
+    c.data.update(source_column="en", target_column="ro", src_lang="en_XX", tgt_lang="ro_RO",
+                  max_source_length=128, max_target_length=128)
+    c.eval.update(metric="bleu", num_beams=5, length_penalty=1.0, min_length=0, max_length=128,
+                  no_repeat_ngram_size=0)
     return common.finalize(common.apply_variant(c, arg))

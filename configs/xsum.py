@@ -20,12 +20,7 @@ from configs import common
 def get_config(arg: str | None = None):
     c = common.base_config()
     c.teacher.path = "facebook/bart-base"
-    c.data.name = "EdinburghNLP/xsum"
-    c.data.source_column, c.data.target_column = "document", "summary"
-    c.data.max_source_length, c.data.max_target_length = 1024, 128
-    c.train.batch_size, c.train.grad_accum = 8, 2
-    c.train.learning_rate, c.train.epochs, c.train.warmup_ratio = 3e-5, 20, 0.05
-    c.eval.metric = "rougeLsum"
-    c.eval.num_beams, c.eval.length_penalty = 6, 1.0
-    c.eval.min_length, c.eval.max_length, c.eval.no_repeat_ngram_size = 11, 62, 3
+    c.data.update(name="EdinburghNLP/xsum", source_column="document", target_column="summary",
+                  max_source_length=1024, max_target_length=128)
+    c.eval.update(num_beams=6, length_penalty=1.0, min_length=11, max_length=62, no_repeat_ngram_size=3)
     return common.finalize(common.apply_variant(c, arg, common.TBT_LR_XSUM))

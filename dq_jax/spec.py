@@ -1,4 +1,9 @@
-"""Frozen run settings: what `train/` builds from an ml_collections config, once."""
+"""Frozen run settings: what `train/` builds from an ml_collections config, once.
+
+`RunSpec` has a section per config section (`spec.teacher.path`, `spec.student.layers`,
+`spec.distill.weights`, ...). Every value is already checked: the library reads these and
+never the config.
+"""
 
 from __future__ import annotations
 
@@ -8,65 +13,84 @@ from dq_jax.data import DataConfig
 from dq_jax.quant_config import QuantConfig
 
 STAGES = ("teacher", "distill", "eval", "export")
-
-# Teachers trained from scratch here (`teacher.scratch`); vocabulary and special tokens come
-# from the tokenizer.
-SCRATCH_SIZES = {
-    "demo": dict(d_model=128, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
-                 decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512, max_position_embeddings=256),
-    "small": dict(d_model=256, encoder_layers=4, decoder_layers=4, encoder_attention_heads=4,
-                  decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024),
-    "base": dict(),  # BART-base shapes (ModelConfig defaults)
-}
+SYNTHETIC_TASKS = ("demo",)  # what `data.synthetic` can generate into the workdir
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-    batch_size: int = 8
-    grad_accum: int = 1
-    learning_rate: float = 3e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    grad_clip: float = 0.0
-    epochs: int = 1
-    steps: int = 0  # > 0 overrides epochs
-    log_every: int = 50
-    eval_every: int = 0  # 0: after each epoch
-    checkpoint_every: int = 500
+    """Optimizer and schedule of one training stage (the config holds the defaults)."""
+
+    batch_size: int
+    grad_accum: int
+    learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    grad_clip: float  # 0: no clipping
+    epochs: int
+    steps: int  # > 0 overrides epochs
+    log_every: int
+    eval_every: int  # 0: after each epoch
+    checkpoint_every: int
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-    metric: str = "rougeLsum"
-    batch_size: int = 16
-    num_beams: int = 4
-    max_length: int = 142
-    min_length: int = 0
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 3
-    max_examples: int = 0
+    """Generation and scoring on dev (picks the best checkpoint) and test."""
+
+    metric: str  # a `dq_jax.metrics` name: rougeLsum, bleu, ...
+    batch_size: int
+    num_beams: int
+    max_length: int
+    min_length: int
+    length_penalty: float
+    no_repeat_ngram_size: int  # 0: no constraint
+    max_examples: int  # 0: the whole split
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSpec:
+    path: str  # HF directory or hub id; "" when `scratch` names a size to train here
+    scratch: str  # a `dq_jax.model_sizes.SCRATCH` size, or ""
+    tokenizer: str  # a directory, "" (= path) or "train" (train one on the data)
+    finetune: bool  # run the teacher stage on an HF teacher (False: use it as is)
+    train: TrainSettings  # the student's settings with the teacher's learning rate and length
+
+    @property
+    def tokenizer_source(self) -> str:
+        return self.tokenizer or self.path
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentSpec:
+    layers: tuple[int, int]  # (encoder, decoder)
+    encoder_map: tuple[int, ...]  # teacher layer per student layer; (): `distill.layer_map`'s rule
+    decoder_map: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSpec:
+    mode: str  # dq_bart | masked
+    weights: tuple[float, float]  # (logits, intermediate)
+    enabled: bool  # False: quantization-only baseline (task loss, no teacher)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec(DataConfig):
+    """The data settings, plus a task the job generates into the workdir first."""
+
+    synthetic: str = ""  # one of SYNTHETIC_TASKS, or "" (the files or hub name say where rows are)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     seed: int
     stages: tuple[str, ...]
-    mesh: tuple[int, int, int]
-    dtype: str
-    teacher_path: str
-    teacher_scratch: str
-    tokenizer: str  # a directory, "" (= teacher_path) or "train" (train one on the data)
-    teacher_finetune: bool
-    teacher_train: TrainSettings
-    student_layers: tuple[int, int]
-    encoder_map: tuple[int, ...]
-    decoder_map: tuple[int, ...]
+    mesh: tuple[int, int, int]  # (data, fsdp, tensor); one -1 takes the remaining devices
+    teacher: TeacherSpec
+    student: StudentSpec
     quant: QuantConfig
-    distill_mode: str
-    distill_weights: tuple[float, float]
-    distill_enabled: bool
-    data: DataConfig
-    synthetic_data: str  # "demo": generate the demo task into the workdir
+    distill: DistillSpec
+    data: DataSpec
     train: TrainSettings
     eval: EvalSettings
     config_json: str = "{}"  # the resolved config, written to results.json

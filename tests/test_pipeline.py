@@ -23,6 +23,16 @@ def _run_main(config: str, workdir, *overrides, timeout=900):
                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
 
 
+def _data_files(files: dict) -> list[str]:
+    return [f"--config.data.{split}_files={files[split]}" for split in ("train", "validation", "test")]
+
+
+# A few steps of each stage and short generation: enough to reach every code path.
+FEW_STEPS = ("--config.teacher.steps=4", "--config.train.steps=4", "--config.train.batch_size=8",
+             "--config.train.grad_accum=1", "--config.train.log_every=2", "--config.eval.num_beams=2",
+             "--config.eval.batch_size=8")
+
+
 @pytest.fixture(scope="module")
 def xsum_files(shared_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("xsum")
@@ -48,15 +58,9 @@ def test_xsum_teacher_distill_eval(tmp_path, xsum_files, tiny_bart):
     work = tmp_path / "run"
     out = _run_main(
         "configs/xsum.py:wbits=2,ebits=2,abits=8,layers=2-1", work,
-        f"--config.teacher.path={tiny_bart}", "--config.data.name=",
-        f"--config.data.train_files={xsum_files['train']}",
-        f"--config.data.validation_files={xsum_files['validation']}",
-        f"--config.data.test_files={xsum_files['test']}",
+        f"--config.teacher.path={tiny_bart}", "--config.data.name=", *_data_files(xsum_files), *FEW_STEPS,
         "--config.data.max_source_length=128", "--config.data.max_target_length=32",
-        "--config.teacher.steps=4", "--config.teacher.learning_rate=1e-3", "--config.train.steps=4",
-        "--config.train.batch_size=8", "--config.train.grad_accum=1", "--config.train.log_every=2",
-        "--config.eval.num_beams=2", "--config.eval.min_length=2", "--config.eval.max_length=12",
-        "--config.eval.batch_size=8")
+        "--config.teacher.learning_rate=1e-3", "--config.eval.min_length=2", "--config.eval.max_length=12")
     assert out.returncode == 0, out.stderr[-4000:]
     results = json.loads((work / "results.json").read_text())
     for who in ("teacher", "student"):
@@ -114,6 +118,23 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(tmp_path):
         assert (a[k] == b[k]).all(), k
 
 
+def test_a_rerun_over_finished_stages_writes_the_same_results(tmp_path):
+    """The second run trains nothing (both stages are finished) yet reports the dev scores the
+    first one reached, read back from the stages' best checkpoints."""
+    work = tmp_path / "run"
+    flags = (*(f for f in DEMO_SMALL if not f.startswith("--config.stages=")), "--config.stages=teacher,distill",
+             "--config.train.steps=8")
+    out = _run_main("configs/demo.py", work, *flags)
+    assert out.returncode == 0, out.stderr[-4000:]
+    first = json.loads((work / "results.json").read_text())
+    assert {"teacher_dev", "student_dev"} <= set(first)
+    (work / "results.json").unlink()
+    out = _run_main("configs/demo.py", work, *flags)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "resumed from step" not in out.stderr
+    assert json.loads((work / "results.json").read_text()) == first
+
+
 def _mbart_tokenizer(texts, out_dir):
     """A real MBartTokenizer (language codes en_XX/ro_RO and all) over a small unigram vocabulary
     trained here: mBART's own 250k-piece model is not available offline."""
@@ -144,12 +165,8 @@ def test_wmt_en_ro_with_a_small_mbart_teacher_reports_bleu(tmp_path, shared_data
     work = tmp_path / "run"
     out = _run_main(
         "configs/wmt_en_ro.py:wbits=8,ebits=8,abits=8,layers=2-1", work, f"--config.teacher.path={teacher}",
-        f"--config.data.train_files={files['train']}", f"--config.data.validation_files={files['validation']}",
-        f"--config.data.test_files={files['test']}", "--config.data.max_source_length=64",
-        "--config.data.max_target_length=64", "--config.teacher.steps=4", "--config.train.steps=4",
-        "--config.train.batch_size=8", "--config.train.grad_accum=1", "--config.train.log_every=2",
-        "--config.eval.num_beams=2", "--config.eval.max_length=16", "--config.eval.batch_size=8",
-        "--config.stages=teacher,distill,eval")
+        *_data_files(files), *FEW_STEPS, "--config.data.max_source_length=64",
+        "--config.data.max_target_length=64", "--config.eval.max_length=16", "--config.stages=teacher,distill,eval")
     assert out.returncode == 0, out.stderr[-4000:]
     results = json.loads((work / "results.json").read_text())
     for who in ("teacher", "student"):

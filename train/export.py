@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     ap.add_argument("--format", required=True, choices=["hf", "packed"])
     ap.add_argument("--out", default=None, help="default: WORKDIR/export/hf or WORKDIR/export/student.packed.safetensors")
     args = ap.parse_args(argv)
-    from dq_jax.pipeline import export_workdir
+    from dq_jax.student_dir import export_workdir
     try:
         out = export_workdir(args.workdir, args.format, args.out)
     except (FileNotFoundError, ValueError) as e:

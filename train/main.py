@@ -21,11 +21,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from dq_jax import distributed
-    from train.settings import spec_from_config
+    from train.settings import distributed_from_config, spec_from_config
     try:
         spec = spec_from_config(_CONFIG.value)  # every config check happens here, before any work
-        dist = distributed.DistributedConfig(**_CONFIG.value.distributed.to_dict()).with_env()
-        dist.check()
+        dist = distributed_from_config(_CONFIG.value)
     except ValueError as e:
         sys.exit(f"error: {e}")
     os.makedirs(_WORKDIR.value, exist_ok=True)
@@ -42,6 +41,7 @@ def main(argv):
     from dq_jax import pipeline
     from dq_jax.checkpoint import CheckpointError
     from dq_jax.trainer import Interrupted, NonFiniteLossError
+    from dq_jax.workdir_lock import Busy
     from train.report import print_results
     logger = logging.getLogger("train.main")
     try:
@@ -50,7 +50,7 @@ def main(argv):
         logger.warning("%s", e)
         print(str(e), file=sys.stderr)
         sys.exit(128 + e.signum)
-    except (NonFiniteLossError, CheckpointError, pipeline.WorkdirBusy, ValueError, FileNotFoundError) as e:
+    except (NonFiniteLossError, CheckpointError, Busy, ValueError, FileNotFoundError) as e:
         logger.error("%s", e)
         sys.exit(f"error: {e}")
     except OSError as e:

@@ -1,14 +1,24 @@
-"""ml_collections config -> frozen RunSpec, with every check that needs no data or model."""
+"""ml_collections config -> frozen RunSpec, with every check that needs no data or model.
+
+This is the one place a config is validated and becomes typed values, so a mistake fails
+before a run locks its workdir, generates data or trains anything. Library dataclasses
+(QuantConfig, ...) still check their own invariants when built here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import ml_collections
 
-from dq_jax.data import DataConfig
+from dq_jax import model_sizes
+from dq_jax.distributed import DistributedConfig
 from dq_jax.quant_config import QuantConfig
-from dq_jax.spec import STAGES, EvalSettings, RunSpec, TrainSettings
+from dq_jax.spec import (STAGES, SYNTHETIC_TASKS, DataSpec, DistillSpec, EvalSettings, RunSpec, StudentSpec,
+                         TeacherSpec, TrainSettings)
+
+DISTILL_MODES = ("dq_bart", "masked")
 
 
 def _files(value: str) -> tuple[str, ...]:
@@ -36,46 +46,74 @@ def _none_if_zero(v):
     return None if v in (None, 0, "") else v
 
 
-def spec_from_config(c: ml_collections.ConfigDict) -> RunSpec:
+def _section(cls, section: ml_collections.ConfigDict, **converted):
+    """`cls` built from the config section's keys (each one a field of `cls`), with the values
+    in `converted` taking the place of those that need converting."""
+    return cls(**{**section.to_dict(), **converted})
+
+
+def _stages(c: ml_collections.ConfigDict) -> tuple[str, ...]:
     stages = tuple(s.strip() for s in c.stages.split(",") if s.strip())
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"stages has {unknown}; allowed stages: {list(STAGES)}.")
+    return stages
+
+
+def _distill(d: ml_collections.ConfigDict) -> DistillSpec:
+    weights = tuple(float(w) for w in d.weights)
+    if len(weights) != 2:
+        raise ValueError(f"distill.weights={d.weights!r} must be two numbers (logits, intermediate).")
+    if d.mode not in DISTILL_MODES:
+        raise ValueError(f"distill.mode={d.mode!r}; choose 'dq_bart' or 'masked'.")
+    return _section(DistillSpec, d, weights=weights)
+
+
+def _data(d: ml_collections.ConfigDict) -> DataSpec:
+    if d.synthetic and d.synthetic not in SYNTHETIC_TASKS:
+        raise ValueError(f"data.synthetic={d.synthetic!r}; the only generated task is 'demo'.")
+    return _section(DataSpec, d, name=d.name or None, subset=d.subset or None, train_files=_files(d.train_files),
+                    validation_files=_files(d.validation_files), test_files=_files(d.test_files),
+                    max_examples=d.max_examples or None, src_lang=d.src_lang or None, tgt_lang=d.tgt_lang or None)
+
+
+def _teacher(t: ml_collections.ConfigDict, stages: tuple[str, ...], train: TrainSettings) -> TeacherSpec:
+    if not (t.tokenizer or t.path):
+        raise ValueError("No tokenizer: set teacher.path (an HF checkpoint with tokenizer files) or "
+                         "teacher.tokenizer.")
+    if t.scratch and t.scratch not in model_sizes.SCRATCH:
+        raise ValueError(f"teacher.scratch={t.scratch!r}; choose one of {sorted(model_sizes.SCRATCH)}.")
+    if not t.path:
+        if not t.scratch:
+            raise ValueError("No teacher: set teacher.path (HF checkpoint or hub id) or teacher.scratch.")
+        if "teacher" not in stages:
+            raise ValueError("teacher.scratch needs the 'teacher' stage; add it to stages.")
+    teacher_train = dataclasses.replace(train, learning_rate=t.learning_rate, steps=t.steps, epochs=t.epochs)
+    return TeacherSpec(path=t.path, scratch=t.scratch, tokenizer=t.tokenizer, finetune=t.finetune,
+                       train=teacher_train)
+
+
+def spec_from_config(c: ml_collections.ConfigDict) -> RunSpec:
+    stages = _stages(c)
     if len(tuple(c.mesh)) != 3:
         raise ValueError(f"mesh={tuple(c.mesh)} must have three sizes (data, fsdp, tensor), e.g. (8, 1, 1).")
     q = c.quant
-    quant = QuantConfig(weight_bits=_none_if_zero(q.weight_bits), embed_bits=_none_if_zero(q.embed_bits),
-                        act_bits=_none_if_zero(q.act_bits), method=q.method,
-                        weight_granularity=q.weight_granularity, act_scale=q.act_scale,
-                        quantize_lm_head=q.quantize_lm_head, weight_clip=q.weight_clip, act_clip=q.act_clip)
-    d = c.data
-    data = DataConfig(name=d.name or None, subset=d.subset or None, train_files=_files(d.train_files),
-                      validation_files=_files(d.validation_files), test_files=_files(d.test_files),
-                      source_column=d.source_column, target_column=d.target_column,
-                      max_source_length=d.max_source_length, max_target_length=d.max_target_length,
-                      max_examples=d.max_examples or None, min_bucket=d.min_bucket, src_lang=d.src_lang or None, tgt_lang=d.tgt_lang or None)
-    tr = c.train
-    train = TrainSettings(batch_size=tr.batch_size, grad_accum=tr.grad_accum, learning_rate=tr.learning_rate,
-                          weight_decay=tr.weight_decay, warmup_ratio=tr.warmup_ratio, grad_clip=tr.grad_clip,
-                          epochs=tr.epochs, steps=tr.steps, log_every=tr.log_every, eval_every=tr.eval_every,
-                          checkpoint_every=tr.checkpoint_every)
-    teacher_train = TrainSettings(**{**train.__dict__, "learning_rate": c.teacher.learning_rate,
-                                     "steps": c.teacher.steps, "epochs": c.teacher.epochs})
-    e = c.eval
-    ev = EvalSettings(metric=e.metric, batch_size=e.batch_size, num_beams=e.num_beams, max_length=e.max_length,
-                      min_length=e.min_length, length_penalty=e.length_penalty,
-                      no_repeat_ngram_size=e.no_repeat_ngram_size, max_examples=e.max_examples)
-    weights = tuple(float(w) for w in c.distill.weights)
-    if len(weights) != 2:
-        raise ValueError(f"distill.weights={c.distill.weights!r} must be two numbers (logits, intermediate).")
-    if c.distill.mode not in ("dq_bart", "masked"):
-        raise ValueError(f"distill.mode={c.distill.mode!r}; choose 'dq_bart' or 'masked'.")
-    return RunSpec(seed=c.seed, stages=stages, mesh=tuple(c.mesh), dtype=c.dtype, teacher_path=c.teacher.path,
-                   teacher_scratch=c.teacher.scratch, tokenizer=c.teacher.tokenizer,
-                   teacher_finetune=c.teacher.finetune, teacher_train=teacher_train,
-                   student_layers=_layers(c.student.layers),
-                   encoder_map=_map(c.student.encoder_map, "student.encoder_map"),
-                   decoder_map=_map(c.student.decoder_map, "student.decoder_map"), quant=quant,
-                   distill_mode=c.distill.mode, distill_weights=weights, distill_enabled=c.distill.enabled,
-                   data=data, synthetic_data=c.data.synthetic, train=train, eval=ev,
+    quant = _section(QuantConfig, q, weight_bits=_none_if_zero(q.weight_bits), embed_bits=_none_if_zero(q.embed_bits),
+                     act_bits=_none_if_zero(q.act_bits))
+    train, ev = _section(TrainSettings, c.train), _section(EvalSettings, c.eval)
+    distill = _distill(c.distill)
+    student = StudentSpec(layers=_layers(c.student.layers),
+                          encoder_map=_map(c.student.encoder_map, "student.encoder_map"),
+                          decoder_map=_map(c.student.decoder_map, "student.decoder_map"))
+    data = _data(c.data)
+    return RunSpec(seed=c.seed, stages=stages, mesh=tuple(c.mesh), teacher=_teacher(c.teacher, stages, train),
+                   student=student, quant=quant, distill=distill, data=data, train=train, eval=ev,
                    config_json=json.dumps(c.to_dict(), default=str))
+
+
+def distributed_from_config(c: ml_collections.ConfigDict, environ=None) -> DistributedConfig:
+    """The multi-process settings: the config's `distributed` section, with empty values taken
+    from the JAX_* environment variables, checked."""
+    dist = DistributedConfig(**c.distributed.to_dict()).with_env(environ)
+    dist.check()
+    return dist

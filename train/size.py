@@ -9,6 +9,7 @@ and both compression ratios.
 """
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -21,13 +22,13 @@ def teacher_config(spec):
     """The teacher's shapes: a local HF directory's config, a known hub checkpoint's (offline), or
     a scratch size's with the demo tokenizer's 1000 tokens."""
     from dq_jax import hf, model_sizes
-    if spec.teacher_path and os.path.isdir(spec.teacher_path):
-        return hf.load_model_config(spec.teacher_path)
-    if spec.teacher_path in model_sizes.HUB:
-        return model_sizes.model_config(model_sizes.HUB[spec.teacher_path])
-    if spec.teacher_scratch:
-        return model_sizes.model_config(spec.teacher_scratch, vocab_size=1000)
-    raise ValueError(f"Cannot tell the teacher's shapes from teacher.path={spec.teacher_path!r}; "
+    if spec.teacher.path and os.path.isdir(spec.teacher.path):
+        return hf.load_model_config(spec.teacher.path)
+    if spec.teacher.path in model_sizes.HUB:
+        return model_sizes.model_config(model_sizes.HUB[spec.teacher.path])
+    if spec.teacher.scratch:
+        return model_sizes.model_config(spec.teacher.scratch, vocab_size=1000)
+    raise ValueError(f"Cannot tell the teacher's shapes from teacher.path={spec.teacher.path!r}; "
                      "point it at a local HF directory.")
 
 
@@ -35,13 +36,13 @@ def report(spec) -> dict:
     from dq_jax import distill, hf, size
     from dq_jax.quant_config import QuantConfig, split_elastic
     t_cfg = teacher_config(spec)
-    enc, dec = spec.student_layers
+    enc, dec = spec.student.layers
     distill.layer_map(t_cfg.encoder_layers, enc, side="encoder")
     distill.layer_map(t_cfg.decoder_layers, dec, side="decoder")
     s_cfg = t_cfg.replace(encoder_layers=enc, decoder_layers=dec)
     s_trainable = hf.abstract_trainable(s_cfg, spec.quant)  # + TBT's activation step sizes
     t_abs, s_abs = hf.abstract_params(t_cfg), split_elastic(s_trainable)[0]
-    tok = size.tokenizer_bytes(spec.teacher_path if os.path.isdir(spec.teacher_path or "") else None)
+    tok = size.tokenizer_bytes(spec.teacher.path if os.path.isdir(spec.teacher.path or "") else None)
     rows = []
     for who, shapes, trainable, q in (("teacher", t_abs, t_abs, QuantConfig()),
                                       ("student", s_abs, s_trainable, spec.quant)):
@@ -65,7 +66,10 @@ def main(argv):
     import logging
     logging.getLogger("absl").setLevel(logging.WARNING)
     from train.settings import spec_from_config
-    out = report(spec_from_config(_CONFIG.value))
+    try:
+        out = report(spec_from_config(_CONFIG.value))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     from dq_jax.table import format_table
     print(format_table(out["rows"], fmt=lambda _k, v: str(v)))
     t = out["totals"]

@@ -1,0 +1,40 @@
+"""Scoring a model on a split: beam-search generation for every example, then the metric."""
+
+from __future__ import annotations
+
+import jax
+from tqdm import tqdm
+
+from dq_jax import data as data_lib
+from dq_jax import distributed, metrics as metrics_lib
+from dq_jax.generate import GenerationConfig, decode_texts, generate
+from dq_jax.model_config import ModelConfig
+from dq_jax.modeling import Seq2SeqLM
+from dq_jax.spec import EvalSettings
+from dq_jax.stage import StageData
+
+
+def generation_config(cfg: ModelConfig, ev: EvalSettings) -> GenerationConfig:
+    return GenerationConfig.from_model_config(
+        cfg, num_beams=ev.num_beams, max_length=ev.max_length, min_length=ev.min_length,
+        length_penalty=ev.length_penalty, no_repeat_ngram_size=ev.no_repeat_ngram_size)
+
+
+def evaluate(model: Seq2SeqLM, params, split: data_lib.Tokenized, stage_data: StageData, ev: EvalSettings,
+             tokenizer, desc: str = "eval") -> tuple[dict, list[str]]:
+    """(scores, predictions) for the first `ev.max_examples` examples of `split` (all when 0),
+    batched as `stage_data` batches."""
+    gen = generation_config(model.cfg, ev)
+    n = len(split.source) if not ev.max_examples else min(ev.max_examples, len(split.source))
+    subset = data_lib.Tokenized(split.source[:n], split.target[:n], split.texts[:n])
+    preds: list[str | None] = [None] * n
+    batches = list(stage_data.eval_batches(subset, ev.batch_size))
+    # Every process generates the whole split on its own devices from a host copy of the
+    # params: the scores agree everywhere, so all processes keep the same best checkpoint.
+    params = distributed.to_host(params) if jax.process_count() > 1 else params
+    for idx, batch in tqdm(batches, desc=desc, leave=False, disable=not distributed.is_main()):
+        out = generate(model, params, batch["input_ids"], batch["attention_mask"], gen)
+        for i, text in zip(idx, decode_texts(tokenizer, out.sequences)[: len(idx)]):
+            preds[i] = text.strip()
+    refs = [t for _, t in subset.texts]
+    return metrics_lib.score(ev.metric, preds, refs), preds
