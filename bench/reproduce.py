@@ -27,32 +27,34 @@ import sys
 import time
 
 from bench.common import write_json
+from train.sweeps.grid import BITS_KEYS, Point, parse_set
+from train.sweeps.plan import build_config
+from train.sweeps.report import collect_rows
+from train.sweeps.runner import run_sweep
+from train.sweeps.state import load_sweep
 
-from train import sweep, sweep_report
-
-BITS = ("quant.weight_bits", "quant.embed_bits", "quant.act_bits")
 DEFAULT_SETS = {"teacher.steps": "1600"}  # a converged teacher (see the module docstring)
 
 
 def _bits(w, e, a) -> dict:
-    return dict(zip(BITS, (str(w), str(e), str(a))))
+    return dict(zip(BITS_KEYS, (str(w), str(e), str(a))))
 
 
-def points(enc: int, dec: int) -> list[sweep.Point]:
+def points(enc: int, dec: int) -> list[Point]:
     """The table's rows for a teacher with `enc`-`dec` layers."""
     shallow = max(dec - 1, 1)
     full = f"{enc}-{dec}"
     return [
-        sweep.Point("qonly_8-8-8", {**_bits(8, 8, 8), "distill.enabled": "False", "student.layers": full}),
-        sweep.Point("qonly_2-2-8", {**_bits(2, 2, 8), "distill.enabled": "False", "student.layers": full}),
-        sweep.Point("dq_8-8-8", {**_bits(8, 8, 8), "student.layers": full}),
-        sweep.Point("dq_2-2-8", {**_bits(2, 2, 8), "student.layers": full}),
-        sweep.Point(f"dq_2-2-8_{enc}-{shallow}", {**_bits(2, 2, 8), "student.layers": f"{enc}-{shallow}"}),
-        sweep.Point(f"dq_2-2-8_{enc}-1", {**_bits(2, 2, 8), "student.layers": f"{enc}-1"}),
-        sweep.Point("tbt_W2A8", {**_bits(2, 2, 8), "quant.method": "tbt", "student.layers": full}),
-        sweep.Point("tbt_W1A8", {**_bits(1, 1, 8), "quant.method": "tbt", "student.layers": full}),
-        sweep.Point("tbt_W2A2", {**_bits(2, 2, 2), "quant.method": "tbt", "student.layers": full}),
-        sweep.Point("tbt_W1A1", {**_bits(1, 1, 1), "quant.method": "tbt", "student.layers": full}),
+        Point("qonly_8-8-8", {**_bits(8, 8, 8), "distill.enabled": "False", "student.layers": full}),
+        Point("qonly_2-2-8", {**_bits(2, 2, 8), "distill.enabled": "False", "student.layers": full}),
+        Point("dq_8-8-8", {**_bits(8, 8, 8), "student.layers": full}),
+        Point("dq_2-2-8", {**_bits(2, 2, 8), "student.layers": full}),
+        Point(f"dq_2-2-8_{enc}-{shallow}", {**_bits(2, 2, 8), "student.layers": f"{enc}-{shallow}"}),
+        Point(f"dq_2-2-8_{enc}-1", {**_bits(2, 2, 8), "student.layers": f"{enc}-1"}),
+        Point("tbt_W2A8", {**_bits(2, 2, 8), "quant.method": "tbt", "student.layers": full}),
+        Point("tbt_W1A8", {**_bits(1, 1, 8), "quant.method": "tbt", "student.layers": full}),
+        Point("tbt_W2A2", {**_bits(2, 2, 2), "quant.method": "tbt", "student.layers": full}),
+        Point("tbt_W1A1", {**_bits(1, 1, 1), "quant.method": "tbt", "student.layers": full}),
     ]
 
 
@@ -113,15 +115,15 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a fixed override for every job, e.g. train.steps=200 for a quicker look")
     args = ap.parse_args(argv)
-    sets = {**DEFAULT_SETS, **dict(sweep.parse_set(s) for s in args.set)}
-    c = sweep.load_config(args.config, sets)
+    sets = {**DEFAULT_SETS, **dict(parse_set(s) for s in args.set)}
+    c = build_config(args.config, sets)
     enc, dec = (int(v) for v in c.student.layers.split("-"))
     t0 = time.monotonic()
-    rc = sweep.run_sweep(args.config, args.workdir, points(enc, dec), sets)
+    rc = run_sweep(args.config, args.workdir, points(enc, dec), sets)
     wall = time.monotonic() - t0
-    rows, _, metric = sweep_report.collect_rows(args.workdir)
+    rows, _, metric = collect_rows(args.workdir)
     found = findings(rows, metric, enc, dec)
-    recorded = sum((sweep.load_sweep(args.workdir).get("runs", {}).get(r["point"], {}).get("seconds") or 0)
+    recorded = sum((load_sweep(args.workdir).get("runs", {}).get(r["point"], {}).get("seconds") or 0)
                    for r in rows)
     lines = [f"# The paper's findings on {args.config} (test {metric})", ""]
     lines += [f"- {'HOLDS' if f['holds'] else ('DOES NOT HOLD' if f['holds'] is False else 'UNDECIDED')}: "

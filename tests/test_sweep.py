@@ -1,8 +1,10 @@
-"""train.sweep: grid syntax and names, config checks, commands, the report, resuming sweeps."""
+"""train.sweep and train.sweeps: grid syntax, named sweeps and names, config checks, commands, the report,
+resuming sweeps."""
 
 import csv
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -12,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from train import sweep, sweep_report
-from train.sweep import Point
+from dq_jax import workdir_lock
+from train import sweep
+from train.sweeps import grid, plan, plot, report, runner
+from train.sweeps.grid import Point
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -27,20 +31,20 @@ def _at_repo_root(monkeypatch):
 # ---------------------------------------------------------------- grid syntax and names
 
 def test_expand_grid_is_the_product_in_order_with_readable_stable_names():
-    points = sweep.expand_grid(["quant.weight_bits=2,8", "student.layers=6-6, 6-3,6-1"])
+    points = grid.expand_grid(["quant.weight_bits=2,8", "student.layers=6-6, 6-3,6-1"])
     assert [p.name for p in points] == ["wbits2_layers6-6", "wbits2_layers6-3", "wbits2_layers6-1",
                                         "wbits8_layers6-6", "wbits8_layers6-3", "wbits8_layers6-1"]
     assert points[2].overrides == {"quant.weight_bits": "2", "student.layers": "6-1"}
-    assert sweep.expand_grid(["quant.weight_bits=2,8", "student.layers=6-6,6-3,6-1"]) == points  # stable
+    assert grid.expand_grid(["quant.weight_bits=2,8", "student.layers=6-6,6-3,6-1"]) == points  # stable
 
 
 def test_value_rules_semicolons_brackets_linked_keys_and_full_precision():
-    assert sweep.parse_axis("distill.weights=(1,1);(0.8,3)") == (("distill.weights",), ["(1,1)", "(0.8,3)"])
-    assert sweep.parse_axis("distill.weights=(1,1),(0.8,3)") == (("distill.weights",), ["(1,1)", "(0.8,3)"])
-    assert sweep.parse_axis("data.train_files=a.jsonl,b.jsonl;") == (("data.train_files",), ["a.jsonl,b.jsonl"])
-    assert sweep.parse_axis("mesh=(2,1,1),(1,2,1)")[1] == ["(2,1,1)", "(1,2,1)"]
-    assert sweep.parse_axis("data.name=,xsum")[1] == ["", "xsum"]
-    points = sweep.expand_grid(["quant.weight_bits+quant.embed_bits=0,2", "distill.weights=(1,1);(0.8,3)",
+    assert grid.parse_axis("distill.weights=(1,1);(0.8,3)") == (("distill.weights",), ["(1,1)", "(0.8,3)"])
+    assert grid.parse_axis("distill.weights=(1,1),(0.8,3)") == (("distill.weights",), ["(1,1)", "(0.8,3)"])
+    assert grid.parse_axis("data.train_files=a.jsonl,b.jsonl;") == (("data.train_files",), ["a.jsonl,b.jsonl"])
+    assert grid.parse_axis("mesh=(2,1,1),(1,2,1)")[1] == ["(2,1,1)", "(1,2,1)"]
+    assert grid.parse_axis("data.name=,xsum")[1] == ["", "xsum"]
+    points = grid.expand_grid(["quant.weight_bits+quant.embed_bits=0,2", "distill.weights=(1,1);(0.8,3)",
                                 "quant.method=dq_bart", "distill.enabled=False"])
     assert [p.name for p in points] == [
         "webits32_weights1-1_method-dq_bart_distill-False", "webits32_weights0.8-3_method-dq_bart_distill-False",
@@ -48,16 +52,16 @@ def test_value_rules_semicolons_brackets_linked_keys_and_full_precision():
     assert points[3].overrides == {"quant.weight_bits": "2", "quant.embed_bits": "2", "distill.weights": "(0.8,3)",
                                    "quant.method": "dq_bart", "distill.enabled": "False"}
     # keys with the same last component keep their full name; unsafe characters go
-    names = [p.name for p in sweep.expand_grid(["train.steps=10", "teacher.epochs=1", "train.epochs=2",
+    names = [p.name for p in grid.expand_grid(["train.steps=10", "teacher.epochs=1", "train.epochs=2",
                                                 "data.test_files=/x/a b.jsonl"])]
     assert names == ["steps10_teacher.epochs1_train.epochs2_test_files-x-a-b.jsonl"]
 
 
 def test_names_stay_unique_and_short():
-    points = sweep.expand_grid(["data.name=a/b,a-b"])
+    points = grid.expand_grid(["data.name=a/b,a-b"])
     assert points[0].name == "name-a-b" and points[1].name.startswith("name-a-b_") and len(points[1].name) == 17
-    long = sweep.expand_grid(["data.train_files=" + "x" * 200])[0].name
-    assert len(long) <= 96 and long == sweep.expand_grid(["data.train_files=" + "x" * 200])[0].name
+    long = grid.expand_grid(["data.train_files=" + "x" * 200])[0].name
+    assert len(long) <= 96 and long == grid.expand_grid(["data.train_files=" + "x" * 200])[0].name
 
 
 @pytest.mark.parametrize("grids, message", [
@@ -68,32 +72,69 @@ def test_names_stay_unique_and_short():
     (["a+a=1"], "a key appears twice"),
 ])
 def test_bad_grid_syntax_is_one_clear_error(grids, message):
-    with pytest.raises(sweep.SweepError, match=message.replace("(", r"\(")):
-        sweep.expand_grid(grids)
+    with pytest.raises(grid.SweepError, match=message.replace("(", r"\(")):
+        grid.expand_grid(grids)
 
 
-def test_point_lists_and_named_sweeps():
-    points = sweep.points_from_entries(("dq228:quant.weight_bits=2;student.layers=6-3",
-                                        "fp:quant.weight_bits=0;distill.weights=(0.8,3);"))
+def test_named_sweeps_are_lists_of_override_dicts():
+    where = "--sweep s (c.sweeps.s)"
+    points = grid.named_points([{"name": "dq228", "quant.weight_bits": 2, "student.layers": "6-3"},
+                                {"name": "fp", "quant.weight_bits": 0, "distill.weights": (0.8, 3)},
+                                {"quant.method": "tbt", "train.steps": 10}], where)
     assert points == [Point("dq228", {"quant.weight_bits": "2", "student.layers": "6-3"}),
-                      Point("fp", {"quant.weight_bits": "0", "distill.weights": "(0.8,3)"})]
-    with pytest.raises(sweep.SweepError, match="either grid strings"):
-        sweep.points_from_entries(("a:seed=1", "seed=1,2"))
-    with pytest.raises(sweep.SweepError, match="unique"):
-        sweep.points_from_entries(("a:seed=1", "a:seed=2"))
-    with pytest.raises(sweep.SweepError, match="letters, digits"):
+                      Point("fp", {"quant.weight_bits": "0", "distill.weights": "(0.8,3)"}),
+                      Point("method-tbt_steps10", {"quant.method": "tbt", "train.steps": "10"})]
+    # a derived name keeps clear of a given one
+    clash = grid.named_points([{"train.steps": 10}, {"name": "steps10", "train.steps": 20}], where)
+    assert clash[0].name.startswith("steps10_") and len(clash[0].name) == 16 and clash[1].name == "steps10"
+    with pytest.raises(grid.SweepError, match=re.escape(f"{where}: point names must be unique; ['a'] repeat.")):
+        grid.named_points([{"name": "a", "seed": 1}, {"name": "a", "seed": 2}], where)
+    with pytest.raises(grid.SweepError, match=re.escape(f"{where}: point name 'bad name': use letters, digits")):
+        grid.named_points([{"name": "bad name", "seed": 1}], where)
+    with pytest.raises(grid.SweepError, match=re.escape(f"{where}: point name 3: use letters, digits")):
+        grid.named_points([{"name": 3, "seed": 1}], where)
+    for not_dicts in ("seed=1,2", ("seed=1,2",), {"seed": 1}, 3):
+        with pytest.raises(grid.SweepError, match=re.escape(f"{where}: write a list of dicts of overrides")):
+            grid.named_points(not_dicts, where)
+    with pytest.raises(grid.SweepError, match="letters, digits"):
         Point("bad name", {})
-    c = sweep.load_config("configs/demo.py")
-    demo = sweep.points_from_entries(c.sweeps.bits_layers)
+    c = plan.build_config("configs/demo.py")
+    demo = grid.named_points(c.sweeps.bits_layers, "demo")
     assert [p.name for p in demo] == ["webits2_layers3-3", "webits2_layers3-2", "webits2_layers3-1",
                                       "webits8_layers3-3", "webits8_layers3-2", "webits8_layers3-1"]
     assert demo[4].overrides == {"quant.weight_bits": "8", "quant.embed_bits": "8", "student.layers": "3-2"}
+    assert [p.name for p in grid.named_points(c.sweeps.dq_vs_tbt, "demo")] == [
+        "dq_2-2-8", "tbt_W2A8", "tbt_W1A8", "tbt_W2A2", "tbt_W1A1"]
+
+
+def test_derived_names_link_keys_set_to_one_value_as_the_grid_does():
+    w, e, a = "quant.weight_bits", "quant.embed_bits", "quant.act_bits"
+    assert grid.point_name({w: 1, e: 1, a: 1}) == "bits1"
+    assert grid.point_name({w: 1, e: 1, a: 8}) == "webits1_abits8"
+    assert grid.point_name({w: 2, e: 8, a: 8}) == "wbits2_ebits8_abits8"  # no linked set shares a value
+    assert grid.point_name({"student.layers": "3-1", e: 0, "seed": 3, w: "0"}) == "layers3-1_webits32_seed3"
+    assert grid.point_name({w: 2, "student.layers": "6-1", e: 2}) == "webits2_layers6-1"
+    assert grid.point_name({w: 2, e: 2, "student.layers": "6-1"}) == \
+        grid.expand_grid([f"{w}+{e}=2", "student.layers=6-1"])[0].name
+    assert grid.point_name({w: 1, e: 1, a: 1}) == grid.expand_grid([f"{w}+{e}+{a}=1"])[0].name
+
+
+def test_a_named_sweep_with_grid_axes_is_their_product_named_point_first():
+    points = grid.cross(grid.named_points([{"name": "dq", "quant.method": "dq_bart"}, {"quant.weight_bits": 1}],
+                                          "s"), grid.expand_grid(["student.layers=3-1,3-2"]), "--sweep s")
+    assert [(p.name, p.overrides) for p in points] == [
+        ("dq_layers3-1", {"quant.method": "dq_bart", "student.layers": "3-1"}),
+        ("dq_layers3-2", {"quant.method": "dq_bart", "student.layers": "3-2"}),
+        ("wbits1_layers3-1", {"quant.weight_bits": "1", "student.layers": "3-1"}),
+        ("wbits1_layers3-2", {"quant.weight_bits": "1", "student.layers": "3-2"})]
 
 
 def test_sweeps_key_does_not_disturb_the_run_spec():
     from train.settings import spec_from_config
-    spec = spec_from_config(sweep.load_config("configs/demo.py"))
-    assert json.loads(spec.config_json)["sweeps"]["bits_layers"][0] == "quant.weight_bits+quant.embed_bits=2,8"
+    spec = json.loads(spec_from_config(plan.build_config("configs/demo.py")).config_json)
+    assert spec["sweeps"]["bits_layers"][0] == {"quant.weight_bits": 2, "quant.embed_bits": 2, "student.layers": "3-3"}
+    assert spec["sweeps"]["dq_vs_tbt"][4] == {"name": "tbt_W1A1", "quant.method": "tbt", "quant.weight_bits": 1,
+                                              "quant.embed_bits": 1, "quant.act_bits": 1}
 
 
 # ---------------------------------------------------------------- checks before anything runs
@@ -117,6 +158,8 @@ def _main(capsys, *args):
                           "['bits_layers', 'dq_vs_tbt'] (c.sweeps)."),
     (["--grid", "quant.weight_bits=2", "--set", "quant.weight_bits=8"],
      "error: quant.weight_bits is both a fixed --set override and varied by point 'wbits2'."),
+    (["--sweep", "bits_layers", "--grid", "quant.embed_bits=4"],
+     "error: quant.embed_bits is set by --sweep bits_layers point 'webits2_layers3-3' and by a --grid axis."),
 ])
 def test_config_mistakes_fail_before_anything_runs(capsys, tmp_path, args, message):
     code, out, err = _main(capsys, "--config", "configs/demo.py", "--workdir", str(tmp_path / "s"), *args)
@@ -124,11 +167,65 @@ def test_config_mistakes_fail_before_anything_runs(capsys, tmp_path, args, messa
     assert not (tmp_path / "s").exists()
 
 
+MISTAKEN_SWEEPS = """
+from configs import demo
+
+
+def get_config(arg=None):
+    c = demo.get_config(arg)
+    with c.unlocked():
+        c.sweeps.typo = [{"quant.method": "tbt"}, {"name": "x", "quant.wieght_bits": 2}]
+        c.sweeps.bad_name = [{"name": "a b", "quant.weight_bits": 2}]
+        c.sweeps.grid_strings = ("quant.weight_bits=2,8",)
+    return c
+"""
+
+
+@pytest.mark.parametrize("name, message", [
+    ("typo", "error: --sweep typo (c.sweeps.typo): unknown config key 'quant.wieght_bits'; did you mean "
+             "'quant.weight_bits'?"),
+    ("bad_name", "error: --sweep bad_name (c.sweeps.bad_name): point name 'a b': use letters, digits and . _ + - "
+                 "(at most 120)."),
+    ("grid_strings", "error: --sweep grid_strings (c.sweeps.grid_strings): write a list of dicts of overrides, "
+                     "e.g. [{'name': 'dq', 'quant.weight_bits': 2}, {'quant.weight_bits': 8}]."),
+])
+def test_named_sweep_mistakes_fail_before_anything_runs(capsys, tmp_path, name, message):
+    config = tmp_path / "mistaken.py"
+    config.write_text(MISTAKEN_SWEEPS)
+    code, out, err = _main(capsys, "--config", str(config), "--workdir", str(tmp_path / "s"), "--sweep", name)
+    assert (code, out, err.strip()) == (2, "", message)
+    assert not (tmp_path / "s").exists()
+
+
+def test_named_sweep_with_grid_prints_each_point_crossed_with_the_axes(capsys, tmp_path):
+    wd = str(tmp_path / "s")
+    code, out, err = _main(capsys, "--config", "configs/demo.py", "--workdir", wd, "--sweep", "dq_vs_tbt",
+                           "--grid", "student.layers=3-1,3-2", "--print-commands")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [shlex.split(line)[6].rsplit("/", 1)[1] for line in lines[:-1]] == [
+        "teacher", "dq_2-2-8_layers3-1", "dq_2-2-8_layers3-2", "tbt_W2A8_layers3-1", "tbt_W2A8_layers3-2",
+        "tbt_W1A8_layers3-1", "tbt_W1A8_layers3-2", "tbt_W2A2_layers3-1", "tbt_W2A2_layers3-2",
+        "tbt_W1A1_layers3-1", "tbt_W1A1_layers3-2"]
+    assert shlex.split(lines[6])[7:11] == ["--config.quant.method=tbt", "--config.quant.weight_bits=1",
+                                           "--config.quant.embed_bits=1", "--config.student.layers=3-2"]
+
+
 def test_plan_checks_points_given_in_python():
-    with pytest.raises(sweep.SweepError, match="point 'p': unknown config key 'quant.bits'; did you mean"):
-        sweep.plan_sweep("configs/demo.py", "runs/x", [Point("p", {"quant.bits": 2})])
-    with pytest.raises(sweep.SweepError, match="point name 'teacher' is reserved"):
-        sweep.plan_sweep("configs/demo.py", "runs/x", [Point("teacher", {})])
+    with pytest.raises(grid.SweepError, match="point 'p': unknown config key 'quant.bits'; did you mean"):
+        plan.plan_sweep("configs/demo.py", "runs/x", [Point("p", {"quant.bits": 2})])
+    with pytest.raises(grid.SweepError, match="point name 'teacher' is reserved"):
+        plan.plan_sweep("configs/demo.py", "runs/x", [Point("teacher", {})])
+
+
+def test_a_second_sweep_in_the_same_directory_is_refused(tmp_path):
+    wd = tmp_path / "a{b}"  # braces too: the message goes through str.format
+    planned = plan.plan_sweep("configs/demo.py", str(wd), [Point("p", {"student.layers": "3-1"})])
+    with workdir_lock.hold(str(wd / ".sweep.lock"), "held"):
+        with pytest.raises(grid.SweepError, match=f"^another sweep is running in {re.escape(str(wd))}; wait for it "
+                                                  "or use another --workdir.$"):
+            runner.run_plan(planned)
+    assert not (wd / "sweep.json").exists()
 
 
 def test_print_commands_exact_lines(capsys, tmp_path):
@@ -224,7 +321,7 @@ def test_report_tables_are_exact(tmp_path):
         {"stage": "distill", "split": "train", "step": 5, "loss": 1.0},
         {"stage": "distill", "split": "dev", "step": 10, "rougeLsum": 31.5}]) + "\n")
 
-    rows = sweep_report.write_report(str(wd))
+    rows = report.write_report(str(wd))
     assert [r["point"] for r in rows] == ["teacher", "webits2_layers6-6", "webits8_layers6-6", "webits2_layers6-3",
                                           "webits2_layers6-1"]
     assert (wd / "sweep.csv").read_text().splitlines() == [
@@ -266,8 +363,8 @@ def test_pareto_front_membership():
           (18.7, 29.5),  # 5 front: most compression
           (10.0, 30.0),  # 6 dominated by 2 and 4
           (16.0, 32.8)]  # 7 a tie with 4: both on the front
-    assert sweep_report.pareto_front(xy) == [0, 2, 4, 7, 5]
-    assert sweep_report.pareto_front([]) == [] and sweep_report.pareto_front([(2.0, 1.0)]) == [0]
+    assert plot.pareto_front(xy) == [0, 2, 4, 7, 5]
+    assert plot.pareto_front([]) == [] and plot.pareto_front([(2.0, 1.0)]) == [0]
 
 
 XSUM_LIKE = [  # (name, W-E-A, E-D, ratio, MiB, rougeLsum)
@@ -292,10 +389,10 @@ def make_xsum_like_sweep(wd: Path) -> None:
 
 def test_report_plot_of_a_realistic_sweep(tmp_path):
     make_xsum_like_sweep(tmp_path)
-    rows = sweep_report.write_report(str(tmp_path))
+    rows = report.write_report(str(tmp_path))
     assert len(rows) == 9 and (tmp_path / "tradeoff.png").stat().st_size > 40_000
     xy = [(r["compression_ratio"], r["test_rougeLsum"]) for r in rows[1:]]
-    assert [rows[1 + i]["point"] for i in sweep_report.pareto_front(xy)] == [
+    assert [rows[1 + i]["point"] for i in plot.pareto_front(xy)] == [
         "webits8_layers6-6", "webits4_layers6-6", "webits2_layers6-6", "webits2_layers6-3", "webits2_layers6-2",
         "webits2_layers6-1"]
 
@@ -357,8 +454,8 @@ def test_two_point_sweep_runs_once_then_skips_finished_points(tmp_path):
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_and_printed_commands_give_the_same_sweep(tmp_path):
     wd = tmp_path / "s"
-    grid = ["--grid", "quant.weight_bits+quant.embed_bits=2,8", "--grid", "student.layers=3-3,3-2,3-1"]
-    cmd = _sweep_cli("--workdir", str(wd), *grid)
+    axes = ["--grid", "quant.weight_bits+quant.embed_bits=2,8", "--grid", "student.layers=3-3,3-2,3-1"]
+    cmd = _sweep_cli("--workdir", str(wd), *axes)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env(tmp_path))
     first = wd / "webits2_layers3-3" / "results.json"
@@ -390,7 +487,7 @@ def test_interrupted_sweep_resumes_and_printed_commands_give_the_same_sweep(tmp_
 
     # the printed commands, run one by one, make the same sweep
     wd2 = tmp_path / "printed"
-    printed = subprocess.run(_sweep_cli("--workdir", str(wd2), *grid, "--print-commands"), cwd=REPO,
+    printed = subprocess.run(_sweep_cli("--workdir", str(wd2), *axes, "--print-commands"), cwd=REPO,
                              capture_output=True, text=True, env=_env(tmp_path), timeout=120)
     lines = printed.stdout.splitlines()
     assert printed.returncode == 0 and len(lines) == 8 and not any(wd2.glob("*/results.json"))
@@ -428,12 +525,12 @@ def test_run_sweep_from_python_skips_finished_points_without_starting_anything(t
     for p, ratio in zip(points, (11.6, 1.1)):
         _write(tmp_path / p.name / "results.json", _results(ratio, 6.04 / ratio, 6.1 / ratio, ratio, {"rougeLsum": 50.0},
                                                            {"rougeLsum": 52.0}))
-    assert sweep.run_sweep("configs/demo.py", str(tmp_path), points, {"train.steps": 4}) == 0
+    assert runner.run_sweep("configs/demo.py", str(tmp_path), points, {"train.steps": 4}) == 0
     out = capsys.readouterr().out
     assert "skip dq228: finished" in out and "skip fp: finished" in out
     assert "skip teacher: every point that uses this teacher is finished" in out and "\nrun " not in out
     assert not (tmp_path / "teacher").exists()
-    rows = sweep_report.write_report(str(tmp_path))
+    rows = report.write_report(str(tmp_path))
     assert [(r["point"], r["wea_bits"], r["status"]) for r in rows] == [
         ("teacher", "32-32-32", "not run"), ("dq228", "2-2-8", "done"), ("fp", "32-32-32", "done")]
     assert json.loads((tmp_path / "sweep.json").read_text())["points"][0]["overrides"] == {
