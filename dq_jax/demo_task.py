@@ -20,7 +20,8 @@ import hashlib
 import json
 import os
 import random
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 TASK_VERSION = "dq-jax-demo-v1"
 DEFAULT_SIZES = {"train": 20000, "validation": 300, "test": 500}
@@ -54,7 +55,69 @@ RESULT_REASONS = ("strong demand in Europe", "lower fuel costs", "weak sales in 
 SITE_REASONS = ("good transport links", "a skilled workforce", "lower costs", "space to grow",
                 "strong local support")
 
-Example = tuple[str, list[str], list[str], str]  # lead, facts, distractors, summary
+
+class Example(NamedTuple):
+    """One event's sentences, before `_example` orders them and picks the distractors."""
+    lead: str  # always the document's first sentence
+    facts: list[str]  # what the summary is made from: all kept, in a shuffled order
+    extras: list[str]  # distractors: 0-3 of them are kept
+    summary: str
+
+
+@dataclass(frozen=True)
+class Phrasings:
+    """One kind of event as `str.format` templates, whose slots name the values the event draws.
+
+    Each sentence is a tuple of its alternative phrasings: the lead and the facts may have
+    several, one of which is drawn; distractors and the summary have exactly one.
+    """
+    lead: tuple[str, ...]
+    facts: tuple[tuple[str, ...], ...]
+    extras: tuple[str, ...]
+    summary: str
+
+    @classmethod
+    def parse(cls, spec: str) -> Phrasings:
+        """Read a spec: a line `role template` per sentence, with role `lead`, `fact`, `extra` or
+        `summary`, and a line `| template` for another phrasing of the sentence above it.
+
+        Plain lines rather than tuple literals: the wording is what gets edited, and in a literal
+        a forgotten comma silently joins two phrasings into one.
+        """
+        roles: dict[str, list[list[str]]] = {"lead": [], "fact": [], "extra": [], "summary": []}
+        sentence: list[str] = []
+        for line in spec.strip().splitlines():
+            role, template = line.strip().split(maxsplit=1)
+            if role != "|":  # a new sentence; "|" adds a phrasing to the current one
+                sentence = []
+                roles[role].append(sentence)
+            sentence.append(template)
+        [lead], [[summary]] = roles["lead"], roles["summary"]  # one each, and one summary phrasing
+        extras = tuple(template for [template] in roles["extra"])  # distractors are not drawn
+        return cls(tuple(lead), tuple(map(tuple, roles["fact"])), extras, summary)
+
+    # Drawing the templates and filling them in are separate steps because the data is pinned
+    # (trained results depend on it), so every draw from `r` keeps its place: the lead's
+    # phrasing first, then the facts', then the values only later sentences use (a distractor's
+    # number, a reason). Each event function makes these calls and draws in that order.
+    def draw_lead(self, r: random.Random) -> str:
+        return _draw(r, self.lead)
+
+    def draw_facts(self, r: random.Random) -> list[str]:
+        return [_draw(r, fact) for fact in self.facts]
+
+    def fill(self, lead: str, facts: list[str], **slots: object) -> Example:
+        """The `Example` from the drawn `lead` and `facts` templates, with all slots filled in."""
+        def text(template: str) -> str:
+            return template.format(**slots)
+        return Example(text(lead), [text(t) for t in facts], [text(t) for t in self.extras],
+                       text(self.summary))
+
+
+def _draw(r: random.Random, phrasings: tuple[str, ...]) -> str:
+    # A sentence with a single phrasing draws nothing: `r.choice` of one item would still
+    # consume randomness and shift every later draw.
+    return phrasings[0] if len(phrasings) == 1 else r.choice(phrasings)
 
 
 def _persons(r: random.Random, k: int) -> list[str]:
@@ -67,6 +130,20 @@ def _org(r: random.Random) -> tuple[str, str]:
     return f"{r.choice(PREFIXES)} {kind}", SECTORS[kind]
 
 
+RESULTS = Phrasings.parse("""
+lead    {org}, the {sector} group based in {city}, said on {day} that its profit for {month} was {now} million dollars.
+      | On {day}, {org} reported a profit of {now} million dollars for {month} at its headquarters in {city}.
+fact    That compares with {before} million dollars in the same month last year.
+      | A year earlier, the company made {before} million dollars.
+fact    Chief executive {boss} said the result reflected {reason}.
+      | {boss}, the chief executive, told reporters that {reason} had shaped the figures.
+extra   Analysts in {city2} had expected a profit of about {expected} million dollars.
+extra   Rival {rival} is due to report its own results in {month2}.
+extra   Shares in {rival} closed slightly higher on {day2}.
+summary {org} profit {verb} to {now} million dollars, chief executive {boss} says.
+""")
+
+
 def _results(r: random.Random) -> Example:
     (org, sector), (rival, _) = _org(r), _org(r)
     city, city2 = r.sample(CITIES, 2)
@@ -75,20 +152,27 @@ def _results(r: random.Random) -> Example:
     month, month2 = r.sample(MONTHS, 2)
     now = r.randrange(12, 96)
     before = r.choice([n for n in range(12, 96) if abs(n - now) >= 3])
-    lead = r.choice([f"{org}, the {sector} group based in {city}, said on {day} that its profit for {month} "
-                     f"was {now} million dollars.",
-                     f"On {day}, {org} reported a profit of {now} million dollars for {month} at its "
-                     f"headquarters in {city}."])
-    reason = r.choice(RESULT_REASONS)
-    facts = [r.choice([f"That compares with {before} million dollars in the same month last year.",
-                       f"A year earlier, the company made {before} million dollars."]),
-             r.choice([f"Chief executive {boss} said the result reflected {reason}.",
-                       f"{boss}, the chief executive, told reporters that {reason} had shaped the figures."])]
-    extras = [f"Analysts in {city2} had expected a profit of about {r.randrange(12, 96)} million dollars.",
-              f"Rival {rival} is due to report its own results in {month2}.",
-              f"Shares in {rival} closed slightly higher on {day2}."]
-    verb = "rises" if now > before else "falls"
-    return lead, facts, extras, f"{org} profit {verb} to {now} million dollars, chief executive {boss} says."
+    lead = RESULTS.draw_lead(r)
+    reason = r.choice(RESULT_REASONS)  # the one value drawn between the lead and the facts
+    facts = RESULTS.draw_facts(r)
+    expected = r.randrange(12, 96)
+    return RESULTS.fill(lead, facts, org=org, sector=sector, rival=rival, city=city, city2=city2, boss=boss,
+                        day=day, day2=day2, month=month, month2=month2, now=now, before=before,
+                        reason=reason, expected=expected, verb="rises" if now > before else "falls")
+
+
+MATCH = Phrasings.parse("""
+lead    {home} hosted {away} in {home_city} on {day} evening.
+      | {away} travelled to {home_city} on {day} to face {home}.
+fact    The final score was {home} {h}, {away} {a}.
+      | {away} scored {a} and {home} scored {h} in a lively game.
+fact    {p_home} was on target for {home}, and {p_away} scored for {away}.
+      | {p_away} scored for the visitors, while {p_home} found the net for the hosts.
+extra   A crowd of {crowd} thousand watched the game.
+extra   {p_hurt}, the manager of {city3} {mascot3}, watched from the stands.
+extra   The two clubs meet again in {month}.
+summary {win} beat {lose} {w}-{l} in {home_city} as {scorer} scores.
+""")
 
 
 def _match(r: random.Random) -> Example:
@@ -97,17 +181,29 @@ def _match(r: random.Random) -> Example:
     p_home, p_away, p_hurt = _persons(r, 3)
     h, a = r.sample(range(1, 6), 2)
     day = r.choice(WEEKDAYS)
-    lead = r.choice([f"{home} hosted {away} in {home_city} on {day} evening.",
-                     f"{away} travelled to {home_city} on {day} to face {home}."])
-    facts = [r.choice([f"The final score was {home} {h}, {away} {a}.",
-                       f"{away} scored {a} and {home} scored {h} in a lively game."]),
-             r.choice([f"{p_home} was on target for {home}, and {p_away} scored for {away}.",
-                       f"{p_away} scored for the visitors, while {p_home} found the net for the hosts."])]
-    extras = [f"A crowd of {r.randrange(12, 60)} thousand watched the game.",
-              f"{p_hurt}, the manager of {city3} {r.choice(MASCOTS)}, watched from the stands.",
-              f"The two clubs meet again in {r.choice(MONTHS)}."]
+    lead = MATCH.draw_lead(r)
+    facts = MATCH.draw_facts(r)
+    crowd, mascot3, month = r.randrange(12, 60), r.choice(MASCOTS), r.choice(MONTHS)
     (win, w, scorer), (lose, l, _) = sorted([(home, h, p_home), (away, a, p_away)], key=lambda t: -t[1])
-    return lead, facts, extras, f"{win} beat {lose} {w}-{l} in {home_city} as {scorer} scores."
+    return MATCH.fill(lead, facts, home=home, away=away, home_city=home_city, city3=city3, day=day, h=h, a=a,
+                      p_home=p_home, p_away=p_away, p_hurt=p_hurt, crowd=crowd, mascot3=mascot3,
+                      month=month, win=win, lose=lose, w=w, l=l, scorer=scorer)
+
+
+ELECTION = Phrasings.parse("""
+lead    Voters in {city} went to the polls on {day} to elect a new mayor.
+      | {city} held its mayoral election on {day}, with two main candidates in the race.
+fact    {winner_line}
+fact    {loser_line}
+extra   Turnout was {turnout} percent, down from the last election.
+extra   Smaller parties shared the remaining {minor} percent.
+extra   {former}, a former mayor of {city2}, did not stand this time.
+summary {winner} of the {party_w} Party wins {city} mayoral race with {share_w} percent of the vote.
+""")
+# The candidates' lines are shuffled, not drawn one by one: the winner takes either phrasing
+# and the loser the other.
+CANDIDATE_LINES = ("{name} of the {party} Party won {share} percent of the vote, official results showed.",
+                   "{name}, the {party} Party candidate, received {share} percent.")
 
 
 def _election(r: random.Random) -> Example:
@@ -117,17 +213,29 @@ def _election(r: random.Random) -> Example:
     share_w, minor = r.randrange(51, 69), r.randrange(2, 10)
     share_l = 100 - share_w - minor
     day = r.choice(WEEKDAYS)
-    lead = r.choice([f"Voters in {city} went to the polls on {day} to elect a new mayor.",
-                     f"{city} held its mayoral election on {day}, with two main candidates in the race."])
-    lines = [lambda c, p, s: f"{c} of the {p} Party won {s} percent of the vote, official results showed.",
-             lambda c, p, s: f"{c}, the {p} Party candidate, received {s} percent."]
+    lead = ELECTION.draw_lead(r)
+    facts = ELECTION.draw_facts(r)
+    lines = list(CANDIDATE_LINES)
     r.shuffle(lines)
-    facts = [lines[0](winner, party_w, share_w), lines[1](loser, party_l, share_l)]
-    extras = [f"Turnout was {r.randrange(30, 71)} percent, down from the last election.",
-              f"Smaller parties shared the remaining {minor} percent.",
-              f"{former}, a former mayor of {city2}, did not stand this time."]
-    return lead, facts, extras, (f"{winner} of the {party_w} Party wins {city} mayoral race with {share_w} "
-                                 "percent of the vote.")
+    turnout = r.randrange(30, 71)
+    return ELECTION.fill(lead, facts, city=city, city2=city2, winner=winner, former=former, party_w=party_w,
+                         share_w=share_w, minor=minor, day=day, turnout=turnout,
+                         winner_line=lines[0].format(name=winner, party=party_w, share=share_w),
+                         loser_line=lines[1].format(name=loser, party=party_l, share=share_l))
+
+
+SITE = Phrasings.parse("""
+lead    {org} will open a new {facility} in {city}, the company announced on {day}.
+      | {org} announced on {day} that it had chosen {city} for its new {facility}.
+fact    The site is expected to create {jobs} jobs by {month}.
+      | About {jobs} people will work there once it opens in {month}.
+fact    {considered} had also been considered.
+fact    {boss}, who leads the project, said {city} offered {reason}.
+extra   Officials in {first_other} said they were disappointed by the decision.
+extra   Construction work is due to begin in {month2}.
+extra   The company already employs {staff} people in {city3}.
+summary {org} picks {city} over {count} other cities for new {facility} with {jobs} jobs.
+""")
 
 
 def _site(r: random.Random) -> Example:
@@ -138,18 +246,26 @@ def _site(r: random.Random) -> Example:
     (boss,) = _persons(r, 1)
     facility, jobs, day = r.choice(FACILITIES), r.randrange(20, 100), r.choice(WEEKDAYS)
     month, month2 = r.sample(MONTHS, 2)
-    lead = r.choice([f"{org} will open a new {facility} in {city}, the company announced on {day}.",
-                     f"{org} announced on {day} that it had chosen {city} for its new {facility}."])
-    considered = " and ".join([", ".join(others[:-1]), others[-1]])
-    facts = [r.choice([f"The site is expected to create {jobs} jobs by {month}.",
-                       f"About {jobs} people will work there once it opens in {month}."]),
-             f"{considered} had also been considered.",
-             f"{boss}, who leads the project, said {city} offered {r.choice(SITE_REASONS)}."]
-    extras = [f"Officials in {others[0]} said they were disappointed by the decision.",
-              f"Construction work is due to begin in {month2}.",
-              f"The company already employs {r.randrange(20, 100)} people in {city3}."]
-    count = {2: "two", 3: "three"}[k]
-    return lead, facts, extras, f"{org} picks {city} over {count} other cities for new {facility} with {jobs} jobs."
+    lead = SITE.draw_lead(r)
+    facts = SITE.draw_facts(r)
+    reason, staff = r.choice(SITE_REASONS), r.randrange(20, 100)
+    return SITE.fill(lead, facts, org=org, city=city, city3=city3, first_other=others[0], boss=boss,
+                     facility=facility, jobs=jobs, day=day, month=month, month2=month2, reason=reason,
+                     staff=staff, considered=" and ".join([", ".join(others[:-1]), others[-1]]),
+                     count={2: "two", 3: "three"}[k])
+
+
+STORM = Phrasings.parse("""
+lead    A storm swept through {city} on {day} night, bringing down trees and power lines.
+      | Heavy rain and strong winds hit {city} late on {day}.
+fact    About {homes} thousand homes lost power, according to {utility}.
+      | {utility} said {homes} thousand homes were left without electricity.
+fact    {spokesperson}, a spokesperson for {utility}, said crews were working through the night.
+extra   Winds of up to {wind} miles per hour were recorded near the coast.
+extra   By {day2}, power had been restored to {restored} thousand homes.
+extra   Schools in {city2} will remain closed until {day3}.
+summary Storm leaves {homes} thousand homes without power in {city}, {utility} says.
+""")
 
 
 def _storm(r: random.Random) -> Example:
@@ -158,15 +274,24 @@ def _storm(r: random.Random) -> Example:
     (spokesperson,) = _persons(r, 1)
     homes = r.randrange(12, 96)
     day, day2, day3 = r.sample(WEEKDAYS, 3)
-    lead = r.choice([f"A storm swept through {city} on {day} night, bringing down trees and power lines.",
-                     f"Heavy rain and strong winds hit {city} late on {day}."])
-    facts = [r.choice([f"About {homes} thousand homes lost power, according to {utility}.",
-                       f"{utility} said {homes} thousand homes were left without electricity."]),
-             f"{spokesperson}, a spokesperson for {utility}, said crews were working through the night."]
-    extras = [f"Winds of up to {r.randrange(40, 96)} miles per hour were recorded near the coast.",
-              f"By {day2}, power had been restored to {r.randrange(2, homes)} thousand homes.",
-              f"Schools in {city2} will remain closed until {day3}."]
-    return lead, facts, extras, f"Storm leaves {homes} thousand homes without power in {city}, {utility} says."
+    lead = STORM.draw_lead(r)
+    facts = STORM.draw_facts(r)
+    wind, restored = r.randrange(40, 96), r.randrange(2, homes)
+    return STORM.fill(lead, facts, city=city, city2=city2, utility=utility, spokesperson=spokesperson,
+                      homes=homes, day=day, day2=day2, day3=day3, wind=wind, restored=restored)
+
+
+APPOINTMENT = Phrasings.parse("""
+lead    {org} has named {new} as its next chief executive, the company said on {day}.
+      | The board of {org} on {day} chose {new} to become chief executive.
+fact    {new} will replace {old}, who is stepping down after {years} years in the role.
+      | {old}, who has run the company for {years} years, will retire in {month}.
+fact    {new} previously ran the group's business in {city2}.
+extra   {rival1} and {rival2} had also been seen as possible candidates.
+extra   Shares in {org} rose {rise} percent after the news.
+extra   The company has {staff} thousand staff around the world.
+summary {org} names {new} chief executive as {old} steps down after {years} years.
+""")
 
 
 def _appointment(r: random.Random) -> Example:
@@ -174,15 +299,11 @@ def _appointment(r: random.Random) -> Example:
     new, old, rival1, rival2 = _persons(r, 4)
     city2 = r.choice(CITIES)
     years, day, month = r.randrange(3, 26), r.choice(WEEKDAYS), r.choice(MONTHS)
-    lead = r.choice([f"{org} has named {new} as its next chief executive, the company said on {day}.",
-                     f"The board of {org} on {day} chose {new} to become chief executive."])
-    facts = [r.choice([f"{new} will replace {old}, who is stepping down after {years} years in the role.",
-                       f"{old}, who has run the company for {years} years, will retire in {month}."]),
-             f"{new} previously ran the group's business in {city2}."]
-    extras = [f"{rival1} and {rival2} had also been seen as possible candidates.",
-              f"Shares in {org} rose {r.randrange(2, 10)} percent after the news.",
-              f"The company has {r.randrange(12, 96)} thousand staff around the world."]
-    return lead, facts, extras, f"{org} names {new} chief executive as {old} steps down after {years} years."
+    lead = APPOINTMENT.draw_lead(r)
+    facts = APPOINTMENT.draw_facts(r)
+    rise, staff = r.randrange(2, 10), r.randrange(12, 96)
+    return APPOINTMENT.fill(lead, facts, org=org, new=new, old=old, rival1=rival1, rival2=rival2, city2=city2,
+                            years=years, day=day, month=month, rise=rise, staff=staff)
 
 
 EVENTS: tuple[Callable[[random.Random], Example], ...] = (
@@ -191,16 +312,17 @@ EVENTS: tuple[Callable[[random.Random], Example], ...] = (
 
 def _example(r: random.Random) -> tuple[str, str]:
     """One (document, summary); distractors are redrawn until the length is in range."""
-    lead, facts, extras, summary = r.choice(EVENTS)(r)
+    event = r.choice(EVENTS)(r)
+    facts = event.facts
     r.shuffle(facts)  # facts in any order, so the model must read them, not count sentences
     while True:
-        body = facts + r.sample(extras, r.randrange(0, min(3, 5 - len(facts)) + 1))
-        sentences = [lead] + body
+        body = facts + r.sample(event.extras, r.randrange(0, min(3, 5 - len(facts)) + 1))
+        sentences = [event.lead] + body
         # The lead stays first (as in news); facts and distractors mix freely after it.
         order = [0] + r.sample(range(1, len(sentences)), len(sentences) - 1)
         document = " ".join(sentences[i] for i in order)
         if MIN_WORDS <= len(document.split()) <= MAX_WORDS:
-            return document, summary
+            return document, event.summary
 
 
 def make_split(n: int, seed: int) -> list[dict[str, str]]:
