@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Stages run in order; each one resumes from what the workdir already holds.
     c.stages = "teacher,distill,eval,export"
     c.mesh = (1, 1, 1)  # (data, fsdp, tensor); -1 in one place takes the remaining devices
+    # fp32 | bf16: bf16 runs the float matmuls (teacher, student where an operand is not
+    # quantized) in bf16 with fp32 accumulation; weights, optimizer, loss, softmax, norms and
+    # quantizer scales stay fp32 (dq_jax/precision.py)
+    c.precision = "fp32"
 
     # Multi-process runs (one process per host): the coordinator's host:port, process count and
     # this process's id; empty values come from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
@@ -60,7 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
         weight_bits=2, embed_bits=2, act_bits=8,  # 0 = full precision
         method="dq_bart", weight_granularity="tensor", act_scale="tensor", quantize_lm_head=False,
         weight_clip=2.5, act_clip=2.5,
-        mse_steps=5))  # scale search steps of method=mse
+        mse_steps=5,  # scale search steps of method=mse
+        # products of two quantized operands: "codes" multiplies the integer codes exactly
+        # (int8 x int8 -> int32), "fake" dequantizes and multiplies in float (the reference)
+        compute="fake"))
 
     c.distill = ml_collections.ConfigDict(dict(
         mode="dq_bart",

@@ -10,6 +10,7 @@ from dq_jax import distributed, metrics as metrics_lib
 from dq_jax.generate import GenerationConfig, decode_texts, generate
 from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
+from dq_jax.quantized_model import quantized_student
 from dq_jax.spec import EvalSettings
 from dq_jax.stage import StageData
 
@@ -32,6 +33,8 @@ def evaluate(model: Seq2SeqLM, params, split: data_lib.Tokenized, stage_data: St
     # Every process generates the whole split on its own devices from a host copy of the
     # params: the scores agree everywhere, so all processes keep the same best checkpoint.
     params = distributed.to_host(params) if jax.process_count() > 1 else params
+    if model.quant is not None and model.quant.enabled:  # quantized once, not in every decode step
+        model, params = quantized_student(model.cfg, model.quant, params, model.dtype)
     for idx, batch in tqdm(batches, desc=desc, leave=False, disable=not distributed.is_main()):
         out = generate(model, params, batch["input_ids"], batch["attention_mask"], gen)
         for i, text in zip(idx, decode_texts(tokenizer, out.sequences)[: len(idx)]):

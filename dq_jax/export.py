@@ -47,7 +47,9 @@ def _numpy_codes(value, rule: WeightRule) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(codes.values), np.asarray(codes.scales, np.float32)
 
 
-def _untie(cfg: ModelConfig, params: dict, quant: QuantConfig) -> tuple[ModelConfig, dict]:
+def untie_lm_head(cfg: ModelConfig, params: dict, quant: QuantConfig) -> tuple[ModelConfig, dict]:
+    """A tied model whose embedding lookups are quantized but whose LM head is not (the
+    reference) as an untied one with its own fp32 `lm_head`, so the table can be quantized."""
     if fp32_lm_head_copy(quant) and cfg.tie_word_embeddings:
         params = dict(params, lm_head={"kernel": np.asarray(params["shared"]["embedding"], np.float32).T})
         cfg = cfg.replace(tie_word_embeddings=False)
@@ -86,7 +88,7 @@ def export_hf(cfg: ModelConfig, params: dict, quant: QuantConfig, out_dir: str, 
     """HF directory with the student's fake-quantized weights (loads with from_pretrained), and
     `dq_jax.json` with the quant config and any learned activation step sizes."""
     params, elastic = split_step_sizes(params)
-    cfg, with_head = _untie(cfg, params, quant)
+    cfg, with_head = untie_lm_head(cfg, params, quant)
     fq = fake_quantized_params(with_head, quant)  # a separate lm_head stays fp32
     save_pretrained(cfg, fq, out_dir, tokenizer_dir, generation_config)
     note = ("PyTorch BART has no activation quantizers: this model computes with full-precision activations. "
@@ -113,7 +115,7 @@ def write_packed(cfg: ModelConfig, params: dict, quant: QuantConfig, path: str, 
                  generation_config: dict | None = None) -> str:
     from safetensors.numpy import save_file
     params, elastic = split_step_sizes(params)
-    cfg, params = _untie(cfg, params, quant)
+    cfg, params = untie_lm_head(cfg, params, quant)
     tensors = {f"{ELASTIC}.{k.replace('/', '.')}": np.asarray(v, np.float32) for k, v in elastic.items()}
     entries = {}
     for fpath, value in flatten(params):

@@ -17,7 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from dq_jax.kv_cache import KVCache
-from dq_jax.policy import ActRole, Role, act_rule, tied_lm_head_rule, weight_rule
+from dq_jax import precision
+from dq_jax.codes import Codes
+from dq_jax.codes_matmul import Operand, codes_einsum
+from dq_jax.policy import ActRole, ActRule, Role, act_rule, tied_lm_head_rule, weight_rule
 from dq_jax.quant_config import ELASTIC, QuantConfig
 
 Dtype = Any
@@ -25,22 +28,41 @@ NEG_INF = float(jnp.finfo(jnp.float32).min)
 
 
 class ActQuant(nn.Module):
-    """Activation fake-quantizer of one `role`: the dynamic symmetric one of DQ-BART, or TBT's
+    """Activation quantizer of one `role`: the dynamic symmetric one of DQ-BART, or TBT's
     elastic one (1-2 bits) with a learned step size `alpha` (float32 scalar in the `elastic`
-    collection, initialized from the first activations it sees)."""
+    collection, initialized from the first activations it sees). Called, it fake-quantizes;
+    a product on codes asks it for its `rule` and `step_size` instead."""
 
     quant: QuantConfig | None = None
     role: ActRole = ActRole.LINEAR_INPUT
 
+    @property
+    def rule(self) -> ActRule | None:
+        return act_rule(self.role, self.quant)
+
     @nn.compact
+    def step_size(self, x: jax.Array) -> jax.Array | None:
+        """The learned step size of an elastic quantizer (created from `x` on first use), else None."""
+        rule = self.rule
+        if rule is None or not rule.elastic:
+            return None
+        return self.variable(ELASTIC, "alpha", lambda: rule.init_step_size(jax.lax.stop_gradient(x))).value
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        rule = act_rule(self.role, self.quant)
-        if rule is None:
-            return x
-        if not rule.elastic:
-            return rule.apply(x)
-        alpha = self.variable(ELASTIC, "alpha", lambda: rule.init_step_size(jax.lax.stop_gradient(x)))
-        return rule.apply(x, alpha.value)
+        rule = self.rule
+        return x if rule is None else rule.fake(x, self.step_size(x))
+
+
+def _weight(w, rule):
+    """A weight as fake mode multiplies it: codes quantized ahead dequantized, else fake-quantized."""
+    if isinstance(w, Codes):
+        return w.dequantize()
+    return rule.fake(w) if rule else w
+
+
+def _on_codes(quant: QuantConfig | None, *rules) -> bool:
+    """Whether a product runs on codes: `compute="codes"` and both operands quantized."""
+    return quant is not None and quant.compute == "codes" and all(r is not None for r in rules)
 
 
 class QDense(nn.Module):
@@ -55,14 +77,34 @@ class QDense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """x `[..., in]` -> `[..., out]`. The kernel may be `Codes` (quantized once, for generation)."""
         kernel = self.param("kernel", nn.initializers.normal(self.init_std),
                             (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         rule = weight_rule(Role.LINEAR, self.quant)
-        kernel = rule.fake(kernel) if rule else kernel
-        x = ActQuant(self.quant, self.input_role, name="act")(x)
-        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+        act = ActQuant(self.quant, self.input_role, name="act")
+        if _on_codes(self.quant, rule, act.rule):
+            y = codes_einsum("...i,io->...o", x, kernel, Operand(act.rule), Operand(rule), act.step_size(x),
+                             dtype=self.dtype)
+        else:
+            kernel = _weight(kernel, rule)
+            y = precision.einsum("...i,io->...o", act(x), kernel, self.dtype)
         return y + bias.astype(self.dtype)
+
+
+class LMHead(nn.Module):
+    """The separate output projection of an untied model: `h [..., D] @ kernel [D, V]`."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.normal(self.init_std), (h.shape[-1], self.features),
+                            self.param_dtype)
+        return precision.einsum("...d,dv->...v", h, kernel, self.dtype)
 
 
 def embedding_init(pad_id: int | None, std: float):
@@ -89,6 +131,11 @@ class QEmbed(nn.Module):
                                     (self.num_embeddings, self.features), self.param_dtype)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
+        """ids `[...]` -> rows `[..., D]`. The table may be `Codes` (quantized once, per row)."""
+        if isinstance(self.embedding, Codes):  # gather the codes and their row scales
+            table = self.embedding
+            return (jnp.take(table.values, ids, axis=0).astype(jnp.float32) * jnp.take(table.scales, ids, axis=0)
+                    ).astype(self.dtype)
         rows = jnp.take(self.embedding, ids, axis=0)  # [..., D]
         if self.pad_id is not None:
             # torch's Embedding(padding_idx) sends no gradient to the padding row from lookups.
@@ -98,10 +145,18 @@ class QEmbed(nn.Module):
         return (rule.fake(rows) if rule else rows).astype(self.dtype)
 
     def attend(self, h: jax.Array) -> jax.Array:
-        """LM head: `h [..., D] @ E^T -> [..., V]` with the full table (quantized if asked)."""
+        """LM head: `h [..., D] @ E^T -> [..., V]` with the full table (quantized if asked).
+
+        `h` is not quantized, so there is no product of codes; a table held as `Codes` (tied and
+        quantized) multiplies its int8 codes converted in the dot and scales each vocabulary
+        row's result, which keeps the [V, D] table resident in int8."""
+        table = self.embedding
+        if isinstance(table, Codes):
+            y = precision.einsum("...d,vd->...v", h, table.values, self.dtype)  # |codes| <= 128: exact in bf16
+            return (y.astype(jnp.float32) * table.scales[:, 0]).astype(self.dtype)
         rule = tied_lm_head_rule(self.quant)
-        table = rule.fake(self.embedding) if rule else self.embedding
-        return jnp.einsum("...d,vd->...v", h.astype(self.dtype), table.astype(self.dtype))
+        table = rule.fake(table) if rule else table
+        return precision.einsum("...d,vd->...v", h, table, self.dtype)
 
 
 class Attention(nn.Module):
@@ -128,6 +183,13 @@ class Attention(nn.Module):
                                                                                   ActRole.VALUE))
         self.p_act = ActQuant(self.quant, ActRole.PROBS)
 
+    def _product(self, subscripts: str, a, b, act_a: ActQuant, act_b: ActQuant) -> jax.Array:
+        """`einsum` of two quantized activations: on their codes, or of their fake-quantized values."""
+        if _on_codes(self.quant, act_a.rule, act_b.rule):
+            return codes_einsum(subscripts, a, b, Operand(act_a.rule), Operand(act_b.rule), act_a.step_size(a),
+                                act_b.step_size(b), dtype=self.dtype)
+        return precision.einsum(subscripts, act_a(a), act_b(b), self.dtype)
+
     def _heads(self, x):  # [B, T, D] -> [B, H, T, Dh]
         x = x.reshape(*x.shape[:-1], self.num_heads, self.d_model // self.num_heads)  # [B, T, H, Dh]
         return jnp.swapaxes(x, 1, 2)
@@ -148,11 +210,11 @@ class Attention(nn.Module):
         if cache is not None:  # decoding: attend over the earlier positions too
             keys = cache = cache.write(keys, index)
         k, v = keys.k, keys.v
-        scores = jnp.einsum("bhtd,bhsd->bhts", self.q_act(q), self.k_act(k)).astype(jnp.float32)
+        scores = self._product("bhtd,bhsd->bhts", q, k, self.q_act, self.k_act).astype(jnp.float32)
         if mask is not None:
             scores = jnp.where(mask, scores, NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1)  # [B, H, T, S], fp32
         p = self.attn_dropout(probs, deterministic=deterministic)
-        out = jnp.einsum("bhts,bhsd->bthd", self.p_act(p.astype(self.dtype)), self.v_act(v))
+        out = self._product("bhts,bhsd->bthd", p.astype(self.dtype), v, self.p_act, self.v_act)
         out = out.reshape(*out.shape[:2], self.d_model)  # [B, T, H, Dh] -> [B, T, D]
         return self.out_proj(out), probs, cache

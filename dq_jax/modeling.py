@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from dq_jax.kv_cache import DecoderCache, KVCache
-from dq_jax.layers import Attention, QDense, QEmbed
+from dq_jax.layers import Attention, LMHead, QDense, QEmbed
 from dq_jax.model_config import ModelConfig
 from dq_jax.policy import ActRole
 from dq_jax.quant_config import ELASTIC, QuantConfig, split_elastic
@@ -210,8 +210,7 @@ class Seq2SeqLM(nn.Module):
         self.final_logits_bias = self.param("final_logits_bias", nn.initializers.zeros,
                                             (1, c.vocab_size), self.param_dtype)
         if not c.tie_word_embeddings:
-            self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                                    kernel_init=nn.initializers.normal(c.init_std))
+            self.lm_head = LMHead(c.vocab_size, self.dtype, self.param_dtype, c.init_std)
 
     def encode(self, input_ids, attention_mask=None, output_hidden_states=False,
                output_attentions=False, deterministic=True) -> EncoderOutput:

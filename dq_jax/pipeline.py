@@ -19,13 +19,13 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dq_jax import data as data_lib
-from dq_jax import demo_task, distill, distributed, hf, model_sizes, sharding, size, workdir_lock
+from dq_jax import demo_task, distill, distributed, hf, model_sizes, precision, sharding, size, workdir_lock
 from dq_jax.checkpoint import StageCheckpoints
 from dq_jax.evaluation import evaluate, generation_config
 from dq_jax.metrics_log import MetricsLog
 from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
-from dq_jax.quant_config import split_elastic
+from dq_jax.quant_config import QuantConfig, split_elastic
 from dq_jax.spec import RunSpec, TrainSettings
 from dq_jax.stage import Stage, StageData, Teacher
 from dq_jax.student_dir import STUDENT_META, export_workdir, load_student, save_student
@@ -54,6 +54,10 @@ class _Job:
     tokenizer: Any
     data: data_lib.DataConfig
     splits: dict[str, data_lib.Tokenized]  # by data_lib.SPLITS name
+
+    def model(self, cfg: ModelConfig, quant: QuantConfig | None = None) -> Seq2SeqLM:
+        """A model computing in the run's precision (params stay fp32)."""
+        return Seq2SeqLM(cfg, quant, dtype=precision.compute_dtype(self.spec.precision))
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
@@ -155,7 +159,7 @@ def _teacher(job: _Job, results: dict) -> tuple[ModelConfig, dict]:
         t_params, train_teacher = _init_params(t_cfg, spec.seed), True
     _student_maps(spec, t_cfg)  # a student deeper than its teacher fails before any training
     if train_teacher:
-        out = train_stage(job.stage("teacher", spec.teacher.train, Seq2SeqLM(t_cfg), t_params, None,
+        out = train_stage(job.stage("teacher", spec.teacher.train, job.model(t_cfg), t_params, None,
                                     distill.DistillConfig(logit_weight=0, inter_weight=0)))
         t_params, results["teacher_dev"] = out.params, out.best
     if distributed.is_main():
@@ -170,19 +174,19 @@ def _student(job: _Job, t_cfg: ModelConfig, t_params: dict, results: dict) -> tu
     spec, student_dir = job.spec, job.path("student_hf")
     enc_map, dec_map = _student_maps(spec, t_cfg)
     s_cfg, s_init = distill.init_student(t_cfg, t_params, *spec.student.layers, enc_map, dec_map)
-    student = Seq2SeqLM(s_cfg, spec.quant)
+    student = job.model(s_cfg, spec.quant)
     if job.finished("student_hf"):
         if (best := job.best_dev("distill")) is not None:
             results["student_dev"] = best
     elif "distill" in spec.stages:
         w_logit, w_inter = spec.distill.weights if spec.distill.enabled else (0.0, 0.0)
         loss = distill.DistillConfig(spec.distill.mode, w_logit, w_inter, enc_map, dec_map)
-        teacher = Teacher(Seq2SeqLM(t_cfg), t_params) if loss.uses_teacher else None
+        teacher = Teacher(job.model(t_cfg), t_params) if loss.uses_teacher else None
         out = train_stage(job.stage("distill", spec.train, student, s_init, teacher, loss))
         results["student_dev"] = out.best
         if distributed.is_main():
             save_student(s_cfg, out.params, spec.quant, student_dir, job.path("teacher_hf"),
-                         generation_config(s_cfg, spec.eval).to_hf_dict())
+                         generation_config(s_cfg, spec.eval).to_hf_dict(), spec.precision)
         distributed.sync("student saved")
     return student, (load_student(student_dir)[1] if job.finished("student_hf") else s_init)
 
@@ -225,11 +229,12 @@ def _run(spec: RunSpec, workdir: str) -> dict:
     t_cfg, t_params = _teacher(job, results)
     student, s_params = _student(job, t_cfg, t_params, results)
     if "eval" in spec.stages:
-        _test(job, (("teacher", Seq2SeqLM(t_cfg), t_params), ("student", student, s_params)), results)
+        _test(job, (("teacher", job.model(t_cfg), t_params), ("student", student, s_params)), results)
     if "export" in spec.stages and os.path.exists(job.path("student_hf", STUDENT_META)) and distributed.is_main():
         results["export"] = {fmt: export_workdir(workdir, fmt) for fmt in ("hf", "packed")}
         results["export"]["teacher_safetensors_bytes"] = os.path.getsize(job.path("teacher_hf", "model.safetensors"))
     results["size"] = _sizes(spec, t_cfg, student.cfg, job.path("teacher_hf"))
+    results["precision"] = spec.precision
     results["config"] = json.loads(spec.config_json)
     if distributed.is_main():
         with open(job.path("results.json"), "w") as f:

@@ -72,6 +72,11 @@ class ParamInfo:
         return self.role in (Role.LINEAR, Role.LM_HEAD, Role.TOKEN_EMBEDDING, Role.POSITIONS)
 
 
+def key_names(keypath) -> tuple[str, ...]:
+    """A pytree key path as the parameter path `classify` reads: `("encoder", "layers_0", ...)`."""
+    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in keypath)
+
+
 def classify(path: tuple[str, ...], ndim: int) -> ParamInfo:
     """The role and logical axes of a parameter from its Flax path (HF naming, `dq_jax.hf`)."""
     leaf, owner = path[-1], (path[-2] if len(path) > 1 else "")
@@ -184,6 +189,18 @@ def param_rule(path: tuple[str, ...], ndim: int, quant: QuantConfig | None) -> W
     return weight_rule(classify(path, ndim).role, quant)
 
 
+def quantize_tree(params: dict, quant: QuantConfig | None) -> dict:
+    """Params with every quantized weight replaced by its `Codes` (int8 values, fp32 scales),
+    everything else as it is: a student quantized once, for evaluation and generation, whose
+    weights stay resident as codes. The model accepts such a tree in both compute modes."""
+    import jax
+
+    def one(keypath, value):
+        rule = param_rule(key_names(keypath), len(value.shape), quant)
+        return rule.codes(value) if rule else value
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
 def fp32_lm_head_copy(quant: QuantConfig | None) -> bool:
     """True when lookups use the quantized embedding but the output projection the fp32 one
     (the reference): exports then keep a separate fp32 `lm_head.weight`."""
@@ -203,13 +220,23 @@ class ActRule:
     elastic: bool
     signed: bool
 
-    def apply(self, x, alpha=None):
+    def reduce_axes(self, ndim: int) -> tuple[int, ...] | None:
+        """One scale (or elastic minimum) per example: all but the leading axis; else the tensor."""
+        return tuple(range(1, ndim)) if self.per_example else None
+
+    def fake(self, x, alpha=None):
         """`x [B, ...]` -> its fake-quantized value; `alpha` is the elastic step size."""
         quant = _quant()
         if not self.elastic:
             return quant.activation(x, self.bits, self.clip, per_example=self.per_example)
-        axes = tuple(range(1, x.ndim)) if self.per_example else None
-        return quant.elastic(x, alpha, self.bits, self.signed, axes)
+        return quant.elastic(x, alpha, self.bits, self.signed, self.reduce_axes(x.ndim))
+
+    def codes(self, x, alpha=None):
+        """`x [B, ...]` -> `Codes` whose `dequantize` is `fake(x, alpha)` bit for bit."""
+        quant = _quant()
+        if not self.elastic:
+            return quant.symmetric_codes(x, self.bits, self.clip, self.reduce_axes(x.ndim))
+        return quant.elastic_codes(x, alpha, self.bits, self.signed, self.reduce_axes(x.ndim))
 
     def init_step_size(self, x):
         """TBT's data-dependent initial step size from the first activations `x`."""

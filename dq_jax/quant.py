@@ -36,7 +36,7 @@ __all__ = [
     "symmetric", "ternary", "binary", "mse", "activation", "symmetric_codes", "ternary_codes",
     "binary_codes", "mse_codes", "dequantize", "ste_clip", "pack", "unpack", "packed_nbytes",
     "tbt_ternary", "tbt_binary", "tbt_ternary_codes", "tbt_binary_codes", "elastic",
-    "elastic_init", "elastic_levels", "Codes",
+    "elastic_init", "elastic_levels", "elastic_codes", "Codes",
 ]
 
 Axes = Optional[Union[int, Sequence[int]]]
@@ -388,6 +388,19 @@ def elastic(x, alpha, bits: int, signed: bool = True, reduce_axes: Axes = None):
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _run_elastic(bits, signed, axes, x, alpha):
     return _elastic(bits, signed, axes, x, alpha)
+
+
+def elastic_codes(x, alpha, bits: int, signed: bool = True, reduce_axes: Axes = None) -> Codes:
+    """The codes of ``elastic(x, alpha, ...)``: ``Codes`` with int8 values in ``[Qn, Qp]``, the
+    step size ``max(alpha, 1e-5)`` as the (single) scale and, unsigned, the minimum ``m`` as the
+    offset, so ``dequantize`` reproduces ``elastic``'s forward bit for bit."""
+    elastic_levels(bits, signed)
+    x = jnp.asarray(x)
+    axes = () if signed else _axes(x.ndim, reduce_axes)
+    a, m, _, _, codes = _elastic_parts(int(bits), bool(signed), axes, x, jnp.asarray(alpha, _F32))
+    ones = (1,) * x.ndim
+    return Codes(codes.astype(jnp.int8), a.reshape(ones), int(bits), tuple(range(x.ndim)),
+                 None if signed else m.reshape(m.shape if m.ndim == x.ndim else ones))
 
 
 def _elastic_parts(bits, signed, axes, x, alpha):

@@ -12,6 +12,7 @@ WEIGHT_METHODS = ("dq_bart", "symmetric", "binary", "mse", "tbt")
 ELASTIC = "elastic"  # Flax collection of the learned activation step sizes (TBT)
 GRANULARITIES = ("tensor", "row")
 ACT_SCALES = ("tensor", "example")
+COMPUTE = ("fake", "codes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,10 @@ class QuantConfig:
     example's output does not depend on what else is in its batch. With `method="tbt"`, 1- and
     2-bit activations are elastic: a learned step size per quantizer, in the `elastic`
     collection (`act_scale="example"` then takes the unsigned quantizers' minimum per example).
+
+    `compute`: how a product of two quantized operands is computed. `fake` dequantizes both and
+    multiplies in float (the reference). `codes` multiplies their integer codes exactly and
+    scales the result (`dq_jax.codes_matmul`); gradients are the same straight-through ones.
     """
 
     weight_bits: int | None = None
@@ -39,6 +44,7 @@ class QuantConfig:
     act_scale: str = "tensor"
     quantize_lm_head: bool = False
     mse_steps: int = 5
+    compute: str = "fake"
 
     def __post_init__(self):
         if self.method not in WEIGHT_METHODS:
@@ -54,6 +60,8 @@ class QuantConfig:
                     f"use an integer in {low}..8 or None (full-precision activations){hint}.")
         if self.weight_granularity not in GRANULARITIES:
             raise ValueError(f"quant.weight_granularity={self.weight_granularity!r}; choose one of {GRANULARITIES}.")
+        if self.compute not in COMPUTE:
+            raise ValueError(f"quant.compute={self.compute!r}; choose one of {COMPUTE}.")
         if self.act_scale not in ACT_SCALES:
             raise ValueError(f"quant.act_scale={self.act_scale!r}; choose one of {ACT_SCALES}.")
         for name in ("weight_clip", "act_clip"):

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from dq_jax.policy import classify
+from dq_jax.policy import classify, key_names
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -57,11 +57,6 @@ def spec_for(shape: Sequence[int], axes: Sequence[str | None], mesh: Mesh, rules
         out.append(None if not mesh_axes or size == 1 or dim % size else
                    (mesh_axes[0] if len(mesh_axes) == 1 else tuple(mesh_axes)))
     return P(*out)
-
-
-def key_names(keypath) -> tuple[str, ...]:
-    """A pytree key path as the parameter path `policy.classify` reads: `("encoder", "layers_0", ...)`."""
-    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in keypath)
 
 
 def param_shardings(params, mesh: Mesh, rules=RULES):

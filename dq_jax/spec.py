@@ -86,6 +86,7 @@ class RunSpec:
     seed: int
     stages: tuple[str, ...]
     mesh: tuple[int, int, int]  # (data, fsdp, tensor); one -1 takes the remaining devices
+    precision: str  # fp32 | bf16 (dq_jax.precision)
     teacher: TeacherSpec
     student: StudentSpec
     quant: QuantConfig

@@ -19,15 +19,15 @@ STUDENT_META = "dq_jax.json"  # quant and generation config beside the student's
 
 
 def save_student(cfg: ModelConfig, params: dict, quant: QuantConfig, student_dir: str, tokenizer_dir: str,
-                 generation_config: dict) -> None:
-    """fp32 master weights as an HF directory, plus the quant config, generation settings and
-    learned activation step sizes in `dq_jax.json`."""
+                 generation_config: dict, precision: str = "fp32") -> None:
+    """fp32 master weights as an HF directory, plus the quant config, generation settings, the
+    precision it was trained in and learned activation step sizes in `dq_jax.json`."""
     from dq_jax.export import split_step_sizes
     weights, elastic = split_step_sizes(params)
     hf.save_pretrained(cfg, weights, student_dir, tokenizer_dir=tokenizer_dir)
     with open(os.path.join(student_dir, STUDENT_META), "w") as f:
         json.dump({"quant_config": dataclasses.asdict(quant), "generation_config": generation_config,
-                   "elastic": elastic}, f, indent=2)
+                   "precision": precision, "elastic": elastic}, f, indent=2)
 
 
 def load_student(student_dir: str) -> tuple[ModelConfig, dict]:

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dq_jax import distill, sharding
 from dq_jax.modeling import Seq2SeqLM, variables
-from dq_jax.policy import classify
+from dq_jax.policy import classify, key_names
 
 BATCH_KEYS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels")
 
@@ -57,7 +57,7 @@ class OptimConfig:
 
 def _param_infos(params) -> Any:
     return jax.tree_util.tree_map_with_path(
-        lambda kp, leaf: classify(sharding.key_names(kp), np.ndim(leaf)), params)
+        lambda kp, leaf: classify(key_names(kp), np.ndim(leaf)), params)
 
 
 def _labels(params) -> Any:

@@ -87,7 +87,7 @@ def test_activation_rules():
     rule = policy.act_rule(ActRole.PROBS, tbt)
     assert rule.elastic and not rule.signed
     x = jnp.array([[0.1, 0.5], [0.9, 0.2]], jnp.float32)
-    np.testing.assert_array_equal(rule.apply(x, jnp.float32(0.5)), quant.elastic(x, 0.5, 2, signed=False))
+    np.testing.assert_array_equal(rule.fake(x, jnp.float32(0.5)), quant.elastic(x, 0.5, 2, signed=False))
     assert float(rule.init_step_size(x)) == float(quant.elastic_init(x, 2, signed=False))
     assert policy.act_rule(ActRole.QUERY, QuantConfig(weight_bits=2)) is None
 

@@ -12,7 +12,7 @@ import json
 
 import ml_collections
 
-from dq_jax import model_sizes
+from dq_jax import model_sizes, precision
 from dq_jax.distributed import DistributedConfig
 from dq_jax.quant_config import QuantConfig
 from dq_jax.spec import (STAGES, SYNTHETIC_TASKS, DataSpec, DistillSpec, EvalSettings, RunSpec, StudentSpec,
@@ -106,7 +106,8 @@ def spec_from_config(c: ml_collections.ConfigDict) -> RunSpec:
                           encoder_map=_map(c.student.encoder_map, "student.encoder_map"),
                           decoder_map=_map(c.student.decoder_map, "student.decoder_map"))
     data = _data(c.data)
-    return RunSpec(seed=c.seed, stages=stages, mesh=tuple(c.mesh), teacher=_teacher(c.teacher, stages, train),
+    precision.compute_dtype(c.precision)  # a known precision
+    return RunSpec(seed=c.seed, stages=stages, mesh=tuple(c.mesh), precision=c.precision, teacher=_teacher(c.teacher, stages, train),
                    student=student, quant=quant, distill=distill, data=data, train=train, eval=ev,
                    config_json=json.dumps(c.to_dict(), default=str))
 

@@ -1,0 +1,37 @@
+"""A student with its weights quantized once, resident as integer codes, for evaluation and
+generation: `quantized_student(cfg, quant, params)` gives the model and a params tree whose
+quantized weights are `Codes` (int8 values and fp32 scales) instead of fp32 master weights.
+
+Training re-quantizes the master weights at every step (they change); a fixed student does not
+need to, and keeping the codes instead of fp32 weights is what makes it small in memory.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dq_jax.codes import Codes
+from dq_jax.export import untie_lm_head
+from dq_jax.model_config import ModelConfig
+from dq_jax.modeling import Seq2SeqLM
+from dq_jax.policy import quantize_tree
+from dq_jax.quant_config import QuantConfig
+
+
+def quantized_student(cfg: ModelConfig, quant: QuantConfig, params: dict, dtype=jnp.float32
+                      ) -> tuple[Seq2SeqLM, dict]:
+    """(model computing in `dtype`, params with `Codes` weights). Its outputs equal
+    `Seq2SeqLM(cfg, quant, dtype=dtype)` on the master `params` in either compute mode: the same
+    codes, computed once."""
+    cfg, params = untie_lm_head(cfg, params, quant)  # an fp32 head stays fp32; the table becomes codes
+    return Seq2SeqLM(cfg, quant, dtype=dtype), jax.jit(lambda p: quantize_tree(p, quant))(params)
+
+
+def resident_bytes(params: dict) -> int:
+    """Bytes the weights occupy: codes at their int8 container, scales and every other tensor
+    at their own dtype."""
+    leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, Codes))
+    return sum(x.values.nbytes + x.scales.nbytes if isinstance(x, Codes) else np.asarray(x).nbytes
+               for x in leaves)
