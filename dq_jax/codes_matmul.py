@@ -25,6 +25,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dq_jax import precision
 from dq_jax.codes import Codes
@@ -80,8 +81,31 @@ def codes_einsum(subscripts: str, a, b, qa: Operand, qb: Operand, alpha_a=None, 
     quantizers' gradients. `b` may already be `Codes` (weights quantized once, e.g. for
     generation); it then gets no gradient."""
     if isinstance(b, Codes):
-        return codes_product(subscripts, qa.codes(a, alpha_a), b, dtype)
+        return _codes_times_codes(subscripts, qa, dtype, a, b, alpha_a)
     return _codes_einsum(subscripts, qa, qb, dtype, a, b, alpha_a, alpha_b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _codes_times_codes(subscripts, qa, dtype, a, b: Codes, alpha_a):
+    return codes_product(subscripts, qa.codes(a, alpha_a), b, dtype)
+
+
+def _codes_times_codes_fwd(subscripts, qa, dtype, a, b, alpha_a):
+    return _codes_times_codes(subscripts, qa, dtype, a, b, alpha_a), (a, b, alpha_a)
+
+
+def _codes_times_codes_bwd(subscripts, qa, dtype, res, g):
+    """`a` keeps fake mode's straight-through gradient; fixed codes get none (float0 for ints)."""
+    a, b, alpha_a = res
+    qa_val, pull_a = jax.vjp(qa.fake, a, alpha_a)
+    ga, _ = precision.einsum_grads(subscripts, qa_val, b.dequantize(qa_val.dtype), g, dtype)
+    ga, galpha_a = pull_a(ga)
+    zero = lambda x: (np.zeros(x.shape, jax.dtypes.float0) if jnp.issubdtype(x.dtype, jnp.integer)
+                      else jnp.zeros_like(x))
+    return ga, jax.tree.map(zero, b), galpha_a
+
+
+_codes_times_codes.defvjp(_codes_times_codes_fwd, _codes_times_codes_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))

@@ -26,7 +26,11 @@ def quantized_student(cfg: ModelConfig, quant: QuantConfig, params: dict, dtype=
     `Seq2SeqLM(cfg, quant, dtype=dtype)` on the master `params` in either compute mode: the same
     codes, computed once."""
     cfg, params = untie_lm_head(cfg, params, quant)  # an fp32 head stays fp32; the table becomes codes
-    return Seq2SeqLM(cfg, quant, dtype=dtype), jax.jit(lambda p: quantize_tree(p, quant))(params)
+    return Seq2SeqLM(cfg, quant, dtype=dtype), _quantize_tree(params, quant)
+
+
+# compiled once per (tree structure, QuantConfig): every evaluation of a run reuses it
+_quantize_tree = jax.jit(quantize_tree, static_argnums=1)
 
 
 def resident_bytes(params: dict) -> int:
