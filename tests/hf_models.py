@@ -51,3 +51,20 @@ def torch_forward(model, ids, am, dids, dam):
         return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
                      decoder_input_ids=torch.tensor(dids), decoder_attention_mask=torch.tensor(dam),
                      output_hidden_states=True, output_attentions=True)
+
+
+def distill_batch(vocab: int, accum: int = 2, batch: int = 8, src: int = 12, tgt: int = 8, seed: int = 0) -> dict:
+    """A distillation batch `[A, B, L]` of random ids with right padding of varied lengths,
+    decoder inputs shifted from the labels, and -100 labels on padding."""
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, vocab, (accum, batch, src)).astype(np.int32)
+    labels = rng.randint(3, vocab, (accum, batch, tgt)).astype(np.int32)
+    am, dm = np.ones_like(ids), np.ones_like(labels)
+    for b in range(batch):
+        am[:, b, src - b % 4:] = 0
+        dm[:, b, tgt - b % 3:] = 0
+    ids[am == 0] = 1
+    dec = np.concatenate([np.full((accum, batch, 1), 2, np.int32), labels[..., :-1]], -1)
+    dec[dm == 0] = 1
+    labels = np.where(dm == 1, labels, -100).astype(np.int32)
+    return dict(input_ids=ids, attention_mask=am, decoder_input_ids=dec, decoder_attention_mask=dm, labels=labels)

@@ -32,7 +32,7 @@ from dq_jax.model_config import ModelConfig
 from dq_jax.policy import ActRole, Role
 from dq_jax.quant_config import ELASTIC, QuantConfig
 from dq_jax.quantized_model import quantized_student, resident_bytes
-from tests.hf_models import make_hf_model, padded_batch
+from tests.hf_models import distill_batch, make_hf_model, padded_batch
 
 
 # LLVM at -O0 halves XLA:CPU's compile time, which dominates these tests. Both sides of every
@@ -558,22 +558,6 @@ def test_resident_bytes(talker, q):
 
 # ----------------------------------------------------------------------------- sharded step
 
-def _train_batch(vocab, accum=2, batch=8, src=12, tgt=8):
-    """A distillation batch `[A, B, L]` with right padding, as tests/test_train_step.py builds it."""
-    rng = np.random.RandomState(0)
-    ids = rng.randint(3, vocab, (accum, batch, src)).astype(np.int32)
-    labels = rng.randint(3, vocab, (accum, batch, tgt)).astype(np.int32)
-    am, dm = np.ones_like(ids), np.ones_like(labels)
-    for b in range(batch):
-        am[:, b, src - b % 4:] = 0
-        dm[:, b, tgt - b % 3:] = 0
-    ids[am == 0] = 1
-    dec = np.concatenate([np.full((accum, batch, 1), 2, np.int32), labels[..., :-1]], -1)
-    dec[dm == 0] = 1
-    labels = np.where(dm == 1, labels, -100).astype(np.int32)
-    return dict(input_ids=ids, attention_mask=am, decoder_input_ids=dec, decoder_attention_mask=dm, labels=labels)
-
-
 def test_sharded_codes_train_step_matches_one_device():
     """A DQ-BART 2-2-8 distillation step in codes mode on the (2, 2, 2) mesh of 8 devices: the
     losses and the gradient norm equal 1 device's within 1e-5. Parameters agree within 1e-4
@@ -595,7 +579,7 @@ def test_sharded_codes_train_step_matches_one_device():
     student_params = jax.tree.unflatten(tree, [np.asarray(x) + 0.01 * np.asarray(jax.random.normal(k, x.shape))
                                                for x, k in zip(leaves, keys)])
     dcfg = distill.DistillConfig(mode="dq_bart", encoder_map=(1,), decoder_map=(1,))
-    host_batch = _train_batch(teacher_cfg.vocab_size)
+    host_batch = distill_batch(teacher_cfg.vocab_size)
 
     def run(mesh_shape, devices=None):
         mesh = sharding.make_mesh(mesh_shape, devices)

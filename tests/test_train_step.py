@@ -10,25 +10,11 @@ from dq_jax import distill, sharding, train_step
 from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
 from dq_jax.quant_config import QuantConfig
+from tests.hf_models import distill_batch
 
 TEACHER = ModelConfig(vocab_size=128, d_model=32, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
                       decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
                       max_position_embeddings=32, dropout=0.1)
-
-
-def _batch(accum=2, batch=8, src=12, tgt=8, seed=0):
-    rng = np.random.RandomState(seed)
-    ids = rng.randint(3, TEACHER.vocab_size, (accum, batch, src)).astype(np.int32)
-    labels = rng.randint(3, TEACHER.vocab_size, (accum, batch, tgt)).astype(np.int32)
-    am, dm = np.ones_like(ids), np.ones_like(labels)
-    for b in range(batch):
-        am[:, b, src - b % 4:] = 0
-        dm[:, b, tgt - b % 3:] = 0
-    ids[am == 0] = 1
-    dec = np.concatenate([np.full((accum, batch, 1), 2, np.int32), labels[..., :-1]], -1)
-    dec[dm == 0] = 1
-    labels = np.where(dm == 1, labels, -100).astype(np.int32)
-    return dict(input_ids=ids, attention_mask=am, decoder_input_ids=dec, decoder_attention_mask=dm, labels=labels)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +45,7 @@ def _run(setup, mesh_shape, quant=None, steps=3, devices=None):
     step = train_step.compile_step(fn, mesh, st_sh, t_sh)
     losses = []
     for i in range(steps):
-        state, metrics = step(state, teacher, train_step.shard_batch(_batch(seed=i), mesh))
+        state, metrics = step(state, teacher, train_step.shard_batch(distill_batch(TEACHER.vocab_size, seed=i), mesh))
         losses.append(jax.device_get(metrics))
     return state, losses, mesh
 
@@ -115,7 +101,7 @@ def test_compiled_step_has_no_host_round_trips(setup):
     step = train_step.compile_step(
         train_step.make_train_step(Seq2SeqLM(student_cfg, QuantConfig(2, 2, 8)), Seq2SeqLM(TEACHER), dcfg, tx),
         mesh, st_sh, t_sh)
-    batch = train_step.shard_batch(_batch(), mesh)
+    batch = train_step.shard_batch(distill_batch(TEACHER.vocab_size), mesh)
     state, _ = step(state, teacher, batch)  # compile outside the guard
     with jax.transfer_guard("disallow"):
         state, metrics = step(state, teacher, batch)
@@ -133,7 +119,8 @@ def test_non_finite_step_is_skipped_and_recorded(setup):
     step = train_step.compile_step(
         train_step.make_train_step(Seq2SeqLM(student_cfg), Seq2SeqLM(TEACHER), dcfg, tx), mesh, st_sh, t_sh)
     before = jax.device_get(state.params)
-    state, metrics = step(state, jax.device_put(teacher_params, t_sh), train_step.shard_batch(_batch(), mesh))
+    batch = train_step.shard_batch(distill_batch(TEACHER.vocab_size), mesh)
+    state, metrics = step(state, jax.device_put(teacher_params, t_sh), batch)
     assert metrics["finite"] == 0 and int(state.first_bad_step) == 0 and int(state.step) == 1
     after = jax.device_get(state.params)
     for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
