@@ -59,6 +59,7 @@ def test_fp32_einsum_is_the_plain_one():
         precision.compute_dtype("fp16")
 
 
+@pytest.mark.slow
 def test_bf16_model_stays_close_to_fp32_and_trains():
     cfg = ModelConfig(vocab_size=96, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                       decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=40,
