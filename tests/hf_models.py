@@ -68,3 +68,17 @@ def distill_batch(vocab: int, accum: int = 2, batch: int = 8, src: int = 12, tgt
     dec[dm == 0] = 1
     labels = np.where(dm == 1, labels, -100).astype(np.int32)
     return dict(input_ids=ids, attention_mask=am, decoder_input_ids=dec, decoder_attention_mask=dm, labels=labels)
+
+
+def make_talker(kind: str, vocab_size: int, max_position_embeddings: int, layer_scale: float, eos_bias: float):
+    """A tiny random HF model whose generations depend on the source and end at varied lengths:
+    layer weights scaled by `layer_scale` and embeddings by 10 (random init is nearly
+    source-independent), EOS's logit bias raised by `eos_bias` so many sequences finish early."""
+    model = make_hf_model(kind, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "layers" in name:
+                p.mul_(layer_scale)
+        model.model.shared.weight.mul_(10.0)
+        model.final_logits_bias[0, model.config.eos_token_id] += eos_bias
+    return model

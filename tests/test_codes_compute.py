@@ -32,7 +32,7 @@ from dq_jax.model_config import ModelConfig
 from dq_jax.policy import ActRole, Role
 from dq_jax.quant_config import ELASTIC, QuantConfig
 from dq_jax.quantized_model import quantized_student, resident_bytes
-from tests.hf_models import distill_batch, make_hf_model, padded_batch
+from tests.hf_models import distill_batch, make_hf_model, make_talker, padded_batch
 
 
 # LLVM at -O0 halves XLA:CPU's compile time, which dominates these tests. Both sides of every
@@ -470,14 +470,7 @@ def talker(tmp_path_factory):
     """A tiny BART whose quantized students' greedy and beam outputs depend on the source and end
     at varied lengths (layer weights and embeddings scaled up, EOS's logit bias raised, as in
     test_generate, less so: 2.5-clipped 8-bit activations of x8 layers lose the source)."""
-    import torch
-    model = make_hf_model("bart", vocab_size=96, max_position_embeddings=24)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and "layers" in name:
-                p.mul_(4.0)
-        model.model.shared.weight.mul_(10.0)
-        model.final_logits_bias[0, model.config.eos_token_id] += 2.0
+    model = make_talker("bart", 96, 24, layer_scale=4.0, eos_bias=2.0)
     path = tmp_path_factory.mktemp("talker")
     model.save_pretrained(path)
     cfg, params = hf.load_pretrained(str(path))

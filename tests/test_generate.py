@@ -13,7 +13,7 @@ from dq_jax import hf, modeling
 from dq_jax.model_config import ModelConfig
 from dq_jax.generate import GenerationConfig, decode_texts, generate, process_logits
 from dq_jax.quant_config import QuantConfig
-from tests.hf_models import make_hf_model
+from tests.hf_models import make_talker
 
 MAX_LEN, MIN_LEN, NGRAM = 20, 5, 3
 MBART_LANG = 5  # the "target language code" forced at position 1
@@ -24,13 +24,7 @@ def saved(request, tmp_path_factory):
     """A tiny random model whose outputs depend on the source and end at varied lengths:
     layer weights and embeddings scaled up (random init is nearly source-independent),
     EOS's logit bias raised so that many sequences finish before max_length."""
-    model = make_hf_model(request.param, vocab_size=96, max_position_embeddings=MAX_LEN + 4)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 and "layers" in name:
-                p.mul_(8.0)
-        model.model.shared.weight.mul_(10.0)
-        model.final_logits_bias[0, model.config.eos_token_id] += 4.0
+    model = make_talker(request.param, 96, MAX_LEN + 4, layer_scale=8.0, eos_bias=4.0)
     path = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(path)
     cfg, params = hf.load_pretrained(str(path))
