@@ -76,12 +76,16 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(dict(
         synthetic="",  # "demo": generate the offline demo task into the workdir
-        name="", subset="",  # a `datasets` hub name and configuration
+        name="", subset="", revision="",  # a `datasets` hub name, configuration and revision
         train_files="", validation_files="", test_files="",  # comma-separated local files
         source_column="document", target_column="summary", max_source_length=1024, max_target_length=128,
         max_examples=0,  # per split; 0 = all
         min_bucket=16,  # batches pad to a power of two >= this (capped at the max lengths)
-        src_lang="", tgt_lang=""))  # mBART language codes
+        src_lang="", tgt_lang="",  # mBART language codes
+        # tokenized splits are cached here and reused by every job with the same rows, tokenizer
+        # and lengths ("": $DQ_JAX_CACHE, else ~/.cache/dq_jax)
+        cache_dir="",
+        num_proc=0))  # tokenization processes; 0: the machine's cores
 
     # METHOD.md's reference training, which the task configs keep.
     c.train = ml_collections.ConfigDict(dict(

@@ -1,4 +1,7 @@
-"""Seq2seq data: rows from the hub or local files, tokenized, length-bucketed, resumable.
+"""Seq2seq batches from tokenized splits: length-bucketed, resumable, split across processes.
+
+Rows come from `dq_jax.data_source` and are tokenized once by `dq_jax.token_cache`; here they
+are an Arrow table's token columns (`Tokenized`), read batch by batch.
 
 Training batches are numpy dicts of `[A, B, L]` arrays (A gradient-accumulation micro-batches
 of B examples): `input_ids`, `attention_mask`, `decoder_input_ids`, `decoder_attention_mask`,
@@ -8,16 +11,11 @@ is fully described by `{"epoch", "position"}`, which checkpoints store.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
-import logging
-import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 
 
@@ -25,6 +23,7 @@ SPLITS = ("train", "validation", "test")
 class DataConfig:
     name: str | None = None  # a `datasets` hub name, or None for local files
     subset: str | None = None
+    revision: str | None = None  # of the hub dataset (None: its main branch)
     train_files: tuple[str, ...] = ()
     validation_files: tuple[str, ...] = ()
     test_files: tuple[str, ...] = ()
@@ -36,89 +35,89 @@ class DataConfig:
     min_bucket: int = 16  # batches pad to a power of two >= this (few shapes, few compiles)
     src_lang: str | None = None  # mBART language codes, e.g. en_XX -> ro_RO
     tgt_lang: str | None = None
+    cache_dir: str | None = None  # tokenized splits (None: $DQ_JAX_CACHE or ~/.cache/dq_jax)
+    num_proc: int = 0  # tokenization processes (0: the machine's cores)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class TokenColumn:
+    """A ragged column of token ids, `N` rows of varying length, over an Arrow `list<int32>`
+    column without copying it: each Arrow chunk's flat values and offsets as numpy views (so a
+    memory-mapped table stays on disk until a batch reads its rows)."""
+
+    values: tuple[np.ndarray, ...]  # per chunk, the flat ids
+    offsets: tuple[np.ndarray, ...]  # per chunk, [rows + 1] positions into its values
+    starts: np.ndarray  # [chunks + 1] first row of each chunk, then the row count
+
+    @classmethod
+    def from_arrow(cls, column) -> "TokenColumn":
+        chunks = [c for c in column.chunks if len(c)]
+        values = tuple(c.values.to_numpy() for c in chunks)
+        offsets = tuple(c.offsets.to_numpy() for c in chunks)
+        return cls(values, offsets, np.cumsum([0] + [len(c) for c in chunks]))
+
+    @classmethod
+    def from_lists(cls, rows) -> "TokenColumn":
+        """From token id sequences in memory (tests, small inputs)."""
+        import pyarrow as pa
+        return cls.from_arrow(pa.chunked_array([pa.array([list(map(int, r)) for r in rows], pa.list_(pa.int32()))]))
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        c = int(np.searchsorted(self.starts, i, side="right")) - 1
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        o = self.offsets[c]
+        j = i - self.starts[c]
+        return self.values[c][o[j]: o[j + 1]]
+
+    def lengths(self) -> np.ndarray:
+        """[N] the length of every row, from the offsets alone."""
+        if not self.offsets:
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.diff(o) for o in self.offsets])[: len(self)]
+
+    def head(self, n: int) -> "TokenColumn":
+        return dataclasses.replace(self, starts=np.minimum(self.starts, n))
+
+
+class TextColumn(Sequence[str]):
+    """An Arrow string column read as a sequence of str, row by row (nothing materialized)."""
+
+    def __init__(self, column):
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                return [self[j] for j in range(start, stop, step)]
+            return TextColumn(self.column.slice(start, max(stop - start, 0)))
+        return self.column[i].as_py()
+
+
+@dataclasses.dataclass(frozen=True)
 class Tokenized:
-    source: list[np.ndarray]
-    target: list[np.ndarray]
-    texts: list[tuple[str, str]]
+    """One split's token ids and reference texts (dq_jax.token_cache builds it)."""
+
+    source: TokenColumn
+    target: TokenColumn
+    references: Sequence[str]  # the target texts, which metrics score against
     truncated_source: int = 0
     truncated_target: int = 0
 
+    def __len__(self) -> int:
+        return len(self.source)
 
-def _read_local(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Data file {path} does not exist; check data.*_files in the config.")
-    ext = path.rsplit(".", 1)[-1].lower()
-    try:
-        if ext in ("jsonl", "json"):
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            if ext == "json" and text.lstrip().startswith("["):
-                return json.loads(text)
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        if ext == "csv":
-            with open(path, encoding="utf-8", newline="") as f:
-                return list(csv.DictReader(f))
-        if ext == "parquet":
-            import pyarrow.parquet as pq
-            return pq.read_table(path).to_pylist()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not valid UTF-8 text (byte {e.start}); re-encode it as UTF-8.") from e
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON Lines: line {e.lineno}: {e.msg}.") from e
-    raise ValueError(f"{path}: unsupported file type .{ext}; use jsonl, json, csv or parquet.")
-
-
-def load_rows(cfg: DataConfig, split: str) -> list[dict]:
-    """Rows of one split as dicts, with the source and target columns checked."""
-    files = getattr(cfg, f"{split}_files")
-    if files:
-        rows, origin = [r for f in files for r in _read_local(f)], ", ".join(files)
-    elif cfg.name:
-        import datasets
-        rows, origin = list(datasets.load_dataset(cfg.name, cfg.subset, split=split)), f"{cfg.name}[{split}]"
-    else:
-        raise ValueError(f"No data for split {split!r}: set data.name or data.{split}_files.")
-    if not rows:
-        raise ValueError(f"The {split} split ({origin}) is empty.")
-    for col in (cfg.source_column, cfg.target_column):
-        if col not in rows[0]:
-            raise ValueError(f"Column {col!r} not found in {origin}; it has {sorted(rows[0])}. "
-                             "Set data.source_column / data.target_column.")
-    return rows[: cfg.max_examples] if cfg.max_examples else rows
-
-
-def _truncate(ids: list[int], max_len: int, eos: int) -> tuple[list[int], bool]:
-    if len(ids) <= max_len:
-        return ids, False
-    return ids[: max_len - 1] + [eos], True
-
-
-def tokenize(rows: list[dict], tokenizer, cfg: DataConfig, split: str = "") -> Tokenized:
-    src_texts = [str(r[cfg.source_column] or "") for r in rows]
-    tgt_texts = [str(r[cfg.target_column] or "") for r in rows]
-    if cfg.src_lang:
-        tokenizer.src_lang, tokenizer.tgt_lang = cfg.src_lang, cfg.tgt_lang
-    src = tokenizer(src_texts)["input_ids"]
-    tgt = tokenizer(text_target=tgt_texts)["input_ids"]
-    out = Tokenized([], [], list(zip(src_texts, tgt_texts)))
-    eos = tokenizer.eos_token_id
-    for s, t in zip(src, tgt):
-        s, cut_s = _truncate(list(s), cfg.max_source_length, eos)
-        t, cut_t = _truncate(list(t), cfg.max_target_length, eos)
-        out.source.append(np.asarray(s, np.int32))
-        out.target.append(np.asarray(t, np.int32))
-        out.truncated_source += cut_s
-        out.truncated_target += cut_t
-    n = len(rows)
-    if out.truncated_source == n and n > 1:
-        log.warning("%s: all %d sources are longer than max_source_length=%d and were truncated.",
-                    split, n, cfg.max_source_length)
-    log.info("%s: %d examples; truncated %d sources (> %d tokens) and %d targets (> %d tokens)", split, n,
-             out.truncated_source, cfg.max_source_length, out.truncated_target, cfg.max_target_length)
-    return out
+    def head(self, n: int) -> "Tokenized":
+        """The first `n` examples."""
+        return dataclasses.replace(self, source=self.source.head(n), target=self.target.head(n),
+                                   references=self.references[:n])
 
 
 def bucket(n: int, min_bucket: int, cap: int) -> int:
@@ -141,16 +140,16 @@ def shift_right(labels: np.ndarray, start: int | None, pad: int, model_type: str
 
 def batch_lengths(data: Tokenized, idx: np.ndarray, cfg: DataConfig) -> tuple[int, int]:
     """Bucketed (source, target) lengths of a batch of examples `idx`."""
-    return (bucket(max(len(data.source[i]) for i in idx), cfg.min_bucket, cfg.max_source_length),
-            bucket(max(len(data.target[i]) for i in idx), cfg.min_bucket, cfg.max_target_length))
+    return (bucket(max(len(data.source[int(i)]) for i in idx), cfg.min_bucket, cfg.max_source_length),
+            bucket(max(len(data.target[int(i)]) for i in idx), cfg.min_bucket, cfg.max_target_length))
 
 
 def collate(data: Tokenized, idx: np.ndarray, cfg: DataConfig, pad: int, start: int | None,
             model_type: str, lengths: tuple[int, int] | None = None) -> dict:
     """Examples `idx` -> padded arrays `[len(idx), L]` at bucketed lengths (or `lengths`, the
     whole global batch's, when `idx` is one process's share of it)."""
-    src = [data.source[i] for i in idx]
-    tgt = [data.target[i] for i in idx]
+    src = [data.source[int(i)] for i in idx]
+    tgt = [data.target[int(i)] for i in idx]
     ls, lt = lengths or batch_lengths(data, idx, cfg)
     ids = np.full((len(idx), ls), pad, np.int32)
     labels = np.full((len(idx), lt), pad, np.int32)
@@ -191,7 +190,7 @@ class TrainIterator:
         self.data, self.cfg, self.batch, self.accum, self.seed = data, cfg, batch_size, accum, seed
         self.pad, self.start, self.model_type = pad, start, model_type
         self.rows = None if rows is None else np.asarray(rows)
-        self.lengths = np.array([len(s) for s in data.source])
+        self.lengths = data.source.lengths()
         self.state = dict(state or {"epoch": 0, "position": 0})
         self._order = None
 
@@ -222,7 +221,7 @@ def eval_batches(data: Tokenized, cfg: DataConfig, batch_size: int, pad: int, st
                  model_type: str) -> Iterator[tuple[np.ndarray, dict]]:
     """Length-sorted batches covering every example once: yields (example indices, batch); the
     last batch is filled up by repeating its first example (callers drop those rows)."""
-    order = np.argsort([len(s) for s in data.source], kind="stable")
+    order = np.argsort(data.source.lengths(), kind="stable")
     for i in range(0, len(order), batch_size):
         idx = order[i: i + batch_size]
         padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])

@@ -26,8 +26,8 @@ def evaluate(model: Seq2SeqLM, params, split: data_lib.Tokenized, stage_data: St
     """(scores, predictions) for the first `ev.max_examples` examples of `split` (all when 0),
     batched as `stage_data` batches."""
     gen = generation_config(model.cfg, ev)
-    n = len(split.source) if not ev.max_examples else min(ev.max_examples, len(split.source))
-    subset = data_lib.Tokenized(split.source[:n], split.target[:n], split.texts[:n])
+    n = len(split) if not ev.max_examples else min(ev.max_examples, len(split))
+    subset = split.head(n)
     preds: list[str | None] = [None] * n
     batches = list(stage_data.eval_batches(subset, ev.batch_size))
     # Every process generates the whole split on its own devices from a host copy of the
@@ -39,5 +39,5 @@ def evaluate(model: Seq2SeqLM, params, split: data_lib.Tokenized, stage_data: St
         out = generate(model, params, batch["input_ids"], batch["attention_mask"], gen)
         for i, text in zip(idx, decode_texts(tokenizer, out.sequences)[: len(idx)]):
             preds[i] = text.strip()
-    refs = [t for _, t in subset.texts]
+    refs = list(subset.references)
     return metrics_lib.score(ev.metric, preds, refs), preds

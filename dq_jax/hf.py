@@ -100,16 +100,17 @@ def flatten(tree: dict, prefix=()):
             yield prefix + (key,), value
 
 
-def resolve(path_or_hub_id: str) -> str:
-    """A local directory, or a hub id downloaded (config, weights, tokenizer) to the HF cache."""
+def resolve(path_or_hub_id: str, weights: bool = True) -> str:
+    """A local directory, or a hub id downloaded to the HF cache: config and tokenizer files, and
+    the weights unless `weights=False` (what the checks before a run need)."""
     if os.path.isdir(path_or_hub_id):
         return path_or_hub_id
     if os.path.sep in path_or_hub_id.strip("/") and not re.fullmatch(r"[\w.-]+/[\w.-]+", path_or_hub_id):
         raise FileNotFoundError(f"Teacher checkpoint {path_or_hub_id!r} is not a directory.")
     try:
         from huggingface_hub import snapshot_download
-        return snapshot_download(path_or_hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt",
-                                                                  "*.model", "pytorch_model.bin"])
+        patterns = ["*.json", "*.txt", "*.model"] + (["*.safetensors", "pytorch_model.bin"] if weights else [])
+        return snapshot_download(path_or_hub_id, allow_patterns=patterns)
     except Exception as e:  # offline, unknown repo, auth: one message that says which and why
         raise FileNotFoundError(
             f"{path_or_hub_id!r} is not a local directory and could not be fetched from the "
@@ -232,7 +233,7 @@ def load_tokenizer(path: str, model_type: str = "bart"):
     special tokens (`<s>`, `<pad>`, `</s>`) are known either way.
     """
     import transformers
-    directory = resolve(path) if not os.path.isdir(path) else path
+    directory = resolve(path, weights=False) if not os.path.isdir(path) else path
     files = set(os.listdir(directory))
     if "tokenizer_config.json" in files:
         tok = transformers.AutoTokenizer.from_pretrained(directory)

@@ -19,7 +19,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dq_jax import data as data_lib
-from dq_jax import demo_task, distill, distributed, hf, model_sizes, precision, sharding, size, workdir_lock
+from dq_jax import (data_source, demo_task, distill, distributed, hf, model_sizes, precision, sharding, size,
+                    token_cache, workdir_lock)
 from dq_jax.checkpoint import StageCheckpoints
 from dq_jax.evaluation import evaluate, generation_config
 from dq_jax.metrics_log import MetricsLog
@@ -131,10 +132,18 @@ def _init_params(cfg: ModelConfig, seed: int) -> dict:
     return jax.device_get(jax.jit(Seq2SeqLM(cfg).init)(jax.random.PRNGKey(seed), ids, decoder_input_ids=ids)["params"])
 
 
-def _check_vocab(cfg: ModelConfig, tok, where: str) -> None:
-    if len(tok) > cfg.vocab_size:
-        raise ValueError(f"The tokenizer has {len(tok)} tokens but the teacher at {where} has vocab_size "
-                         f"{cfg.vocab_size}; use the teacher's own tokenizer.")
+def _check_teacher_vocab(spec: RunSpec, workdir: str, tok) -> None:
+    """Every id the tokenizer can produce must index the teacher's embedding: JAX would clamp an
+    out-of-range id silently. Reads the teacher's config only (no weights)."""
+    trained = os.path.join(workdir, "teacher_hf")
+    where = trained if os.path.exists(os.path.join(trained, "config.json")) else spec.teacher.path
+    if not where:
+        return  # a scratch teacher is sized from this tokenizer
+    vocab = hf.load_model_config(hf.resolve(where, weights=False)).vocab_size
+    if len(tok) > vocab:
+        raise ValueError(f"The tokenizer ({spec.teacher.tokenizer_source}) has {len(tok)} tokens but the teacher at "
+                         f"{where} has vocab_size {vocab}: ids past {vocab - 1} would index nothing. Use the "
+                         "teacher's own tokenizer (teacher.tokenizer empty).")
 
 
 def _student_maps(spec: RunSpec, t_cfg: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -152,7 +161,6 @@ def _teacher(job: _Job, results: dict) -> tuple[ModelConfig, dict]:
         return hf.load_pretrained(teacher_dir)
     if spec.teacher.path:
         t_cfg, t_params = hf.load_pretrained(spec.teacher.path)
-        _check_vocab(t_cfg, job.tokenizer, spec.teacher.path)
         train_teacher = spec.teacher.finetune and "teacher" in spec.stages
     else:  # a scratch size, with the teacher stage (train/settings.py checked both)
         t_cfg = _scratch_config(spec.teacher.scratch, job.tokenizer)
@@ -221,8 +229,11 @@ def _run(spec: RunSpec, workdir: str) -> dict:
     mesh = sharding.make_mesh(resolve_mesh(spec.mesh))
     metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=distributed.is_main())
     data_cfg = _prepare_data(spec, workdir)
+    data_source.check_local_files(data_cfg)  # before the hub is asked for anything
     tok = _tokenizer(spec, workdir, data_cfg)
-    splits = {s: data_lib.tokenize(data_lib.load_rows(data_cfg, s), tok, data_cfg, s) for s in data_lib.SPLITS}
+    _check_teacher_vocab(spec, workdir, tok)  # before data downloads, tokenization and teacher weights
+    splits = {s: distributed.main_first(lambda s=s: token_cache.tokenized_split(data_cfg, s, tok), f"tokenize {s}")
+              for s in data_lib.SPLITS}
     job = _Job(spec, workdir, mesh, metrics, tok, data_cfg, splits)
     results: dict = {"workdir": os.path.abspath(workdir)}
 

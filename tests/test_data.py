@@ -1,11 +1,12 @@
 """Data pipeline: reading, errors, tokenization counts, bucketing, deterministic resumable order."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from dq_jax import data
+from dq_jax import data, data_source, token_cache
 from dq_jax.hf import load_tokenizer
 
 
@@ -14,10 +15,27 @@ def tok(shared_data):
     return load_tokenizer(str(shared_data / "tokenizers" / "bart-base_roberta-base"))
 
 
+def load_rows(cfg: data.DataConfig, split: str) -> list[dict]:
+    return data_source.load_split(cfg, split)[0].to_list()
+
+
 @pytest.fixture(scope="module")
-def xsum_rows(shared_data):
-    cfg = data.DataConfig(validation_files=(str(shared_data / "xsum" / "validation.jsonl"),), max_examples=64)
-    return data.load_rows(cfg, "validation")
+def xsum_file(shared_data):
+    return str(shared_data / "xsum" / "validation.jsonl")
+
+
+@pytest.fixture(scope="module")
+def xsum_rows(xsum_file):
+    return load_rows(data.DataConfig(validation_files=(xsum_file,), max_examples=64), "validation")
+
+
+def tokenized(tok, cfg: data.DataConfig, tmp_path, xsum_file, n: int = 64, start: int = 0) -> data.Tokenized:
+    """The first `n` rows of XSum's validation file after `start`, through the tokenization cache."""
+    rows = load_rows(data.DataConfig(validation_files=(xsum_file,), max_examples=start + n), "validation")[start:]
+    path = tmp_path / f"rows_{start}_{n}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = dataclasses.replace(cfg, train_files=(str(path),), cache_dir=str(tmp_path / "cache"))
+    return token_cache.tokenized_split(cfg, "train", tok)
 
 
 def test_reads_jsonl_csv_and_parquet_alike(tmp_path, xsum_rows):
@@ -34,43 +52,48 @@ def test_reads_jsonl_csv_and_parquet_alike(tmp_path, xsum_rows):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
     for ext in ("jsonl", "json", "csv", "parquet"):
         cfg = data.DataConfig(train_files=(str(tmp_path / f"a.{ext}"),))
-        assert data.load_rows(cfg, "train") == rows, ext
+        assert load_rows(cfg, "train") == rows, ext
 
 
 def test_clear_errors(tmp_path, shared_data):
     xsum = str(shared_data / "xsum" / "validation.jsonl")
     with pytest.raises(FileNotFoundError, match="nope.jsonl does not exist"):
-        data.load_rows(data.DataConfig(train_files=(str(tmp_path / "nope.jsonl"),)), "train")
+        load_rows(data.DataConfig(train_files=(str(tmp_path / "nope.jsonl"),)), "train")
     with pytest.raises(ValueError, match=r"Column 'article' not found in .*validation.jsonl; it has \['document', 'id', 'summary'\]"):
-        data.load_rows(data.DataConfig(train_files=(xsum,), source_column="article"), "train")
+        load_rows(data.DataConfig(train_files=(xsum,), source_column="article"), "train")
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="The train split .*empty.jsonl.* is empty"):
-        data.load_rows(data.DataConfig(train_files=(str(tmp_path / "empty.jsonl"),)), "train")
+        load_rows(data.DataConfig(train_files=(str(tmp_path / "empty.jsonl"),)), "train")
     (tmp_path / "latin1.jsonl").write_bytes('{"document": "caf\xe9", "summary": "x"}'.encode("latin-1"))
     with pytest.raises(ValueError, match="latin1.jsonl is not valid UTF-8"):
-        data.load_rows(data.DataConfig(train_files=(str(tmp_path / "latin1.jsonl"),)), "train")
+        load_rows(data.DataConfig(train_files=(str(tmp_path / "latin1.jsonl"),)), "train")
     with pytest.raises(ValueError, match="No data for split 'test'"):
-        data.load_rows(data.DataConfig(train_files=(xsum,)), "test")
+        load_rows(data.DataConfig(train_files=(xsum,)), "test")
 
 
-def test_tokenize_counts_truncation_and_keeps_eos(tok, xsum_rows, caplog):
+def test_tokenize_counts_truncation_and_keeps_eos(tok, xsum_rows, xsum_file, tmp_path, caplog):
     cfg = data.DataConfig(max_source_length=64, max_target_length=16)
     with caplog.at_level("INFO"):
-        t = data.tokenize(xsum_rows, tok, cfg, "train")
+        t = tokenized(tok, cfg, tmp_path, xsum_file)
     full = [len(tok(r["document"]).input_ids) for r in xsum_rows]
     assert t.truncated_source == sum(n > 64 for n in full) > 0
-    assert all(len(s) <= 64 and s[0] == 0 and s[-1] == 2 for s in t.source)
+    assert all(len(t.source[i]) <= 64 and t.source[i][0] == 0 and t.source[i][-1] == 2 for i in range(len(t)))
+    assert list(t.references[:3]) == [r["summary"] for r in xsum_rows[:3]]
+    for i in (0, 5):  # untruncated ids are the tokenizer's, truncated ones its first 63 and EOS
+        ids = tok(xsum_rows[i]["document"]).input_ids
+        np.testing.assert_array_equal(t.source[i], ids if len(ids) <= 64 else ids[:63] + [2])
     assert f"truncated {t.truncated_source} sources (> 64 tokens)" in caplog.text
 
 
-def test_all_sources_truncated_is_reported(tok, xsum_rows, caplog):
+def test_all_sources_truncated_is_reported(tok, xsum_file, tmp_path, caplog):
     with caplog.at_level("WARNING"):
-        data.tokenize(xsum_rows[1:9], tok, data.DataConfig(max_source_length=8), "train")
+        tokenized(tok, data.DataConfig(max_source_length=8), tmp_path, xsum_file, n=8, start=1)
     assert "all 8 sources are longer than max_source_length=8" in caplog.text
 
 
 def test_collate_buckets_and_labels():
-    t = data.Tokenized([np.array([0, 5, 6, 2]), np.array([0, 7, 2])], [np.array([0, 9, 2]), np.array([0, 8, 8, 8, 2])], [])
+    t = data.Tokenized(data.TokenColumn.from_lists([[0, 5, 6, 2], [0, 7, 2]]),
+                       data.TokenColumn.from_lists([[0, 9, 2], [0, 8, 8, 8, 2]]), [])
     b = data.collate(t, np.array([0, 1]), data.DataConfig(min_bucket=4, max_source_length=64), pad=1, start=2,
                      model_type="bart")
     np.testing.assert_array_equal(b["input_ids"], [[0, 5, 6, 2], [0, 7, 2, 1]])
@@ -86,9 +109,9 @@ def test_mbart_shift_moves_the_language_code_to_the_front():
                                   [[250020, 47, 48, 2, 250020], [250020, 49, 2, 250020, 1]])
 
 
-def test_iterator_is_deterministic_and_resumes(tok, xsum_rows):
+def test_iterator_is_deterministic_and_resumes(tok, xsum_file, tmp_path):
     cfg = data.DataConfig(max_source_length=128, max_target_length=32)
-    t = data.tokenize(xsum_rows, tok, cfg)
+    t = tokenized(tok, cfg, tmp_path, xsum_file)
     make = lambda state=None: data.TrainIterator(t, cfg, batch_size=4, accum=2, seed=3, pad=1, start=2,
                                                  model_type="bart", state=state)
     a = make()
@@ -103,6 +126,6 @@ def test_iterator_is_deterministic_and_resumes(tok, xsum_rows):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
     # each epoch visits every example once (64 examples, 8 batches of 8)
-    seen = np.concatenate([data.epoch_order(np.array([len(s) for s in t.source]), 8, 3, 0).ravel()])
+    seen = np.concatenate([data.epoch_order(t.source.lengths(), 8, 3, 0).ravel()])
     assert sorted(seen) == list(range(64))
     assert not np.array_equal(data.epoch_order(np.arange(64), 8, 3, 0), data.epoch_order(np.arange(64), 8, 3, 1))

@@ -17,6 +17,7 @@ from dq_jax.distributed import DistributedConfig
 from dq_jax.quant_config import QuantConfig
 from dq_jax.spec import (STAGES, SYNTHETIC_TASKS, DataSpec, DistillSpec, EvalSettings, RunSpec, StudentSpec,
                          TeacherSpec, TrainSettings)
+from train.config_ranges import check_ranges
 
 DISTILL_MODES = ("dq_bart", "masked")
 
@@ -61,9 +62,7 @@ def _stages(c: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def _distill(d: ml_collections.ConfigDict) -> DistillSpec:
-    weights = tuple(float(w) for w in d.weights)
-    if len(weights) != 2:
-        raise ValueError(f"distill.weights={d.weights!r} must be two numbers (logits, intermediate).")
+    weights = tuple(float(w) for w in d.weights)  # two numbers >= 0 (RANGES)
     if d.mode not in DISTILL_MODES:
         raise ValueError(f"distill.mode={d.mode!r}; choose 'dq_bart' or 'masked'.")
     return _section(DistillSpec, d, weights=weights)
@@ -72,7 +71,8 @@ def _distill(d: ml_collections.ConfigDict) -> DistillSpec:
 def _data(d: ml_collections.ConfigDict) -> DataSpec:
     if d.synthetic and d.synthetic not in SYNTHETIC_TASKS:
         raise ValueError(f"data.synthetic={d.synthetic!r}; the only generated task is 'demo'.")
-    return _section(DataSpec, d, name=d.name or None, subset=d.subset or None, train_files=_files(d.train_files),
+    return _section(DataSpec, d, name=d.name or None, subset=d.subset or None, revision=d.revision or None,
+                    cache_dir=d.cache_dir or None, train_files=_files(d.train_files),
                     validation_files=_files(d.validation_files), test_files=_files(d.test_files),
                     max_examples=d.max_examples or None, src_lang=d.src_lang or None, tgt_lang=d.tgt_lang or None)
 
@@ -95,8 +95,7 @@ def _teacher(t: ml_collections.ConfigDict, stages: tuple[str, ...], train: Train
 
 def spec_from_config(c: ml_collections.ConfigDict) -> RunSpec:
     stages = _stages(c)
-    if len(tuple(c.mesh)) != 3:
-        raise ValueError(f"mesh={tuple(c.mesh)} must have three sizes (data, fsdp, tensor), e.g. (8, 1, 1).")
+    check_ranges(c, stages)
     q = c.quant
     quant = _section(QuantConfig, q, weight_bits=_none_if_zero(q.weight_bits), embed_bits=_none_if_zero(q.embed_bits),
                      act_bits=_none_if_zero(q.act_bits))
@@ -107,7 +106,8 @@ def spec_from_config(c: ml_collections.ConfigDict) -> RunSpec:
                           decoder_map=_map(c.student.decoder_map, "student.decoder_map"))
     data = _data(c.data)
     precision.compute_dtype(c.precision)  # a known precision
-    return RunSpec(seed=c.seed, stages=stages, mesh=tuple(c.mesh), precision=c.precision, teacher=_teacher(c.teacher, stages, train),
+    return RunSpec(seed=c.seed, stages=stages, mesh=tuple(c.mesh), precision=c.precision,
+                   teacher=_teacher(c.teacher, stages, train),
                    student=student, quant=quant, distill=distill, data=data, train=train, eval=ev,
                    config_json=json.dumps(c.to_dict(), default=str))
 

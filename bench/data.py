@@ -1,0 +1,406 @@
+"""Data loading + tokenization at the paper's scale: today's path against the tokenization cache.
+
+    python -m bench.data [--corpus xsum|cnn_dm|all] [--pairs N] [--today-on-cnn] [--num-proc N]
+
+Corpora, written to a temporary directory (never into the repo) before anything is timed:
+- `xsum`: 204,000 pairs, `<shared>/xsum/validation.jsonl` (1000 rows) repeated 204 times;
+- `cnn_dm`: 287,000 pairs (CNN/DailyMail's size), `<shared>/cnn_dailymail/validation_mini100.jsonl`
+  (100 rows) repeated 2870 times.
+`<shared>` is `$DQ_JAX_SHARED_DATA`, else `../shared/data` beside the checkout (as in the tests);
+the tokenizer is `<shared>/tokenizers/bart-base_roberta-base`. `--pairs N` takes the first N rows
+of the repeated file instead (quick runs).
+
+Three measurements per corpus, each in its own fresh subprocess (so its peak RSS is its own):
+- `today`: the loader as it was at revision 5859ace, `load_rows(cfg, "train")` then
+  `tokenize(rows, tokenizer, cfg, "train")`, run from that revision's `dq_jax/data.py` extracted
+  with `git show` into the temporary directory (no git or no such revision: the row is skipped
+  with the reason). On `cnn_dm` it would need far more memory than a 24 GB machine may have, so
+  it runs there only with `--today-on-cnn`.
+- `cold`: `token_cache.tokenized_split(cfg, "train", tokenizer)` with an empty tokenization cache
+  (`data.cache_dir` and `$DQ_JAX_CACHE`) and an empty `$HF_DATASETS_CACHE`, both fresh
+  directories; `DataConfig(max_source_length=1024, max_target_length=128, num_proc=--num-proc)`.
+- `cache_hit`: the same call again in a new process, with the cache directories `cold` filled.
+
+Seconds: the data step only, from before loading the rows to a ready `Tokenized`; the
+interpreter's start-up, imports (`datasets`, `transformers`, the old module), loading the
+tokenizer and building the corpus are outside it. Peak RSS (MiB): the largest of the worker's
+own high-water mark (`VmHWM`) and `getrusage(RUSAGE_CHILDREN).ru_maxrss`, the largest peak of
+any child it has waited for (the `datasets` `num_proc` tokenization processes). So it is the
+peak of the biggest single process, not the sum of processes alive at once; a forked child's
+peak counts the parent's pages it shares at fork time. It is read right after the data step,
+before the checks below touch any page. Memory-mapped cache pages the step touched count too.
+
+Checks, after the timed step: `cold` and `cache_hit` must give identical token arrays (row count
+and a digest of every row's source and target ids); `today` and `cold` must agree on the ids of
+the first 1000 rows, where today's rows whose document or summary is empty or whitespace are
+skipped first (the new path drops them: 1 per 1000 in XSum's validation split). The table shows
+both agreements, and whether today's and the new path's digests of all the rows match too.
+A `cold` worker also reports where its time went (hashing the files, `load_split`, `map`,
+`save_to_disk`, opening the entry).
+
+The issue's floors, at full size, each side in its own process: `cold` at least 2x faster than
+`today`, `cache_hit` under 10 s, peak RSS under 3 GB for `cold` and for `cache_hit`. `today` was
+measured at 109 s and 13.0 GB on XSum-sized data on 2 cores. This module measures; it does not
+assume they hold.
+
+Prints the CPU line and a table per corpus and writes bench/results/data.json: top-level `cpu`,
+then xsum's `seconds` and `peak_rss_mib` ({"today", "cold", "cache_hit"}; null when not
+measured), `speedup` ({"cold vs today", "cache_hit vs today"}: today's seconds / the row's, for
+the pairs measured), `status`, `agreement`, `phases` and `workers`; cnn_dm's the same under
+`"cnn_dm"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from dq_jax.table import format_table
+
+from bench.common import ROOT, WorkerError, cpu, cpu_line, peak_rss_mib, run_worker, speedups, worker_env, write_json
+
+OLD_REVISION = "5859ace"
+OLD_MODULE = f"dq_jax_data_{OLD_REVISION}"
+KINDS = ("today", "cold", "cache_hit")
+CORPORA = {  # name: (file under <shared>, pairs at full size)
+    "xsum": ("xsum/validation.jsonl", 204_000),
+    "cnn_dm": ("cnn_dailymail/validation_mini100.jsonl", 287_000),
+}
+TOKENIZER = "tokenizers/bart-base_roberta-base"
+AGREE_ROWS = 1000
+MAX_SOURCE, MAX_TARGET = 1024, 128
+FLOORS = {"cold_speedup": 2.0, "cache_hit_s": 10.0, "peak_rss_mib": 3 * 1024}
+
+
+def shared_data() -> str:
+    return os.environ.get("DQ_JAX_SHARED_DATA") or os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+def build_corpus(src: str, pairs: int, out: str) -> int:
+    """`out`: the lines of `src` repeated (cycled) up to `pairs` lines; returns the line count."""
+    with open(src, encoding="utf-8") as f:
+        lines = [l if l.endswith("\n") else l + "\n" for l in f if l.strip()]
+    with open(out, "w", encoding="utf-8") as f:
+        f.writelines(itertools.islice(itertools.cycle(lines), pairs))
+    return pairs
+
+
+def extract_old(dest_dir: str) -> tuple[str | None, str | None]:
+    """(path of revision 5859ace's dq_jax/data.py written into `dest_dir`, None), or (None, why not)."""
+    try:
+        out = subprocess.run(["git", "-C", ROOT, "show", f"{OLD_REVISION}:dq_jax/data.py"], capture_output=True,
+                             text=True)
+    except OSError as e:
+        return None, f"git is unavailable ({e})"
+    if out.returncode != 0:
+        return None, f"git show {OLD_REVISION}:dq_jax/data.py failed: {out.stderr.strip()[:200]}"
+    path = os.path.join(dest_dir, f"{OLD_MODULE}.py")
+    with open(path, "w") as f:
+        f.write(out.stdout)
+    return path, None
+
+
+def import_old(path: str):
+    """The extracted old module (registered in sys.modules: its dataclasses look themselves up there)."""
+    spec = importlib.util.spec_from_file_location(OLD_MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[OLD_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+
+
+def step_peak_rss_mib() -> float:
+    """Peak RSS of this process or of the largest child it has waited for (see the module docstring)."""
+    return max(peak_rss_mib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+
+
+def rows_digest(source, target, keep=None) -> tuple[int, str]:
+    """(rows, digest of every kept row's length and int32 ids, source then target per row).
+    `source`/`target`: anything indexable by row (lists of arrays, `TokenColumn`)."""
+    import numpy as np
+    h = hashlib.blake2b(digest_size=16)
+    n = 0
+    for i in range(len(source)):
+        if keep is not None and not keep[i]:
+            continue
+        for a in (source[i], target[i]):
+            a = np.ascontiguousarray(a, np.int32)
+            h.update(np.int64(len(a)).tobytes())
+            h.update(a.tobytes())
+        n += 1
+    return n, h.hexdigest()
+
+
+def dump_head(source, target, keep, path: str, n: int = AGREE_ROWS) -> None:
+    """The first `n` kept rows' ids, as flat values + offsets, into `path` (.npz)."""
+    import numpy as np
+    idx = [i for i in range(len(source)) if keep is None or keep[i]][:n]
+    out = {}
+    for name, col in (("source", source), ("target", target)):
+        rows = [np.asarray(col[i], np.int32) for i in idx]
+        out[f"{name}_values"] = np.concatenate(rows) if rows else np.zeros(0, np.int32)
+        out[f"{name}_offsets"] = np.cumsum([0] + [len(r) for r in rows])
+    np.savez(path, **out)
+
+
+def worker_today(corpus: str, old_path: str, tokenizer_path: str, ids_out: str) -> dict:
+    old = import_old(old_path)
+    from dq_jax import hf
+    tokenizer = hf.load_tokenizer(tokenizer_path)
+    cfg = old.DataConfig(train_files=(corpus,), max_source_length=MAX_SOURCE, max_target_length=MAX_TARGET)
+    t0 = time.perf_counter()
+    rows = old.load_rows(cfg, "train")
+    t1 = time.perf_counter()
+    data = old.tokenize(rows, tokenizer, cfg, "train")
+    t2 = time.perf_counter()
+    rss = step_peak_rss_mib()
+    del rows
+    keep = [bool(s.strip()) and bool(t.strip()) for s, t in data.texts]
+    kept, digest = rows_digest(data.source, data.target, keep)
+    dump_head(data.source, data.target, keep, ids_out)
+    return dict(seconds=t2 - t0, peak_rss_mib=rss, phases={"load_rows": t1 - t0, "tokenize": t2 - t1},
+                rows=len(data.source), rows_compared=kept, dropped_empty=len(keep) - kept, digest=digest,
+                truncated_source=data.truncated_source, truncated_target=data.truncated_target)
+
+
+def _timed(phases: dict, name: str, fn):
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
+    return wrapper
+
+
+def worker_new(corpus: str, cache_dir: str, tokenizer_path: str, num_proc: int, ids_out: str | None) -> dict:
+    import datasets  # noqa: F401  start-up, outside the timed step
+    import pyarrow  # noqa: F401
+    from dq_jax import data_source, hf, token_cache
+    from dq_jax.data import DataConfig
+    tokenizer = hf.load_tokenizer(tokenizer_path)
+    cfg = DataConfig(train_files=(corpus,), cache_dir=cache_dir, max_source_length=MAX_SOURCE,
+                     max_target_length=MAX_TARGET, num_proc=num_proc)
+    # Where the time goes: wrap (in this process only) the steps tokenized_split runs.
+    phases: dict[str, float] = {}
+    procs = []
+    data_source.file_digest = _timed(phases, "hash files", data_source.file_digest)
+    data_source.load_split = _timed(phases, "load_split", data_source.load_split)
+    token_cache._build = _timed(phases, "build", token_cache._build)
+    map_ = datasets.Dataset.map
+
+    def map_recording(self, *a, **k):
+        procs.append(k.get("num_proc") or 1)
+        return map_(self, *a, **k)
+    datasets.Dataset.map = _timed(phases, "map", map_recording)
+    datasets.Dataset.save_to_disk = _timed(phases, "save_to_disk", datasets.Dataset.save_to_disk)
+    t0 = time.perf_counter()
+    data = token_cache.tokenized_split(cfg, "train", tokenizer)
+    seconds = time.perf_counter() - t0
+    rss = step_peak_rss_mib()
+    phases["open entry + rest"] = seconds - phases.get("hash files", 0.0) - phases.get("load_split", 0.0) \
+        - phases.get("build", 0.0)
+    n, digest = rows_digest(data.source, data.target)
+    if ids_out:
+        dump_head(data.source, data.target, None, ids_out)
+    return dict(seconds=seconds, peak_rss_mib=rss, phases=phases, num_proc=procs[0] if procs else None,
+                rows=len(data), rows_compared=n, digest=digest, truncated_source=data.truncated_source,
+                truncated_target=data.truncated_target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+
+
+def compare_heads(a: str, b: str) -> dict:
+    """Rows of the two dumps whose source and target ids are equal, out of the rows both have."""
+    import numpy as np
+    x, y = np.load(a), np.load(b)
+    rows = lambda d, name: [d[f"{name}_values"][s:e] for s, e in zip(d[f"{name}_offsets"][:-1],
+                                                                       d[f"{name}_offsets"][1:])]
+    xs, xt, ys, yt = rows(x, "source"), rows(x, "target"), rows(y, "source"), rows(y, "target")
+    n = min(len(xs), len(ys))
+    equal = [np.array_equal(xs[i], ys[i]) and np.array_equal(xt[i], yt[i]) for i in range(n)]
+    first_diff = next((i for i, e in enumerate(equal) if not e), None)
+    return {"rows": n, "equal": int(sum(equal)), "first_difference": first_diff}
+
+
+def _run(kind: str, argv: list[str], env: dict) -> dict:
+    try:
+        return {"status": "ok", **run_worker("bench.data", ["--worker", kind, *argv], env)}
+    except WorkerError as e:
+        return {"status": f"failed: {str(e).splitlines()[0][:160]}", "error": str(e)}
+
+
+def run_corpus(name: str, pairs: int, work: str, *, run_today: bool, why_not_today: str | None,
+               old_path: str | None, num_proc: int, env: dict) -> dict:
+    """Builds the corpus in `work`, runs the three workers, checks them; the corpus's record."""
+    shared = shared_data()
+    src, _ = CORPORA[name]
+    corpus = os.path.join(work, f"{name}_train.jsonl")
+    build_corpus(os.path.join(shared, src), pairs, corpus)
+    tokenizer = os.path.join(shared, TOKENIZER)
+    cache, hf_cache = os.path.join(work, f"{name}_cache"), os.path.join(work, f"{name}_hf_datasets")
+    new_env = {**env, "DQ_JAX_CACHE": cache, "HF_DATASETS_CACHE": hf_cache}
+    heads = {k: os.path.join(work, f"{name}_{k}_head.npz") for k in ("today", "cold")}
+    runs: dict[str, dict] = {}
+    if old_path is None or not run_today:
+        runs["today"] = {"status": f"skipped: {why_not_today}"}
+    else:
+        today_env = {**env, "HF_DATASETS_CACHE": os.path.join(work, f"{name}_hf_today")}
+        runs["today"] = _run("today", ["--corpus-file", corpus, "--old-module", old_path, "--tokenizer", tokenizer,
+                                       "--ids-out", heads["today"]], today_env)
+    new_argv = ["--corpus-file", corpus, "--cache-dir", cache, "--tokenizer", tokenizer, "--num-proc", str(num_proc)]
+    runs["cold"] = _run("cold", new_argv + ["--ids-out", heads["cold"]], new_env)
+    runs["cache_hit"] = (_run("cache_hit", new_argv, new_env) if runs["cold"]["status"] == "ok"
+                         else {"status": "skipped: cold failed"})
+    ok = {k: r for k, r in runs.items() if r["status"] == "ok"}
+    agreement = {}
+    if "cold" in ok and "cache_hit" in ok:
+        c, h = ok["cold"], ok["cache_hit"]
+        agreement["cache_hit vs cold"] = {"identical": c["rows"] == h["rows"] and c["digest"] == h["digest"],
+                                          "rows": [c["rows"], h["rows"]]}
+    if "cold" in ok and "today" in ok:
+        t, c = ok["today"], ok["cold"]
+        agreement["cold vs today"] = {**compare_heads(heads["today"], heads["cold"]),
+                                      "all_rows_equal": t["rows_compared"] == c["rows"] and t["digest"] == c["digest"],
+                                      "today_rows": t["rows"], "today_dropped_empty": t["dropped_empty"],
+                                      "new_rows": c["rows"]}
+    for p in heads.values():
+        if os.path.exists(p):
+            os.remove(p)
+    seconds = {k: runs[k].get("seconds") for k in KINDS}
+    rss = {k: runs[k].get("peak_rss_mib") for k in KINDS}
+    return {"corpus": name, "source_file": src, "pairs": pairs, "num_proc": num_proc, "seconds": seconds,
+            "peak_rss_mib": rss, "speedup": speedups({k: seconds[k] for k in ("cold", "cache_hit")},
+                                                     {"today": seconds["today"]}),
+            "status": {k: runs[k]["status"] for k in KINDS}, "agreement": agreement,
+            "phases": {k: runs[k].get("phases") for k in KINDS if runs[k].get("phases")},
+            "workers": {k: {kk: v for kk, v in r.items() if kk != "phases"} for k, r in runs.items()}}
+
+
+def _agree_cell(rec: dict, kind: str) -> str:
+    a = rec["agreement"]
+    if kind == "cold" and "cold vs today" in a:
+        x = a["cold vs today"]
+        return (f"first {x['rows']} rows: {x['equal']} equal vs today; all rows "
+                + ("equal" if x["all_rows_equal"] else "differ"))
+    if kind == "cache_hit" and "cache_hit vs cold" in a:
+        return "identical to cold" if a["cache_hit vs cold"]["identical"] else "DIFFERS from cold"
+    return "-"
+
+
+def table(rec: dict) -> str:
+    today_s, today_rss = rec["seconds"]["today"], rec["peak_rss_mib"]["today"]
+    rows = []
+    for k in KINDS:
+        s, m, w = rec["seconds"][k], rec["peak_rss_mib"][k], rec["workers"][k]
+        rows.append({"path": k, "status": rec["status"][k].split(":")[0], "rows": w.get("rows", "-"),
+                     "seconds": s if s is not None else "-", "peak RSS MiB": m if m is not None else "-",
+                     "speed-up vs today": today_s / s if s and today_s else "-",
+                     "RSS / today": m / today_rss if m and today_rss else "-", "agreement": _agree_cell(rec, k)})
+    return format_table(rows)
+
+
+def floors_line(rec: dict) -> str:
+    s, m = rec["seconds"], rec["peak_rss_mib"]
+    parts = []
+    if s["cold"] and s["today"]:
+        parts.append(f"cold {s['today'] / s['cold']:.2f}x faster than today (floor {FLOORS['cold_speedup']:g}x)")
+    if s["cache_hit"] is not None:
+        parts.append(f"cache hit {s['cache_hit']:.2f} s (floor < {FLOORS['cache_hit_s']:g} s)")
+    for k in ("cold", "cache_hit"):
+        if m[k] is not None:
+            parts.append(f"{k} peak RSS {m[k]:.0f} MiB (floor < {FLOORS['peak_rss_mib']} MiB)")
+    return "against the issue's floors (meant for full size): " + ("; ".join(parts) or "nothing measured")
+
+
+def phases_text(ph: dict, num_proc: int | None) -> str:
+    """"load_split 1.00 s, build 2.00 s (map 1.90 s on 2 processes, save_to_disk 0.10 s), ..."."""
+    inner = [f"{p} {ph[p]:.2f} s" + (f" on {num_proc} process{'es' if num_proc > 1 else ''}" if p == "map" and num_proc
+                                     else "") for p in ("map", "save_to_disk") if p in ph]
+    return ", ".join(f"{p} {v:.2f} s" + (f" ({', '.join(inner)})" if p == "build" and inner else "")
+                     for p, v in ph.items() if p not in ("map", "save_to_disk"))
+
+
+def report(rec: dict) -> None:
+    print(f"[{rec['corpus']}] {rec['pairs']} pairs ({rec['source_file']} repeated), max lengths "
+          f"{MAX_SOURCE}/{MAX_TARGET}, num_proc {rec['num_proc'] or 'all cores'}")
+    print(table(rec))
+    for k in KINDS:
+        if rec["status"][k] != "ok":
+            print(f"  {k}: {rec['status'][k]}")
+    for k, ph in rec["phases"].items():
+        print(f"  {k} time: " + phases_text(ph, rec["workers"][k].get("num_proc")))
+    print("  " + floors_line(rec))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", default="all", choices=sorted(CORPORA) + ["all"])
+    ap.add_argument("--pairs", type=int, help="corpus size instead of the paper's (quick runs)")
+    ap.add_argument("--today-on-cnn", action="store_true", help="also run today's path on cnn_dm (needs a lot of RAM)")
+    ap.add_argument("--num-proc", type=int, default=0, help="DataConfig.num_proc of the new path (0: all cores)")
+    ap.add_argument("--worker", choices=KINDS)
+    ap.add_argument("--corpus-file")
+    ap.add_argument("--old-module")
+    ap.add_argument("--tokenizer")
+    ap.add_argument("--cache-dir")
+    ap.add_argument("--ids-out")
+    args = ap.parse_args(argv)
+    if args.worker:
+        result = (worker_today(args.corpus_file, args.old_module, args.tokenizer, args.ids_out)
+                  if args.worker == "today" else
+                  worker_new(args.corpus_file, args.cache_dir, args.tokenizer, args.num_proc, args.ids_out))
+        print(json.dumps(result))
+        return
+    shared = shared_data()
+    if not os.path.isdir(shared):
+        sys.exit(f"{shared} not found: the bench reads ../shared/data beside the checkout (or $DQ_JAX_SHARED_DATA).")
+    env = worker_env()
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    rec = cpu(env)
+    print(cpu_line(rec))
+    names = sorted(CORPORA, reverse=True) if args.corpus == "all" else [args.corpus]  # xsum first
+    out: dict = {"cpu": rec, "tokenizers_parallelism": env.get("TOKENIZERS_PARALLELISM")}
+    work = tempfile.mkdtemp(prefix="dq_jax_bench_data_")
+    try:
+        old_path, why_old = extract_old(work)
+        for name in names:
+            pairs = args.pairs or CORPORA[name][1]
+            run_today, why = old_path is not None, why_old
+            if run_today and name == "cnn_dm" and not args.today_on_cnn:
+                run_today, why = False, ("today's path on cnn_dm needs far more RAM than this machine may have; "
+                                         "run with --today-on-cnn")
+            r = run_corpus(name, pairs, work, run_today=run_today, why_not_today=why, old_path=old_path,
+                           num_proc=args.num_proc, env=env)
+            report(r)
+            if name == "xsum":
+                out.update(r)
+            else:
+                out[name] = r
+            for f in os.listdir(work):  # this corpus's files and caches: disk is not free at full size
+                if f.startswith(name):
+                    p = os.path.join(work, f)
+                    shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.remove(p)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("wrote", write_json("data", out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Each split tokenized once, in parallel, and kept: later jobs and sweep points reuse it.
+
+The cache key covers everything the token ids depend on: the rows (local files by content hash,
+so a copy of a file elsewhere hits too; hub data by name, subset, revision, split and its
+`datasets` fingerprint), the tokenizer (its full serialization), the columns, the max lengths,
+`max_examples` and the mBART languages. An entry is a `datasets` `save_to_disk` directory,
+memory-mapped when loaded, plus `meta.json` with the truncation counts; it is written under a
+temporary name and renamed into place, so an interrupted or concurrent job never leaves half an
+entry.
+
+The cache lives in `data.cache_dir`, else `$DQ_JAX_CACHE`, else `~/.cache/dq_jax`, under
+`tokenized/`. Deleting it is always safe.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+
+import numpy as np
+
+from dq_jax import data_source, user_cache
+from dq_jax.data import DataConfig, TextColumn, TokenColumn, Tokenized
+
+log = logging.getLogger(__name__)
+FORMAT = 1  # bump when an entry's layout or the tokenization rule changes
+_MIN_ROWS_PER_PROC = 2000  # below this a worker process costs more than it saves
+
+
+def cache_root(cfg: DataConfig) -> str:
+    return os.path.join(cfg.cache_dir, "tokenized") if cfg.cache_dir else user_cache.path("tokenized")
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """A digest of everything that decides the tokenizer's ids."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # a fast tokenizer serializes its whole pipeline
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+        for name in getattr(tokenizer, "vocab_files_names", {}):
+            path = os.path.join(str(tokenizer.name_or_path), tokenizer.vocab_files_names[name])
+            if os.path.isfile(path):
+                h.update(data_source.file_digest(path).encode())
+    h.update(json.dumps([tokenizer.all_special_tokens, tokenizer.all_special_ids]).encode())
+    return h.hexdigest()
+
+
+def cache_key(cfg: DataConfig, split: str, origin: data_source.Origin, tokenizer) -> str:
+    parts = {"format": FORMAT, "split": split, "rows": list(origin.identity), "tokenizer": tokenizer_identity(tokenizer),
+             "columns": [cfg.source_column, cfg.target_column], "max_lengths": [cfg.max_source_length,
+                                                                                cfg.max_target_length],
+             "max_examples": cfg.max_examples, "langs": [cfg.src_lang, cfg.tgt_lang]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def special_suffix(tokenizer) -> int:
+    """How many special tokens the tokenizer appends after the text (BART: `</s>`; mBART:
+    `</s> lang_code`): truncation keeps them."""
+    bare = tokenizer("summary", add_special_tokens=False)["input_ids"]
+    full = tokenizer("summary")["input_ids"]
+    start = next(i for i in range(len(full)) if full[i: i + len(bare)] == bare)
+    return len(full) - start - len(bare)
+
+
+def _truncated(ids: list[list[int]], max_len: int, suffix: int):
+    """(Arrow list<int32> of the rows cut to `max_len` keeping their special suffix, [N] bool cut)."""
+    import pyarrow as pa
+    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+    cut = lengths > max_len
+    rows = (r[: max_len - suffix] + r[len(r) - suffix:] if c else r for r, c in zip(ids, cut))
+    offsets = np.zeros(len(ids) + 1, np.int32)
+    np.cumsum(np.minimum(lengths, max_len), out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(rows), np.int32, int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)), cut
+
+
+def _encode(batch: dict, tokenizer, cfg: DataConfig, suffix: int):
+    """A batch of rows -> an Arrow table of token ids, truncation flags and the reference texts
+    (`datasets.map`; a table, so the ids go to Arrow as flat arrays, not as Python lists)."""
+    import pyarrow as pa
+    src, cut_s = _truncated(tokenizer(batch[cfg.source_column])["input_ids"], cfg.max_source_length, suffix)
+    tgt, cut_t = _truncated(tokenizer(text_target=batch[cfg.target_column])["input_ids"], cfg.max_target_length,
+                            suffix)
+    return pa.table({"source_ids": src, "target_ids": tgt, "source_cut": cut_s, "target_cut": cut_t,
+                     "reference": pa.array(batch[cfg.target_column], pa.string())})
+
+
+def _features():
+    import datasets
+    ids = datasets.List(datasets.Value("int32"))
+    return datasets.Features({"source_ids": ids, "target_ids": ids, "source_cut": datasets.Value("bool"),
+                              "target_cut": datasets.Value("bool"), "reference": datasets.Value("string")})
+
+
+def _map_kwargs(ds, tokenizer, cfg: DataConfig) -> dict:
+    return dict(batched=True, batch_size=1000, remove_columns=ds.column_names, features=_features(),
+                fn_kwargs=dict(tokenizer=tokenizer, cfg=cfg, suffix=special_suffix(tokenizer)))
+
+
+def _tokenize_shard(shard, tokenizer, cfg: DataConfig, path: str, fingerprint: str, desc: str) -> str:
+    """One worker's share, written to `path` (runs in a spawned process)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: its rayon threads would oversubscribe
+    shard.map(_encode, cache_file_name=path, new_fingerprint=fingerprint, desc=desc,
+              **_map_kwargs(shard, tokenizer, cfg))
+    return path
+
+
+def _tokenize(ds, tokenizer, cfg: DataConfig, split: str, key: str, work: str):
+    """`ds` tokenized into Arrow files under `work`, by `data.num_proc` processes when the split
+    is large enough to pay for their start-up."""
+    import datasets
+    procs = max(1, min(cfg.num_proc or os.cpu_count() or 1, len(ds) // _MIN_ROWS_PER_PROC))
+    if procs == 1:  # the fast tokenizer's own threads use the cores
+        return ds.map(_encode, cache_file_name=os.path.join(work, "tokens.arrow"), new_fingerprint=key,
+                      desc=f"tokenize {split}", **_map_kwargs(ds, tokenizer, cfg))
+    # Spawned, not forked (as `datasets.map(num_proc=...)` would): this process runs JAX's
+    # threads, and a fork copies any lock one of them holds.
+    with concurrent.futures.ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(_tokenize_shard, ds.shard(procs, i, contiguous=True), tokenizer, cfg,
+                            os.path.join(work, f"tokens-{i:03d}.arrow"), f"{key}-{i}",
+                            f"tokenize {split} [{i + 1}/{procs}]")
+                for i in range(procs)]
+        files = [job.result() for job in jobs]
+    return datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in files])
+
+
+def _build(cfg: DataConfig, split: str, tokenizer, ds, key: str, entry: str) -> None:
+    """Tokenizes `ds` into the cache entry `entry` (written aside, then renamed into place)."""
+    import pyarrow.compute as pc
+    work = f"{entry}.tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(os.path.join(work, "map"))
+    try:
+        out = _tokenize(ds, tokenizer, cfg, split, key, os.path.join(work, "map"))
+        meta = {"rows": len(out), "truncated_source": pc.sum(out.data.column("source_cut")).as_py() or 0,
+                "truncated_target": pc.sum(out.data.column("target_cut")).as_py() or 0}
+        out.remove_columns(["source_cut", "target_cut"]).save_to_disk(os.path.join(work, "dataset"))
+        del out
+        shutil.rmtree(os.path.join(work, "map"))
+        with open(os.path.join(work, "meta.json"), "w") as f:
+            json.dump(meta, f)
+        if os.path.isdir(entry) and not os.path.exists(os.path.join(entry, "meta.json")):
+            shutil.rmtree(entry)  # not written by this module (entries appear whole, by rename)
+        try:
+            os.rename(work, entry)
+        except OSError:  # another job finished the same entry first: theirs is identical
+            if not os.path.exists(os.path.join(entry, "meta.json")):
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def tokenized_split(cfg: DataConfig, split: str, tokenizer) -> Tokenized:
+    """`split` tokenized: from the cache when an entry matches, else tokenized and cached."""
+    import datasets
+    if cfg.src_lang:
+        tokenizer.src_lang, tokenizer.tgt_lang = cfg.src_lang, cfg.tgt_lang
+    ds = None
+    if data_source.split_files(cfg, split):  # local rows: the key needs no loading
+        origin = data_source.origin(cfg, split)
+    else:  # hub rows: loading (from the `datasets` cache once downloaded) gives their fingerprint
+        ds, origin = data_source.load_split(cfg, split)
+    key = cache_key(cfg, split, origin, tokenizer)
+    entry = os.path.join(cache_root(cfg), key)
+    if os.path.exists(os.path.join(entry, "meta.json")):
+        log.info("%s: tokenization cache hit (%s): %s", split, origin.description, entry)
+    else:
+        t0 = time.perf_counter()
+        if ds is None:
+            ds, origin = data_source.load_split(cfg, split)
+        os.makedirs(cache_root(cfg), exist_ok=True)
+        _build(cfg, split, tokenizer, ds, key, entry)
+        log.info("%s: tokenized %d rows in %.1f s into %s", split, len(ds), time.perf_counter() - t0, entry)
+    with open(os.path.join(entry, "meta.json")) as f:
+        meta = json.load(f)
+    table = datasets.load_from_disk(os.path.join(entry, "dataset")).data
+    out = Tokenized(TokenColumn.from_arrow(table.column("source_ids")),
+                    TokenColumn.from_arrow(table.column("target_ids")), TextColumn(table.column("reference")),
+                    meta["truncated_source"], meta["truncated_target"])
+    _report(out, cfg, split)
+    return out
+
+
+def _report(data: Tokenized, cfg: DataConfig, split: str) -> None:
+    n = len(data)
+    if data.truncated_source == n and n > 1:
+        log.warning("%s: all %d sources are longer than max_source_length=%d and were truncated.",
+                    split, n, cfg.max_source_length)
+    log.info("%s: %d examples; truncated %d sources (> %d tokens) and %d targets (> %d tokens)", split, n,
+             data.truncated_source, cfg.max_source_length, data.truncated_target, cfg.max_target_length)
+
