@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dq_jax.codes import Codes
 from dq_jax.kv_cache import DecoderCache
 from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM, variables
@@ -149,6 +150,16 @@ def process_logits(scores, seq, cur_len, gen: GenerationConfig):
 
 # ----------------------------------------------------------------------------- the loops
 
+def _repeat_rows(x, rep):
+    """`rep` on an array; on `Codes`, on its values and on its scales when they vary by row (a
+    scale per example; a scale over the whole tensor is the same for the repeated tensor)."""
+    if not isinstance(x, Codes):
+        return rep(x)
+    by_row = 0 not in x.axes
+    return dataclasses.replace(x, values=rep(x.values), scales=rep(x.scales) if by_row else x.scales,
+                               offset=rep(x.offset) if by_row and x.offset is not None else x.offset)
+
+
 def _prepare(model, params, input_ids, attention_mask, gen, expand):
     """Encode once; cache and encoder states repeated `expand` times per example (beam-major).
 
@@ -161,7 +172,8 @@ def _prepare(model, params, input_ids, attention_mask, gen, expand):
     cache = model.apply(v, enc, gen.max_length, method=model.init_cache)
     if expand > 1:  # [B, ...] -> [B * K, ...], example b's beams at rows b*K .. b*K+K-1
         rep = lambda x: jnp.repeat(x, expand, axis=0) if x.ndim else x
-        enc, attention_mask, cache = rep(enc), rep(attention_mask), jax.tree.map(rep, cache)
+        enc, attention_mask = rep(enc), rep(attention_mask)
+        cache = jax.tree.map(lambda x: _repeat_rows(x, rep), cache, is_leaf=lambda x: isinstance(x, Codes))
     cross = cache.cross_attn
 
     def step(tokens, carried: DecoderCache):  # tokens [N] -> logits [N, V] fp32, new carried cache

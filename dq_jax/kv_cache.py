@@ -6,16 +6,23 @@ attention matmuls want instead of transposing them every step.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax
 import jax
 
 
 @flax.struct.dataclass
 class KVCache:
-    """Projected keys and values of one attention layer: `k`, `v` `[B, H, L, Dh]`."""
+    """Projected keys and values of one attention layer: `k`, `v` `[B, H, L, Dh]`.
 
-    k: jax.Array
-    v: jax.Array
+    `quantized`: `k` and `v` already went through the attention's key/value activation
+    quantizers (fake-quantized values, or `Codes` when products run on codes): cross-attention
+    quantizes its fixed keys and values once per decode, not once per step."""
+
+    k: Any  # jax.Array, or Codes when quantized on codes
+    v: Any
+    quantized: bool = flax.struct.field(pytree_node=False, default=False)
 
     def write(self, new: KVCache, index: jax.Array) -> KVCache:
         """These buffers with `new` (`[B, H, T, Dh]`) written at positions index .. index+T-1."""

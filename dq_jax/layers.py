@@ -52,6 +52,14 @@ class ActQuant(nn.Module):
         rule = self.rule
         return x if rule is None else rule.fake(x, self.step_size(x))
 
+    def ahead(self, x: jax.Array):
+        """`x` quantized once for products that reuse it: its `Codes` when products run on
+        codes, else its fake-quantized value (`x` itself when this role is not quantized)."""
+        rule = self.rule
+        if rule is None:
+            return x
+        return (rule.codes if self.quant.compute == "codes" else rule.fake)(x, self.step_size(x))
+
 
 def _weight(w, rule):
     """A weight as fake mode multiplies it: codes quantized ahead dequantized, else fake-quantized."""
@@ -183,12 +191,17 @@ class Attention(nn.Module):
                                                                                   ActRole.VALUE))
         self.p_act = ActQuant(self.quant, ActRole.PROBS)
 
-    def _product(self, subscripts: str, a, b, act_a: ActQuant, act_b: ActQuant) -> jax.Array:
-        """`einsum` of two quantized activations: on their codes, or of their fake-quantized values."""
+    def _product(self, subscripts: str, a, b, act_a: ActQuant, act_b: ActQuant, b_ready: bool = False) -> jax.Array:
+        """`einsum` of two quantized activations: on their codes, or of their fake-quantized
+        values. `b_ready`: `b` went through `act_b.ahead` already (decoding's cross-attention)."""
         if _on_codes(self.quant, act_a.rule, act_b.rule):
-            return codes_einsum(subscripts, a, b, Operand(act_a.rule), Operand(act_b.rule), act_a.step_size(a),
-                                act_b.step_size(b), dtype=self.dtype)
-        return precision.einsum(subscripts, act_a(a), act_b(b), self.dtype)
+            alpha_a = act_a.step_size(a)
+            alpha_b = None if isinstance(b, Codes) else act_b.step_size(b)
+            return codes_einsum(subscripts, a, b, Operand(act_a.rule), Operand(act_b.rule), alpha_a, alpha_b,
+                                dtype=self.dtype)
+        if isinstance(b, Codes):
+            b = b.dequantize(self.dtype)
+        return precision.einsum(subscripts, act_a(a), b if b_ready else act_b(b), self.dtype)
 
     def _heads(self, x):  # [B, T, D] -> [B, H, T, Dh]
         x = x.reshape(*x.shape[:-1], self.num_heads, self.d_model // self.num_heads)  # [B, T, H, Dh]
@@ -197,6 +210,13 @@ class Attention(nn.Module):
     def project_kv(self, kv: jax.Array) -> KVCache:
         """Keys and values `[B, H, S, Dh]` of states `[B, S, D]`."""
         return KVCache(self._heads(self.k_proj(kv)), self._heads(self.v_proj(kv)))
+
+    def cross_kv(self, enc: jax.Array) -> KVCache:
+        """Cross-attention's keys and values of encoder states `[B, S, D]` for decoding, already
+        through their activation quantizers: every step would quantize the same tensors to the
+        same codes, so they are quantized once, when decoding starts."""
+        kv = self.project_kv(enc)
+        return KVCache(self.k_act.ahead(kv.k), self.v_act.ahead(kv.v), quantized=True)
 
     def __call__(self, x, kv=None, mask=None, cache=None, index=None, deterministic=True):
         """x: `[B, T, D]`; kv: cross-attention's encoder states `[B, S, D]`, or their
@@ -210,11 +230,11 @@ class Attention(nn.Module):
         if cache is not None:  # decoding: attend over the earlier positions too
             keys = cache = cache.write(keys, index)
         k, v = keys.k, keys.v
-        scores = self._product("bhtd,bhsd->bhts", q, k, self.q_act, self.k_act).astype(jnp.float32)
+        scores = self._product("bhtd,bhsd->bhts", q, k, self.q_act, self.k_act, keys.quantized).astype(jnp.float32)
         if mask is not None:
             scores = jnp.where(mask, scores, NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1)  # [B, H, T, S], fp32
         p = self.attn_dropout(probs, deterministic=deterministic)
-        out = self._product("bhts,bhsd->bthd", p.astype(self.dtype), v, self.p_act, self.v_act)
+        out = self._product("bhts,bhsd->bthd", p.astype(self.dtype), v, self.p_act, self.v_act, keys.quantized)
         out = out.reshape(*out.shape[:2], self.d_model)  # [B, T, H, Dh] -> [B, T, D]
         return self.out_proj(out), probs, cache

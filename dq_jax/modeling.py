@@ -152,13 +152,14 @@ class _Stack(_Part):
         return self.drop(h, deterministic=deterministic)
 
     def init_cache(self, enc, max_length: int) -> DecoderCache:
-        """Zero self-attention buffers `[B, H, max_length, Dh]`, the keys/values of enc `[B, S, D]`."""
+        """Zero self-attention buffers `[B, H, max_length, Dh]`, the keys/values of enc `[B, S, D]`
+        (quantized once: `Attention.cross_kv`)."""
         c = self.cfg
         b, h = enc.shape[0], c.decoder_attention_heads
         zeros = jnp.zeros((b, h, max_length, c.d_model // h), self.dtype)
         return DecoderCache(index=jnp.array(0, jnp.int32),
                             self_attn=tuple(KVCache(zeros, zeros) for _ in self.layers),
-                            cross_attn=tuple(layer.encoder_attn.project_kv(enc) for layer in self.layers))
+                            cross_attn=tuple(layer.encoder_attn.cross_kv(enc) for layer in self.layers))
 
     def __call__(self, ids, mask, enc=None, enc_mask=None, cache=None, deterministic=True):
         """ids `[B, T]`; with a `DecoderCache`, the next T positions, attending to `cache.cross_attn`
