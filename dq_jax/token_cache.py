@@ -84,11 +84,23 @@ def _truncated(ids: list[list[int]], max_len: int, suffix: int):
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)), cut
 
 
+def _source_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """`tokenizer(texts)["input_ids"]`, through the Rust backend's `encode_batch_fast` when the
+    tokenizer has one in its plain state (no truncation or padding left set): it skips the
+    character offsets nothing here reads, a fifth of the encoding time. (Targets keep the
+    tokenizer's call: mBART encodes them in a target mode, and they are short.)"""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None \
+            and backend.padding is None:
+        return [e.ids for e in backend.encode_batch_fast(texts)]
+    return tokenizer(texts)["input_ids"]
+
+
 def _encode(batch: dict, tokenizer, cfg: DataConfig, suffix: int):
     """A batch of rows -> an Arrow table of token ids, truncation flags and the reference texts
     (`datasets.map`; a table, so the ids go to Arrow as flat arrays, not as Python lists)."""
     import pyarrow as pa
-    src, cut_s = _truncated(tokenizer(batch[cfg.source_column])["input_ids"], cfg.max_source_length, suffix)
+    src, cut_s = _truncated(_source_ids(tokenizer, batch[cfg.source_column]), cfg.max_source_length, suffix)
     tgt, cut_t = _truncated(tokenizer(text_target=batch[cfg.target_column])["input_ids"], cfg.max_target_length,
                             suffix)
     return pa.table({"source_ids": src, "target_ids": tgt, "source_cut": cut_s, "target_cut": cut_t,
