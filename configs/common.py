@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
     # quantized) in bf16 with fp32 accumulation; weights, optimizer, loss, softmax, norms and
     # quantizer scales stay fp32 (dq_jax/precision.py)
     c.precision = "fp32"
+    # JAX's persistent compilation cache, so reruns and sweep points reuse compiled steps
+    # ("": $DQ_JAX_CACHE/compilation, else ~/.cache/dq_jax/compilation; "off": none)
+    c.compilation_cache = ""
 
     # Multi-process runs (one process per host): the coordinator's host:port, process count and
     # this process's id; empty values come from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
@@ -92,7 +95,13 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=8, grad_accum=2, learning_rate=3e-5, weight_decay=0.0, warmup_ratio=0.05, grad_clip=0.0,
         epochs=20, steps=0,  # steps > 0 overrides epochs
         log_every=50, eval_every=0,  # eval_every 0: after each epoch
-        checkpoint_every=500))
+        checkpoint_every=500,
+        # rematerialization of the trained model's layers: none | full (recompute each layer in
+        # the backward) | dots (keep matmul outputs without a batch dimension, recompute the rest)
+        remat="none",
+        profile_steps="",  # "START,END": a jax.profiler trace of those steps in WORKDIR/profile/
+        peak_tflops=0.0,  # per device, for MFU; 0: a known accelerator's table, or measured on CPU
+        wandb_project=""))  # also log to Weights & Biases (the `wandb` extra); "": TensorBoard only
 
     c.eval = ml_collections.ConfigDict(dict(
         metric="rougeLsum", batch_size=16, num_beams=4, max_length=142, min_length=0, length_penalty=1.0,

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dq_jax import remat as remat_lib
 from dq_jax.kv_cache import DecoderCache, KVCache
 from dq_jax.layers import Attention, LMHead, QDense, QEmbed
 from dq_jax.model_config import ModelConfig
@@ -129,15 +130,18 @@ class _Stack(_Part):
     """Embeddings + layers (+ mBART's final layer norm) of one side."""
 
     embed: QEmbed = dataclasses.field(kw_only=True)  # the token embedding both sides share
+    remat: str = dataclasses.field(default="none", kw_only=True)  # a `dq_jax.remat` name, per layer
 
     def setup(self):
         c = self.cfg
         n = c.decoder_layers if self.decoder else c.encoder_layers
+        # `deterministic` (argument 7 of `_Layer.__call__`, self = 0) is a Python flag: static.
+        layer = remat_lib.wrap(_Layer, self.remat, static_argnums=(7,))
         self.embed_positions = nn.Embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model,
                                         embedding_init=nn.initializers.normal(c.init_std),
                                         param_dtype=self.param_dtype, dtype=self.dtype)
         self.layernorm_embedding = self._norm()
-        self.layers = [_Layer(c, self.decoder, self.quant, self.dtype, self.param_dtype)
+        self.layers = [layer(c, self.decoder, self.quant, self.dtype, self.param_dtype)
                        for _ in range(n)]
         if c.pre_layer_norm:
             self.layer_norm = self._norm()
@@ -170,6 +174,7 @@ class _Stack(_Part):
         states, self_probs, cross_probs, written = [h], [], [], []
         for i, layer in enumerate(self.layers):
             layer_enc, layer_cache = (enc, None) if cache is None else (cache.cross_attn[i], cache.self_attn[i])
+            # positional: remat's static `deterministic` must be argument 7
             h, p_self, p_cross, layer_cache = layer(h, mask, layer_enc, enc_mask, layer_cache, start, deterministic)
             states.append(h)
             self_probs.append(p_self)
@@ -195,18 +200,24 @@ def causal_mask(q_len: int, k_len: int, start=0) -> jax.Array:
 
 
 class Seq2SeqLM(nn.Module):
-    """BART/mBART for conditional generation; `quant` turns it into a fake-quantized student."""
+    """BART/mBART for conditional generation; `quant` turns it into a fake-quantized student.
+
+    `remat` (`none` | `full` | `dots`, see `dq_jax.remat`) checkpoints every encoder and decoder
+    layer: it changes only what the backward pass keeps, not the params or the outputs, and
+    generation runs unchanged (it matters only under differentiation)."""
 
     cfg: ModelConfig
     quant: QuantConfig | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"
 
     def setup(self):
         c = self.cfg
         self.shared = QEmbed(c.vocab_size, c.d_model, c.pad_token_id, self.quant, self.dtype,
                              self.param_dtype, c.init_std)
-        stack = lambda dec: _Stack(c, dec, self.quant, self.dtype, self.param_dtype, embed=self.shared)
+        stack = lambda dec: _Stack(c, dec, self.quant, self.dtype, self.param_dtype, embed=self.shared,
+                                   remat=self.remat)
         self.encoder, self.decoder = stack(False), stack(True)
         self.final_logits_bias = self.param("final_logits_bias", nn.initializers.zeros,
                                             (1, c.vocab_size), self.param_dtype)

@@ -23,7 +23,7 @@ from dq_jax import (data_source, demo_task, distill, distributed, hf, model_size
                     token_cache, workdir_lock)
 from dq_jax.checkpoint import StageCheckpoints
 from dq_jax.evaluation import evaluate, generation_config
-from dq_jax.metrics_log import MetricsLog
+from dq_jax.metrics_log import MetricsLog, Record
 from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
 from dq_jax.quant_config import QuantConfig, split_elastic
@@ -56,9 +56,10 @@ class _Job:
     data: data_lib.DataConfig
     splits: dict[str, data_lib.Tokenized]  # by data_lib.SPLITS name
 
-    def model(self, cfg: ModelConfig, quant: QuantConfig | None = None) -> Seq2SeqLM:
-        """A model computing in the run's precision (params stay fp32)."""
-        return Seq2SeqLM(cfg, quant, dtype=precision.compute_dtype(self.spec.precision))
+    def model(self, cfg: ModelConfig, quant: QuantConfig | None = None, remat: str = "none") -> Seq2SeqLM:
+        """A model computing in the run's precision (params stay fp32); a stage's trained model
+        gets that stage's `remat` (frozen teachers and evaluation need none)."""
+        return Seq2SeqLM(cfg, quant, dtype=precision.compute_dtype(self.spec.precision), remat=remat)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
@@ -146,7 +147,7 @@ def _check_teacher_vocab(spec: RunSpec, workdir: str, tok) -> None:
                          "teacher's own tokenizer (teacher.tokenizer empty).")
 
 
-def _student_maps(spec: RunSpec, t_cfg: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def student_maps(spec: RunSpec, t_cfg: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
     enc_layers, dec_layers = spec.student.layers
     return (distill.resolve_map(t_cfg.encoder_layers, enc_layers, spec.student.encoder_map or None, "encoder"),
             distill.resolve_map(t_cfg.decoder_layers, dec_layers, spec.student.decoder_map or None, "decoder"))
@@ -165,9 +166,10 @@ def _teacher(job: _Job, results: dict) -> tuple[ModelConfig, dict]:
     else:  # a scratch size, with the teacher stage (train/settings.py checked both)
         t_cfg = _scratch_config(spec.teacher.scratch, job.tokenizer)
         t_params, train_teacher = _init_params(t_cfg, spec.seed), True
-    _student_maps(spec, t_cfg)  # a student deeper than its teacher fails before any training
+    student_maps(spec, t_cfg)  # a student deeper than its teacher fails before any training
     if train_teacher:
-        out = train_stage(job.stage("teacher", spec.teacher.train, job.model(t_cfg), t_params, None,
+        out = train_stage(job.stage("teacher", spec.teacher.train, job.model(t_cfg, remat=spec.teacher.train.remat),
+                                    t_params, None,
                                     distill.DistillConfig(logit_weight=0, inter_weight=0)))
         t_params, results["teacher_dev"] = out.params, out.best
     if distributed.is_main():
@@ -180,7 +182,7 @@ def _teacher(job: _Job, results: dict) -> tuple[ModelConfig, dict]:
 def _student(job: _Job, t_cfg: ModelConfig, t_params: dict, results: dict) -> tuple[Seq2SeqLM, dict]:
     """The student model and its params: distilled here, or as an earlier run left them."""
     spec, student_dir = job.spec, job.path("student_hf")
-    enc_map, dec_map = _student_maps(spec, t_cfg)
+    enc_map, dec_map = student_maps(spec, t_cfg)
     s_cfg, s_init = distill.init_student(t_cfg, t_params, *spec.student.layers, enc_map, dec_map)
     student = job.model(s_cfg, spec.quant)
     if job.finished("student_hf"):
@@ -190,7 +192,8 @@ def _student(job: _Job, t_cfg: ModelConfig, t_params: dict, results: dict) -> tu
         w_logit, w_inter = spec.distill.weights if spec.distill.enabled else (0.0, 0.0)
         loss = distill.DistillConfig(spec.distill.mode, w_logit, w_inter, enc_map, dec_map)
         teacher = Teacher(job.model(t_cfg), t_params) if loss.uses_teacher else None
-        out = train_stage(job.stage("distill", spec.train, student, s_init, teacher, loss))
+        trained = job.model(s_cfg, spec.quant, spec.train.remat)
+        out = train_stage(job.stage("distill", spec.train, trained, s_init, teacher, loss))
         results["student_dev"] = out.best
         if distributed.is_main():
             save_student(s_cfg, out.params, spec.quant, student_dir, job.path("teacher_hf"),
@@ -201,12 +204,13 @@ def _student(job: _Job, t_cfg: ModelConfig, t_params: dict, results: dict) -> tu
 
 def _test(job: _Job, models: tuple[tuple[str, Seq2SeqLM, dict], ...], results: dict) -> None:
     """Scores each (who, model, params) on the test split and writes its predictions."""
+    job.metrics.restart("eval")  # scores an earlier, interrupted evaluation logged go
     for who, model, params in models:
         score, preds = evaluate(model, params, job.splits["test"], job.stage_data(model.cfg), job.spec.eval,
                                 job.tokenizer, desc=f"{who} test")
         results[f"{who}_test"] = score
-        job.metrics.write(stage="eval", split="test", model=who,
-                          **{k: v for k, v in score.items() if isinstance(v, float)})
+        job.metrics.write(Record("eval", "test", {k: v for k, v in score.items() if isinstance(v, float)},
+                                 model=who))
         if distributed.is_main():
             with open(job.path(f"predictions_{who}_test.txt"), "w") as f:
                 f.write("\n".join(p.replace("\n", " ") for p in preds) + "\n")
@@ -227,7 +231,8 @@ def _sizes(spec: RunSpec, t_cfg: ModelConfig, s_cfg: ModelConfig, tokenizer_dir:
 def _run(spec: RunSpec, workdir: str) -> dict:
     distributed.sync("start")  # all processes see the workdir as it was before this run
     mesh = sharding.make_mesh(resolve_mesh(spec.mesh))
-    metrics = MetricsLog(os.path.join(workdir, "metrics.jsonl"), enabled=distributed.is_main())
+    metrics = MetricsLog(workdir, enabled=distributed.is_main(), config_json=spec.config_json,
+                         wandb_project=spec.train.wandb_project)
     data_cfg = _prepare_data(spec, workdir)
     data_source.check_local_files(data_cfg)  # before the hub is asked for anything
     tok = _tokenizer(spec, workdir, data_cfg)
@@ -250,4 +255,5 @@ def _run(spec: RunSpec, workdir: str) -> dict:
     if distributed.is_main():
         with open(job.path("results.json"), "w") as f:
             json.dump(results, f, indent=2, default=float)
+    metrics.close()
     return results

@@ -31,6 +31,10 @@ class TrainSettings:
     log_every: int
     eval_every: int  # 0: after each epoch
     checkpoint_every: int
+    remat: str = "none"  # none | full | dots (dq_jax.remat)
+    profile_steps: str = ""  # "START,END": trace those steps (jax.profiler)
+    peak_tflops: float = 0.0  # per device; 0: known table or measured
+    wandb_project: str = ""  # "": no W&B
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,4 +98,5 @@ class RunSpec:
     data: DataSpec
     train: TrainSettings
     eval: EvalSettings
+    compilation_cache: str = ""  # JAX's persistent compilation cache directory; "" (default place) or "off"
     config_json: str = "{}"  # the resolved config, written to results.json

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dq_jax import distill, sharding
+from dq_jax import distill, remat, sharding
 from dq_jax.modeling import Seq2SeqLM, variables
 from dq_jax.policy import classify, key_names
 
@@ -128,6 +128,7 @@ def make_train_step(student: Seq2SeqLM, teacher: Seq2SeqLM | None, dcfg: distill
                        tokens=jnp.sum(batch["decoder_attention_mask"]).astype(jnp.float32))
         return new_state, metrics
 
+    step.compiler_options = remat.compiler_options(student.remat)  # what `compile_step` must pass XLA
     return step
 
 
@@ -153,10 +154,12 @@ def batch_shardings(mesh: Mesh) -> dict:
 
 
 def compile_step(step: Callable, mesh: Mesh, state_sh, teacher_sh) -> Callable:
-    """jit with explicit in/out shardings; the old state is donated."""
+    """jit with explicit in/out shardings; the old state is donated. A step from `make_train_step`
+    carries the XLA options its model's remat needs (`dq_jax.remat.compiler_options`)."""
     replicated = NamedSharding(mesh, P())
     return jax.jit(step, in_shardings=(state_sh, teacher_sh, batch_shardings(mesh)),
-                   out_shardings=(state_sh, replicated), donate_argnums=(0,))
+                   out_shardings=(state_sh, replicated), donate_argnums=(0,),
+                   compiler_options=getattr(step, "compiler_options", None) or None)
 
 
 def shard_batch(batch: dict, mesh: Mesh, global_batch_size: int | None = None) -> dict:

@@ -66,6 +66,7 @@ RANGES = (
     ("train.log_every", INT, _at_least(1), None),  # steps are logged when step % log_every == 0
     ("train.eval_every", INT, _at_least(0), None),  # 0: after each epoch
     ("train.checkpoint_every", INT, _at_least(1), None),
+    ("train.peak_tflops", NUMBER, _at_least(0), None),  # 0: known table or measured
     ("eval.batch_size", INT, _at_least(1), None),
     ("eval.num_beams", INT, _at_least(1), None),
     ("eval.max_length", INT, _at_least(2, "the decoder start token and one generated token"), None),

@@ -11,6 +11,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from train.flags import parse_flags
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':variant'.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
@@ -38,12 +40,13 @@ def main(argv):
                         handlers=[logging.FileHandler(os.path.join(_WORKDIR.value, log_name)),
                                   logging.StreamHandler(sys.stderr)], force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every file it writes
-    from dq_jax import pipeline
+    from dq_jax import compilation_cache, pipeline
     from dq_jax.checkpoint import CheckpointError
     from dq_jax.trainer import Interrupted, NonFiniteLossError
     from dq_jax.workdir_lock import Busy
     from train.report import print_results
     logger = logging.getLogger("train.main")
+    compilation_cache.enable(spec.compilation_cache)
     try:
         results = pipeline.run(spec, _WORKDIR.value)
     except Interrupted as e:  # SIGTERM / Ctrl-C: the checkpoint is saved, exit as the signal asks
@@ -59,23 +62,9 @@ def main(argv):
         logger.error("%s", e)
         sys.exit(f"error: disk full writing {e.filename or _WORKDIR.value}; checkpoints already written are "
                  "intact: free space and rerun the same command to resume.")
+    logger.info("%s", compilation_cache.summary())
     if distributed.is_main():
         print_results(results)
-
-
-def parse_flags(argv):
-    """absl's parser, with config mistakes (unknown key, wrong type, bad variant) reported as one
-    line instead of a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        if any(line.startswith("Traceback") for line in lines):  # an error raised inside get_config
-            lines = [lines[0], lines[-1]]
-        sys.exit("error: " + "\n".join(lines) + "\nPass --helpfull to see the flags.")
-    except (AttributeError, KeyError, ValueError, TypeError) as e:
-        message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-        sys.exit(f"error: bad --config: {message}")
 
 
 if __name__ == "__main__":

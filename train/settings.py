@@ -12,7 +12,7 @@ import json
 
 import ml_collections
 
-from dq_jax import model_sizes, precision
+from dq_jax import model_sizes, precision, remat
 from dq_jax.distributed import DistributedConfig
 from dq_jax.quant_config import QuantConfig
 from dq_jax.spec import (STAGES, SYNTHETIC_TASKS, DataSpec, DistillSpec, EvalSettings, RunSpec, StudentSpec,
@@ -61,6 +61,20 @@ def _stages(c: ml_collections.ConfigDict) -> tuple[str, ...]:
     return stages
 
 
+def _train(t: ml_collections.ConfigDict) -> TrainSettings:
+    if t.remat not in remat.REMAT:
+        raise ValueError(f"train.remat={t.remat!r}; choose one of {list(remat.REMAT)}.")
+    if t.profile_steps:
+        try:
+            start, end = (int(v) for v in t.profile_steps.split(","))
+        except ValueError as e:
+            raise ValueError(f"train.profile_steps={t.profile_steps!r}: write the first and last step to trace, "
+                             "e.g. '10,12'.") from e
+        if not 1 <= start <= end:
+            raise ValueError(f"train.profile_steps={t.profile_steps!r}: need 1 <= START <= END.")
+    return _section(TrainSettings, t)
+
+
 def _distill(d: ml_collections.ConfigDict) -> DistillSpec:
     weights = tuple(float(w) for w in d.weights)  # two numbers >= 0 (RANGES)
     if d.mode not in DISTILL_MODES:
@@ -99,7 +113,7 @@ def spec_from_config(c: ml_collections.ConfigDict) -> RunSpec:
     q = c.quant
     quant = _section(QuantConfig, q, weight_bits=_none_if_zero(q.weight_bits), embed_bits=_none_if_zero(q.embed_bits),
                      act_bits=_none_if_zero(q.act_bits))
-    train, ev = _section(TrainSettings, c.train), _section(EvalSettings, c.eval)
+    train, ev = _train(c.train), _section(EvalSettings, c.eval)
     distill = _distill(c.distill)
     student = StudentSpec(layers=_layers(c.student.layers),
                           encoder_map=_map(c.student.encoder_map, "student.encoder_map"),
@@ -107,7 +121,7 @@ def spec_from_config(c: ml_collections.ConfigDict) -> RunSpec:
     data = _data(c.data)
     precision.compute_dtype(c.precision)  # a known precision
     return RunSpec(seed=c.seed, stages=stages, mesh=tuple(c.mesh), precision=c.precision,
-                   teacher=_teacher(c.teacher, stages, train),
+                   compilation_cache=c.compilation_cache, teacher=_teacher(c.teacher, stages, train),
                    student=student, quant=quant, distill=distill, data=data, train=train, eval=ev,
                    config_json=json.dumps(c.to_dict(), default=str))
 
