@@ -38,7 +38,7 @@ def test_three_workers_on_a_tiny_corpus(tmp_path):
     vs_today = rec["agreement"]["cold vs today"]
     assert vs_today["rows"] == vs_today["equal"] == 249 and vs_today["all_rows_equal"]
     assert vs_today["today_rows"] == 250 and vs_today["today_dropped_empty"] == 1
-    assert "map" in rec["phases"]["cold"] and "map" not in rec["phases"]["cache_hit"]
+    assert "tokenize" in rec["phases"]["cold"] and "tokenize" not in rec["phases"]["cache_hit"]
     assert "identical to cold" in bench_data.table(rec)
 
 
