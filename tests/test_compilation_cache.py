@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dq_jax import compilation_cache, user_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,7 @@ def test_directory_setting():
     assert compilation_cache.directory("") == os.path.join(user_cache.root(), "compilation")
 
 
+@pytest.mark.slow  # two demo jobs, about a minute
 def test_second_run_in_a_new_workdir_compiles_nothing_new(tmp_path):
     cache = tmp_path / "compiled"
     runs = []
