@@ -23,7 +23,8 @@ SIZES: dict[str, dict] = {
 # Teachers that `teacher.scratch` can train (vocabulary and special tokens come from the tokenizer).
 SCRATCH = ("demo", "small", "base")
 # Hub checkpoints whose shapes are known without downloading them.
-HUB = {"facebook/bart-base": "base", "facebook/bart-large": "large", "facebook/mbart-large-en-ro": "mbart-large"}
+HUB = {"facebook/bart-base": "base", "facebook/bart-large": "large", "facebook/mbart-large-en-ro": "mbart-large",
+       "facebook/mbart-large-cc25": "mbart-large"}
 
 
 def model_config(name: str, **overrides) -> ModelConfig:

@@ -28,9 +28,6 @@ from dq_jax.spec import RunSpec, TrainSettings
 
 GIB = 1024 ** 3
 # Hub checkpoints whose shapes the planner knows offline (mbart-large-cc25 has mbart-large-en-ro's).
-KNOWN_HUB = {**model_sizes.HUB, "facebook/mbart-large-cc25": "mbart-large"}
-
-
 @dataclasses.dataclass(frozen=True)
 class TeacherShape:
     cfg: ModelConfig
@@ -99,10 +96,10 @@ def teacher_shape(spec: RunSpec) -> TeacherShape:
         try:
             return TeacherShape(hf.load_model_config(hf.resolve(path, weights=False)), f"{path} (config.json)")
         except FileNotFoundError:
-            if os.path.isdir(path) or path not in KNOWN_HUB:
+            if os.path.isdir(path) or path not in model_sizes.HUB:
                 raise
-            return TeacherShape(model_sizes.model_config(KNOWN_HUB[path]),
-                                f"{path} (hub unreachable: the standard '{KNOWN_HUB[path]}' shapes)")
+            return TeacherShape(model_sizes.model_config(model_sizes.HUB[path]),
+                                f"{path} (hub unreachable: the standard '{model_sizes.HUB[path]}' shapes)")
     cfg = model_sizes.model_config(spec.teacher.scratch)
     vocab, where = _scratch_vocab(spec, cfg.vocab_size)
     return TeacherShape(cfg.replace(vocab_size=vocab), f"scratch '{spec.teacher.scratch}', vocab {vocab} ({where})")
