@@ -204,7 +204,7 @@ def worker_new(corpus: str, cache_dir: str, tokenizer_path: str, num_proc: int, 
     tokenize = token_cache._tokenize
 
     def tokenize_recording(ds, *a, **k):  # how many processes tokenize_split gives this split
-        procs.append(max(1, min(num_proc or os.cpu_count() or 1, len(ds) // token_cache._MIN_ROWS_PER_PROC)))
+        procs.append(token_cache.processes(cfg, len(ds)))
         return tokenize(ds, *a, **k)
     token_cache._tokenize = _timed(phases, "tokenize", tokenize_recording)
     datasets.Dataset.save_to_disk = _timed(phases, "save_to_disk", datasets.Dataset.save_to_disk)

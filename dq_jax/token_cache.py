@@ -127,11 +127,17 @@ def _tokenize_shard(shard, tokenizer, cfg: DataConfig, path: str, fingerprint: s
     return path
 
 
+def processes(cfg: DataConfig, rows: int) -> int:
+    """How many processes tokenize a split of `rows` rows: `data.num_proc` (0: every core), at
+    most one per `_MIN_ROWS_PER_PROC` rows."""
+    return max(1, min(cfg.num_proc or os.cpu_count() or 1, rows // _MIN_ROWS_PER_PROC))
+
+
 def _tokenize(ds, tokenizer, cfg: DataConfig, split: str, key: str, work: str):
     """`ds` tokenized into Arrow files under `work`, by `data.num_proc` processes when the split
     is large enough to pay for their start-up."""
     import datasets
-    procs = max(1, min(cfg.num_proc or os.cpu_count() or 1, len(ds) // _MIN_ROWS_PER_PROC))
+    procs = processes(cfg, len(ds))
     if procs == 1:  # the fast tokenizer's own threads use the cores
         return ds.map(_encode, cache_file_name=os.path.join(work, "tokens.arrow"), new_fingerprint=key,
                       desc=f"tokenize {split}", **_map_kwargs(ds, tokenizer, cfg))
