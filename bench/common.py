@@ -149,6 +149,12 @@ def run_worker(module: str, argv: list[str], env: Mapping[str, str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def reply(result: dict) -> None:
+    """A worker's answer to `run_worker`: `result` with this process's peak RSS (unless the
+    worker measured its own) as the last stdout line."""
+    print(json.dumps({"peak_rss_mib": peak_rss_mib(), **result}))
+
+
 def machine() -> dict:
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "allocator": allocator()}
 

@@ -56,7 +56,6 @@ import argparse
 import hashlib
 import importlib.util
 import itertools
-import json
 import os
 import resource
 import shutil
@@ -67,7 +66,7 @@ import time
 
 from dq_jax.table import format_table
 
-from bench.common import ROOT, WorkerError, cpu, cpu_line, peak_rss_mib, run_worker, speedups, worker_env, write_json
+from bench.common import ROOT, WorkerError, cpu, cpu_line, peak_rss_mib, reply, run_worker, speedups, worker_env, write_json
 
 OLD_REVISION = "5859ace"
 OLD_MODULE = f"dq_jax_data_{OLD_REVISION}"
@@ -367,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         result = (worker_today(args.corpus_file, args.old_module, args.tokenizer, args.ids_out)
                   if args.worker == "today" else
                   worker_new(args.corpus_file, args.cache_dir, args.tokenizer, args.num_proc, args.ids_out))
-        print(json.dumps(result))
+        reply(result)  # its peak_rss_mib is the worker's own, children included
         return
     shared = shared_data()
     if not os.path.isdir(shared):

@@ -78,7 +78,7 @@ import time
 
 import numpy as np
 
-from bench.common import (PRESETS, WorkerError, compute_unavailable, cpu, cpu_line, peak_rss_mib, quant_config,
+from bench.common import (PRESETS, WorkerError, compute_unavailable, cpu, cpu_line, quant_config, reply,
                           run_worker, speedups, timeit, worker_env, write_json)
 from dq_jax.table import format_table
 
@@ -328,8 +328,7 @@ def main():
         else:
             result = worker_ct2(args.dir, args.worker.split("/")[1].replace("fp32", "float32"), args.threads,
                                 args.repeat)
-        result["peak_rss_mib"] = peak_rss_mib()
-        print(json.dumps(result))
+        reply(result)
         return
 
     p = PRESETS[args.preset]

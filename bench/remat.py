@@ -29,12 +29,11 @@ Prints the CPU line and a table; writes bench/results/remat.json with top-level 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 from dq_jax.table import format_table
 
-from bench.common import PRESETS, WorkerError, cpu, cpu_line, peak_rss_mib, run_worker, speedups, worker_env, write_json
+from bench.common import PRESETS, WorkerError, cpu, cpu_line, reply, run_worker, speedups, worker_env, write_json
 
 MODES = ("none", "full", "dots")
 QUANT = (2, 2, 8)
@@ -144,8 +143,7 @@ def main():
     if args.worker:
         r = (worker_compile(args.preset, args.batch, args.mode) if args.worker == "compile"
              else worker_time(args.preset, args.batch, args.mode, args.steps))
-        r["peak_rss_mib"] = peak_rss_mib()
-        print(json.dumps(r))
+        reply(r)
         return
 
     env = worker_env()

@@ -37,15 +37,14 @@ with top-level `cpu` and `speedup` ("<our mode> vs <peer>": the peer's best step
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 
 from dq_jax.table import format_table
 
-from bench.common import (PRESETS, WorkerError, compute_unavailable, cpu, cpu_line, peak_rss_mib,
-                          quant_config, run_worker, speedups, timeit, worker_env, write_json)
+from bench.common import (PRESETS, WorkerError, compute_unavailable, cpu, cpu_line,
+                          quant_config, reply, run_worker, speedups, timeit, worker_env, write_json)
 
 QUANT = (2, 2, 8)
 OURS = ("fake/fp32", "codes/fp32", "codes/bf16")
@@ -272,8 +271,7 @@ def main():
         else:
             result = (worker_jax(args.dir, args.steps, args.mode) if args.worker == "jax"
                       else worker_torch(args.dir, args.steps, args.mode, args.threads))
-        result["peak_rss_mib"] = peak_rss_mib()
-        print(json.dumps(result))
+        reply(result)
         return
     env = worker_env()
     rec = cpu(env)
