@@ -61,7 +61,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.student = ml_collections.ConfigDict(dict(
         layers="6-6",
-        encoder_map="", decoder_map=""))  # explicit teacher layers, e.g. "0,2,5"; empty: the rule
+        encoder_map="", decoder_map="",  # explicit teacher layers, e.g. "0,2,5"; empty: the rule
+        # the fraction of the training split the student trains on, a subset drawn by student.seed
+        # (the teacher stage always trains on the whole split)
+        train_fraction=1.0,
+        seed=-1))  # the distill stage's data order, dropout and subset; -1: the run's `seed`
 
     c.quant = ml_collections.ConfigDict(dict(
         weight_bits=2, embed_bits=2, act_bits=8,  # 0 = full precision

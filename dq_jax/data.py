@@ -48,6 +48,7 @@ class TokenColumn:
     values: tuple[np.ndarray, ...]  # per chunk, the flat ids
     offsets: tuple[np.ndarray, ...]  # per chunk, [rows + 1] positions into its values
     starts: np.ndarray  # [chunks + 1] first row of each chunk, then the row count
+    rows: np.ndarray | None = None  # a view of these rows of the column, in this order (None: all)
 
     @classmethod
     def from_arrow(cls, column) -> "TokenColumn":
@@ -63,12 +64,14 @@ class TokenColumn:
         return cls.from_arrow(pa.chunked_array([pa.array([list(map(int, r)) for r in rows], pa.list_(pa.int32()))]))
 
     def __len__(self) -> int:
-        return int(self.starts[-1])
+        return int(self.starts[-1]) if self.rows is None else len(self.rows)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        c = int(np.searchsorted(self.starts, i, side="right")) - 1
         if not 0 <= i < len(self):
             raise IndexError(i)
+        if self.rows is not None:
+            i = int(self.rows[i])
+        c = int(np.searchsorted(self.starts, i, side="right")) - 1
         o = self.offsets[c]
         j = i - self.starts[c]
         return self.values[c][o[j]: o[j + 1]]
@@ -77,10 +80,20 @@ class TokenColumn:
         """[N] the length of every row, from the offsets alone."""
         if not self.offsets:
             return np.zeros(0, np.int64)
-        return np.concatenate([np.diff(o) for o in self.offsets])[: len(self)]
+        every = np.concatenate([np.diff(o) for o in self.offsets])[: int(self.starts[-1])]
+        return every if self.rows is None else every[self.rows]
 
     def head(self, n: int) -> "TokenColumn":
+        if self.rows is not None:
+            return self.take(np.arange(min(n, len(self))))
         return dataclasses.replace(self, starts=np.minimum(self.starts, n))
+
+    def take(self, idx: np.ndarray) -> "TokenColumn":
+        """A view of rows `idx` (in that order) without copying any ids."""
+        idx = np.asarray(idx, np.int64)
+        if len(idx) and not (0 <= idx.min() and idx.max() < len(self)):
+            raise IndexError(f"rows outside [0, {len(self)})")
+        return dataclasses.replace(self, rows=idx if self.rows is None else self.rows[idx])
 
 
 class TextColumn(Sequence[str]):
@@ -100,6 +113,9 @@ class TextColumn(Sequence[str]):
             return TextColumn(self.column.slice(start, max(stop - start, 0)))
         return self.column[i].as_py()
 
+    def take(self, idx: np.ndarray) -> "TextColumn":
+        return TextColumn(self.column.take(np.asarray(idx, np.int64)))
+
 
 @dataclasses.dataclass(frozen=True)
 class Tokenized:
@@ -118,6 +134,26 @@ class Tokenized:
         """The first `n` examples."""
         return dataclasses.replace(self, source=self.source.head(n), target=self.target.head(n),
                                    references=self.references[:n])
+
+    def take(self, idx: np.ndarray) -> "Tokenized":
+        """Examples `idx`, in that order: views of the token columns, no ids copied. The truncation
+        counts stay those of the whole split, which is what was tokenized."""
+        source, target = self.source.take(idx), self.target.take(idx)  # these check idx
+        refs = self.references
+        refs = refs.take(idx) if isinstance(refs, TextColumn) else [refs[int(i)] for i in idx]
+        return dataclasses.replace(self, source=source, target=target, references=refs)
+
+
+def fraction_rows(n: int, fraction: float, seed: int) -> np.ndarray:
+    """The rows a `fraction` of an `n`-example split keeps: `round(fraction * n)` of them (at
+    least one), drawn without replacement by `seed` alone and returned in file order, so the
+    same (n, fraction, seed) always gives the same subset on every host."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction}: must be in (0, 1].")
+    k = max(1, round(fraction * n))
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, n]).choice(n, size=k, replace=False))
 
 
 def bucket(n: int, min_bucket: int, cap: int) -> int:

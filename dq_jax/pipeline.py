@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any
@@ -64,15 +65,16 @@ class _Job:
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
 
-    def stage_data(self, cfg: ModelConfig) -> StageData:
-        return StageData(self.splits["train"], self.splits["validation"], self.data, cfg.pad_token_id,
-                         cfg.decoder_start_token_id, cfg.model_type)
+    def stage_data(self, cfg: ModelConfig, train: data_lib.Tokenized | None = None) -> StageData:
+        return StageData(self.splits["train"] if train is None else train, self.splits["validation"], self.data,
+                         cfg.pad_token_id, cfg.decoder_start_token_id, cfg.model_type)
 
     def stage(self, name: str, train: TrainSettings, model: Seq2SeqLM, init_params: dict, teacher: Teacher | None,
-              loss: distill.DistillConfig) -> Stage:
+              loss: distill.DistillConfig, seed: int, train_split: data_lib.Tokenized | None = None) -> Stage:
         return Stage(name=name, workdir=self.workdir, train=train, eval=self.spec.eval, model=model,
-                     init_params=init_params, teacher=teacher, distill=loss, data=self.stage_data(model.cfg),
-                     tokenizer=self.tokenizer, mesh=self.mesh, seed=self.spec.seed, metrics=self.metrics)
+                     init_params=init_params, teacher=teacher, distill=loss,
+                     data=self.stage_data(model.cfg, train_split), tokenizer=self.tokenizer, mesh=self.mesh,
+                     seed=seed, metrics=self.metrics)
 
     def finished(self, product: str) -> bool:
         return os.path.exists(self.path(product, "config.json"))
@@ -170,7 +172,7 @@ def _teacher(job: _Job, results: dict) -> tuple[ModelConfig, dict]:
     if train_teacher:
         out = train_stage(job.stage("teacher", spec.teacher.train, job.model(t_cfg, remat=spec.teacher.train.remat),
                                     t_params, None,
-                                    distill.DistillConfig(logit_weight=0, inter_weight=0)))
+                                    distill.DistillConfig(logit_weight=0, inter_weight=0), spec.seed))
         t_params, results["teacher_dev"] = out.params, out.best
     if distributed.is_main():
         hf.save_pretrained(t_cfg, t_params, teacher_dir)
@@ -179,8 +181,25 @@ def _teacher(job: _Job, results: dict) -> tuple[ModelConfig, dict]:
     return t_cfg, t_params
 
 
-def _student(job: _Job, t_cfg: ModelConfig, t_params: dict, results: dict) -> tuple[Seq2SeqLM, dict]:
-    """The student model and its params: distilled here, or as an earlier run left them."""
+def student_train_split(spec: RunSpec, train: data_lib.Tokenized) -> tuple[data_lib.Tokenized, dict]:
+    """The rows of the training split the student trains on (`student.train_fraction` of them,
+    drawn by `student.seed`) and their record for results.json: fraction, seed, how many of how
+    many, and the SHA-256 of the row indices (int64, little-endian), which names the subset."""
+    rows = data_lib.fraction_rows(len(train), spec.student.train_fraction, spec.student.seed)
+    batch = spec.train.batch_size * spec.train.grad_accum
+    if "distill" in spec.stages and len(rows) < batch:
+        raise ValueError(f"student.train_fraction={spec.student.train_fraction} keeps {len(rows)} of the "
+                         f"{len(train)} training examples, fewer than one batch of {batch} "
+                         "(train.batch_size x train.grad_accum): raise the fraction or lower the batch.")
+    record = {"fraction": spec.student.train_fraction, "seed": spec.student.seed, "examples": len(rows),
+              "of": len(train), "rows_sha256": hashlib.sha256(rows.astype("<i8").tobytes()).hexdigest()}
+    return (train if len(rows) == len(train) else train.take(rows)), record
+
+
+def _student(job: _Job, t_cfg: ModelConfig, t_params: dict, train_split: data_lib.Tokenized,
+             results: dict) -> tuple[Seq2SeqLM, dict]:
+    """The student model and its params: distilled here on `train_split`, or as an earlier run
+    left them."""
     spec, student_dir = job.spec, job.path("student_hf")
     enc_map, dec_map = student_maps(spec, t_cfg)
     s_cfg, s_init = distill.init_student(t_cfg, t_params, *spec.student.layers, enc_map, dec_map)
@@ -193,7 +212,8 @@ def _student(job: _Job, t_cfg: ModelConfig, t_params: dict, results: dict) -> tu
         loss = distill.DistillConfig(spec.distill.mode, w_logit, w_inter, enc_map, dec_map)
         teacher = Teacher(job.model(t_cfg), t_params) if loss.uses_teacher else None
         trained = job.model(s_cfg, spec.quant, spec.train.remat)
-        out = train_stage(job.stage("distill", spec.train, trained, s_init, teacher, loss))
+        out = train_stage(job.stage("distill", spec.train, trained, s_init, teacher, loss, spec.student.seed,
+                                    train_split))
         results["student_dev"] = out.best
         if distributed.is_main():
             save_student(s_cfg, out.params, spec.quant, student_dir, job.path("teacher_hf"),
@@ -241,9 +261,11 @@ def _run(spec: RunSpec, workdir: str) -> dict:
               for s in data_lib.SPLITS}
     job = _Job(spec, workdir, mesh, metrics, tok, data_cfg, splits)
     results: dict = {"workdir": os.path.abspath(workdir)}
+    # before the teacher trains: a fraction too small for one batch fails now, not an hour later
+    student_split, results["student_train_data"] = student_train_split(spec, splits["train"])
 
     t_cfg, t_params = _teacher(job, results)
-    student, s_params = _student(job, t_cfg, t_params, results)
+    student, s_params = _student(job, t_cfg, t_params, student_split, results)
     if "eval" in spec.stages:
         _test(job, (("teacher", job.model(t_cfg), t_params), ("student", student, s_params)), results)
     if "export" in spec.stages and os.path.exists(job.path("student_hf", STUDENT_META)) and distributed.is_main():

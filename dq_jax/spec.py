@@ -69,6 +69,8 @@ class StudentSpec:
     layers: tuple[int, int]  # (encoder, decoder)
     encoder_map: tuple[int, ...]  # teacher layer per student layer; (): `distill.layer_map`'s rule
     decoder_map: tuple[int, ...]
+    train_fraction: float = 1.0  # of the training split, for the distill stage (the teacher keeps all)
+    seed: int = 0  # of the distill stage: data order, dropout and the train_fraction subset
 
 
 @dataclasses.dataclass(frozen=True)

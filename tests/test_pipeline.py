@@ -1,5 +1,6 @@
 """The main job end to end through its command line, on real data from ../shared/data."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import transformers
+
+from dq_jax import data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,9 +63,13 @@ def test_xsum_teacher_distill_eval(tmp_path, xsum_files, tiny_bart):
         "configs/xsum.py:wbits=2,ebits=2,abits=8,layers=2-1", work,
         f"--config.teacher.path={tiny_bart}", "--config.data.name=", *_data_files(xsum_files), *FEW_STEPS,
         "--config.data.max_source_length=128", "--config.data.max_target_length=32",
-        "--config.teacher.learning_rate=1e-3", "--config.eval.min_length=2", "--config.eval.max_length=12")
+        "--config.teacher.learning_rate=1e-3", "--config.eval.min_length=2", "--config.eval.max_length=12",
+        "--config.student.train_fraction=0.5", "--config.student.seed=3")
     assert out.returncode == 0, out.stderr[-4000:]
     results = json.loads((work / "results.json").read_text())
+    rows = data.fraction_rows(64, 0.5, 3)  # the student's half of the 64 training rows
+    assert results["student_train_data"] == {"fraction": 0.5, "seed": 3, "examples": 32, "of": 64,
+                                             "rows_sha256": hashlib.sha256(rows.astype("<i8").tobytes()).hexdigest()}
     for who in ("teacher", "student"):
         assert set(results[f"{who}_test"]) >= {"rouge1", "rouge2", "rougeL", "rougeLsum"}
         assert (work / f"predictions_{who}_test.txt").read_text().count("\n") == 16

@@ -46,6 +46,8 @@ RANGES = (
     ("teacher.learning_rate", NUMBER, _above(0), None),
     ("teacher.steps", INT, _at_least(0), None),  # 0: teacher.epochs decide
     ("teacher.epochs", INT, _at_least(0), None),
+    ("student.train_fraction", NUMBER, ((lambda v: 0 < v <= 1), "in (0, 1]"), None),
+    ("student.seed", INT, _at_least(-1, "-1: the run's seed"), None),
     ("quant.weight_clip", NUMBER, _above(0), None),
     ("quant.act_clip", NUMBER, _above(0), None),
     ("quant.mse_steps", INT, _at_least(1), None),

@@ -117,7 +117,9 @@ def spec_from_config(c: ml_collections.ConfigDict) -> RunSpec:
     distill = _distill(c.distill)
     student = StudentSpec(layers=_layers(c.student.layers),
                           encoder_map=_map(c.student.encoder_map, "student.encoder_map"),
-                          decoder_map=_map(c.student.decoder_map, "student.decoder_map"))
+                          decoder_map=_map(c.student.decoder_map, "student.decoder_map"),
+                          train_fraction=float(c.student.train_fraction),
+                          seed=c.seed if c.student.seed == -1 else c.student.seed)
     data = _data(c.data)
     precision.compute_dtype(c.precision)  # a known precision
     return RunSpec(seed=c.seed, stages=stages, mesh=tuple(c.mesh), precision=c.precision,
