@@ -38,7 +38,35 @@ VERSION = 1
 
 
 class PackedFileError(ValueError):
-    pass
+    """A packed file this dq-jax cannot read: unreadable, not the packed format, or too new."""
+
+
+class NotPackedError(PackedFileError):
+    """A file that is not a dq-jax packed file; `readable`: safetensors could read its header."""
+
+    def __init__(self, message: str, readable: bool):
+        super().__init__(message)
+        self.readable = readable
+
+
+def packed_metadata(path: str) -> dict:
+    """The header metadata of a packed file, checked (no tensors read): it exists, safetensors
+    reads it, its format is ours and its version one this dq-jax reads."""
+    from safetensors import safe_open
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Packed file {path} does not exist.")
+    try:
+        with safe_open(path, framework="np") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors reports truncation and garbage as various errors
+        raise NotPackedError(f"{path} is not a readable packed file (truncated or corrupt?): {e}", False) from e
+    if meta.get("format") != FORMAT:
+        raise NotPackedError(f"{path} is not a dq-jax packed file (format={meta.get('format')!r}).", True)
+    version = int(meta.get("version", "0"))
+    if version > VERSION:
+        raise PackedFileError(f"{path} has packed format version {version}, newer than this dq-jax reads "
+                              f"({VERSION}); upgrade dq-jax.")
+    return meta
 
 
 def _numpy_codes(value, rule: WeightRule) -> tuple[np.ndarray, np.ndarray]:
@@ -144,20 +172,12 @@ def read_packed(path: str) -> tuple[dict, dict, dict[str, np.ndarray], dict]:
     """numpy only: (HF config dict, quant config dict, HF state dict of dequantized fp32 tensors,
     {"generation_config", "tokenizer"})."""
     from safetensors import safe_open
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Packed file {path} does not exist.")
+    meta = packed_metadata(path)
     try:
         with safe_open(path, framework="np") as f:
-            meta = f.metadata() or {}
             raw = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors reports truncation and garbage as various errors
+    except Exception as e:  # a header that reads over a truncated body
         raise PackedFileError(f"{path} is not a readable packed file (truncated or corrupt?): {e}") from e
-    if meta.get("format") != FORMAT:
-        raise PackedFileError(f"{path} is not a dq-jax packed file (format={meta.get('format')!r}).")
-    version = int(meta.get("version", "0"))
-    if version > VERSION:
-        raise PackedFileError(f"{path} has packed format version {version}, newer than this dq-jax reads "
-                              f"({VERSION}); upgrade dq-jax.")
     entries = json.loads(meta["quantized"])
     elastic = {k[len(ELASTIC) + 1:].replace(".", "/"): float(v) for k, v in raw.items() if k.startswith(ELASTIC + ".")}
     sd = {k: v for k, v in raw.items() if not k.endswith((".codes", ".scales")) and not k.startswith(ELASTIC + ".")}

@@ -64,16 +64,12 @@ def model_kind(path: str) -> str:
         meta = os.path.join(path, "student_hf", STUDENT_META)
         raise ValueError(f"{path} is a directory without a finished student ({meta} is missing); pass a finished "
                          "run's workdir or a packed .safetensors file.")
-    from safetensors import safe_open
     try:
-        with safe_open(path, framework="np") as f:
-            fmt = (f.metadata() or {}).get("format")
-    except Exception as e:  # safetensors reports non-safetensors files as assorted errors
-        if path.endswith(".safetensors"):
-            raise export.PackedFileError(f"{path} is not a readable packed file (truncated or corrupt?): {e}") from e
-        fmt = None
-    if fmt != export.FORMAT:
-        raise ValueError(f"{path} is neither a workdir with a finished student nor a dq-jax packed file.")
+        export.packed_metadata(path)
+    except export.NotPackedError as e:
+        if not e.readable and path.endswith(".safetensors"):  # meant as a packed file: say it is damaged
+            raise
+        raise ValueError(f"{path} is neither a workdir with a finished student nor a dq-jax packed file.") from None
     return PACKED
 
 
@@ -89,14 +85,9 @@ def packed_codes(path: str) -> tuple[ModelConfig, QuantConfig, dict, dict]:
     """(config, quant config, Flax params with quantized weights as int8 `Codes`, metadata) of a
     packed file, equal to `quantized_student(cfg, quant, master params)`'s. numpy arrays."""
     from safetensors import safe_open
-    if model_kind(path) != PACKED:
-        raise ValueError(f"{path} is not a packed file.")
+    meta = export.packed_metadata(path)
     try:
         with safe_open(path, framework="np") as f:
-            meta = f.metadata()
-            if int(meta.get("version", "0")) > export.VERSION:
-                raise export.PackedFileError(f"{path} has packed format version {meta['version']}, newer than this "
-                                             f"dq-jax reads ({export.VERSION}); upgrade dq-jax.")
             cfg = ModelConfig.from_hf_dict(json.loads(meta["model_config"]))
             quant = QuantConfig.from_dict(json.loads(meta["quant_config"]))
             entries = json.loads(meta["quantized"])

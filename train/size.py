@@ -18,24 +18,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optional
                                           lock_config=True)
 flags.mark_flags_as_required(["config"])
 
-def teacher_config(spec):
-    """The teacher's shapes: a local HF directory's config, a known hub checkpoint's (offline), or
-    a scratch size's with the demo tokenizer's 1000 tokens."""
-    from dq_jax import hf, model_sizes
-    if spec.teacher.path and os.path.isdir(spec.teacher.path):
-        return hf.load_model_config(spec.teacher.path)
-    if spec.teacher.path in model_sizes.HUB:
-        return model_sizes.model_config(model_sizes.HUB[spec.teacher.path])
-    if spec.teacher.scratch:
-        return model_sizes.model_config(spec.teacher.scratch, vocab_size=1000)
-    raise ValueError(f"Cannot tell the teacher's shapes from teacher.path={spec.teacher.path!r}; "
-                     "point it at a local HF directory.")
-
-
 def report(spec) -> dict:
-    from dq_jax import distill, hf, size
+    from dq_jax import distill, hf, planner, size
     from dq_jax.quant_config import QuantConfig, split_elastic
-    t_cfg = teacher_config(spec)
+    t_cfg = planner.teacher_shape(spec).cfg  # the one rule for a teacher's shapes without its weights
     enc, dec = spec.student.layers
     distill.layer_map(t_cfg.encoder_layers, enc, side="encoder")
     distill.layer_map(t_cfg.decoder_layers, dec, side="decoder")
