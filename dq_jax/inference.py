@@ -35,7 +35,7 @@ from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
 from dq_jax.policy import param_rule
 from dq_jax.quant_config import ELASTIC, QuantConfig
-from dq_jax.quantized_model import quantized_student, resident_bytes
+from dq_jax.quantized_model import float_kernels_in, quantized_student, resident_bytes
 from dq_jax.student_dir import STUDENT_META, load_student
 
 PACKED, WORKDIR = "packed", "workdir"
@@ -171,8 +171,9 @@ def load(path: str, compute: str = "codes") -> InferenceStudent:
         run_precision = info.get("precision", "fp32")
     if "compute" in {f.name for f in dataclasses.fields(QuantConfig)}:
         quant = dataclasses.replace(quant, compute=compute)
-    params = jax.device_put(params)
-    model = Seq2SeqLM(cfg, quant, dtype=precision.compute_dtype(run_precision))  # as the run evaluated it
+    dtype = precision.compute_dtype(run_precision)
+    params = jax.device_put(float_kernels_in(params, dtype))
+    model = Seq2SeqLM(cfg, quant, dtype=dtype)  # as the run evaluated it
     return InferenceStudent(model, params, tokenizer, _generation(cfg, stored), resident_bytes(params),
                             _fp32_bytes(params), kind)
 

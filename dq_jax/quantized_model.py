@@ -26,7 +26,24 @@ def quantized_student(cfg: ModelConfig, quant: QuantConfig, params: dict, dtype=
     `Seq2SeqLM(cfg, quant, dtype=dtype)` on the master `params` in either compute mode: the same
     codes, computed once."""
     cfg, params = untie_lm_head(cfg, params, quant)  # an fp32 head stays fp32; the table becomes codes
-    return Seq2SeqLM(cfg, quant, dtype=dtype), _quantize_tree(params, quant)
+    return Seq2SeqLM(cfg, quant, dtype=dtype), float_kernels_in(_quantize_tree(params, quant), dtype)
+
+
+def float_kernels_in(params: dict, dtype) -> dict:
+    """`params` with every float matmul kernel (one that is not `Codes`: an unquantized LM head,
+    full-precision layers) held in the compute `dtype`. A bf16 model casts each such kernel to
+    bf16 at every product (`precision.einsum`); casting once instead gives the same products
+    bit for bit, and a decode step then reads half the bytes (the fp32 LM head is most of what
+    a step streams). Biases, norms and embedding tables, which do not enter a bf16 product
+    whole, stay as they are."""
+    if jnp.dtype(dtype) == jnp.float32:
+        return params
+
+    def cast(path, leaf):
+        if isinstance(leaf, Codes) or getattr(path[-1], "key", None) != "kernel":
+            return leaf
+        return jnp.asarray(leaf, dtype)
+    return jax.tree_util.tree_map_with_path(cast, params, is_leaf=lambda x: isinstance(x, Codes))
 
 
 # compiled once per (tree structure, QuantConfig): every evaluation of a run reuses it

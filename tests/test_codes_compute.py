@@ -520,6 +520,29 @@ def test_generation_codes_vs_fake_and_quantized_student(talker, name):
                                    err_msg=str(key))
 
 
+@pytest.mark.parametrize("q", [QuantConfig(2, 2, 8, compute="codes"), QuantConfig(None, None, None)],
+                         ids=["2-2-8 fp32 head", "full precision"])
+def test_bf16_student_holds_its_float_kernels_in_bf16_with_the_same_logits(talker, q):
+    """Quantized once for bf16 generation, the float kernels (the untied LM head; every Linear of
+    a full-precision student) are stored in bf16: the logits equal the bf16 model's on the fp32
+    master weights bit for bit (it casts them at every product), and they take half the bytes."""
+    cfg, params, ids, am = talker
+    dec = jnp.full((ids.shape[0], 5), cfg.decoder_start_token_id, jnp.int32)
+    model, qparams = quantized_student(cfg, q, params, jnp.bfloat16)
+    head = qparams["lm_head"]["kernel"] if "lm_head" in qparams else None
+    kernels = [x for p, x in hf.flatten(qparams) if p[-1] == "kernel" and not isinstance(x, Codes)]
+    assert kernels and all(x.dtype == jnp.bfloat16 for x in kernels)
+    emb = qparams["shared"]["embedding"]
+    assert (head is not None) == bool(q.embed_bits) and (isinstance(emb, Codes) or emb.dtype == jnp.float32)
+    want = modeling.Seq2SeqLM(cfg, q, dtype=jnp.bfloat16).apply({"params": params}, jnp.asarray(ids), jnp.asarray(am),
+                                                               dec)
+    got = model.apply({"params": qparams}, jnp.asarray(ids), jnp.asarray(am), dec)
+    np.testing.assert_array_equal(np.asarray(got.logits), np.asarray(want.logits))
+    _, fp32_held = quantized_student(cfg, q, params)
+    saved = sum(x.size * 2 for x in kernels)
+    assert resident_bytes(qparams) == resident_bytes(fp32_held) - saved
+
+
 def _expected_resident_bytes(params: dict, q: QuantConfig) -> int:
     """Bytes of a student quantized once, counted from the fp32 tree and the config alone:
     every quantized tensor as one int8 code per element plus one fp32 scale per tensor (per
