@@ -262,7 +262,9 @@ def _run(spec: RunSpec, workdir: str) -> dict:
     job = _Job(spec, workdir, mesh, metrics, tok, data_cfg, splits)
     results: dict = {"workdir": os.path.abspath(workdir)}
     # before the teacher trains: a fraction too small for one batch fails now, not an hour later
-    student_split, results["student_train_data"] = student_train_split(spec, splits["train"])
+    student_split, student_data = student_train_split(spec, splits["train"])
+    if "distill" in spec.stages or job.finished("student_hf"):  # a run with a student says what it saw
+        results["student_train_data"] = student_data
 
     t_cfg, t_params = _teacher(job, results)
     student, s_params = _student(job, t_cfg, t_params, student_split, results)
