@@ -254,9 +254,12 @@ def _plot(rows: list[dict], metric: str, stats: dict, all_jobs: list[Job], setti
             first.setdefault(j.row.name, j.point.name)
     by_point = {r["point"]: r for r in rows}
     out = [r for r in rows if r["distill"] == "teacher"]
+    kinds = {j.row.name: j.row.kind for j in all_jobs}
+    label = {"quantization only": "quant-only", "distillation only": "distill-only"}  # else DQ
     for name, point in first.items():
         if (setting, name) in stats and point in by_point:
-            out.append({**by_point[point], "point": name, key: stats[(setting, name)].mean})
+            out.append({**by_point[point], "point": name, key: stats[(setting, name)].mean,
+                        "distill": label.get(kinds[name], "DQ")})
     plot_tradeoff(out, metric, path, title=title)
 
 
