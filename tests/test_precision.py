@@ -78,7 +78,7 @@ def test_bf16_model_stays_close_to_fp32_and_trains():
 def test_config_keys_are_validated():
     c = demo.get_config()
     spec = spec_from_config(c)
-    assert spec.precision == "fp32" and spec.quant.compute == "fake"
+    assert spec.precision == "fp32" and spec.quant.compute == "codes"
     c.unlock()
     c.precision = "bf16"
     c.quant.compute = "codes"

@@ -235,6 +235,7 @@ def _assert_same_weights(a, b):
         assert np.array_equal(a[k], b[k]), k
 
 
+@pytest.mark.slow  # a demo run and a killed one; the default suite's SIGKILL-and-resume test is test_pipeline's
 def test_sigkill_during_an_async_checkpoint_save(tmp_path, straight_run):
     work = tmp_path / "run"
     proc = _demo(work, wait=False)
@@ -257,6 +258,7 @@ def test_sigkill_during_an_async_checkpoint_save(tmp_path, straight_run):
     _assert_same_weights(_teacher_weights(work), straight_run)
 
 
+@pytest.mark.slow  # a demo run and a killed one; the default suite's SIGKILL-and-resume test is test_pipeline's
 def test_checkpoint_damaged_by_hand_falls_back_and_finishes_like_an_uninterrupted_run(tmp_path, straight_run):
     work = tmp_path / "run"
     proc = _demo(work, wait=False)
@@ -294,10 +296,11 @@ def test_soak_five_kills_at_random_points_end_like_an_uninterrupted_run(tmp_path
 
 def test_ctrl_c_and_sigterm_become_a_stop_request_between_steps():
     from dq_jax.stop_signals import StopRequests
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs in the background
     with StopRequests().installed() as stop:
         assert not stop
         os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt mid-step: the loop saves first
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
     assert stop and stop.signum == signal.SIGINT and stop.name == "SIGINT"  # the first one counts
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored afterwards
+    assert signal.getsignal(signal.SIGINT) is before  # restored afterwards

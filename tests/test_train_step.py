@@ -56,7 +56,9 @@ def _max_rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
-@pytest.mark.parametrize("quant,tol", [(None, 1e-5), (QuantConfig(2, 2, 8), 1e-3)], ids=["fp32", "2-2-8"])
+# fp32 is -m slow: the 2-2-8 case runs the same meshes and sharded step with the quantizers on
+@pytest.mark.parametrize("quant,tol", [pytest.param(None, 1e-5, id="fp32", marks=pytest.mark.slow),
+                                       pytest.param(QuantConfig(2, 2, 8), 1e-3, id="2-2-8")])
 def test_meshes_match_single_device(setup, quant, tol):
     ref_state, ref_losses, _ = _run(setup, (1, 1, 1), quant, devices=jax.devices()[:1])
     assert all(m["finite"] == 1 for m in ref_losses)
