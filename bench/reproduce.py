@@ -96,10 +96,11 @@ def setting_names(fraction: float) -> dict[str, float]:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
+    """A student job: its sweep point (the seed is in its overrides), data setting and row."""
+
     point: Point
     setting: str
     row: Row
-    seed: int
 
 
 def jobs(enc: int, dec: int, fraction: float, seeds: int) -> list[Job]:
@@ -111,7 +112,7 @@ def jobs(enc: int, dec: int, fraction: float, seeds: int) -> list[Job]:
                 overrides = {**_bits(*row.wea), "student.layers": row.layers, **row.overrides,
                              "student.train_fraction": str(frac), "student.seed": str(seed)}
                 name = f"{setting}_{row.name}" + (f"_s{seed}" if row.seeded else "")
-                out.append(Job(Point(name, overrides), setting, row, seed))
+                out.append(Job(Point(name, overrides), setting, row))
     return out
 
 
