@@ -169,6 +169,59 @@ def test_mbart_truncation_keeps_eos_and_the_language_code(tmp_path, mbart_tok, s
     assert not hit and back.source[0][-1] == ro
 
 
+# Texts where a cut before a space could go wrong: runs of mixed whitespace, Unicode spaces
+# (no-break, ideographic, line separator, and \x1c, which str.isspace calls a space and the
+# split pattern does not), contractions, digits, punctuation runs, special tokens in the text,
+# text without spaces, words that take many characters per token, a leading space.
+_AWKWARD = [
+    "Hello  world\t\tfoo\n\nbar it's   they'll  42  3.14 -- (x) " * 12,
+    "a\u00a0b\u3000c\x1cd\u2028e f  g\u00a0 h " * 14,
+    "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8" * 30,
+    "\U0001F600 \U0001F600\U0001F600 caf\u00e9 na\u00efve " * 15,
+    " <mask> <s> </s> token<mask> " * 20,
+    " ".join(["x" * 30, "y" * 41, "zq" * 17] * 8),
+    "   leading spaces then words " * 20,
+    "word " * 8, "word " * 9, "",
+]
+
+
+def test_long_texts_encoded_from_a_prefix_give_the_whole_texts_ids(tok, mbart_tok, xsum, shared_data):
+    """BART's byte-level BPE may encode a long text from a prefix (`token_cache.prefix_exact`):
+    the truncated ids and the truncation flags equal those of the whole text, on real articles
+    and on awkward texts, for sources and targets, with and without a second, whole encoding."""
+    assert token_cache.prefix_exact(tok)
+    assert not token_cache.prefix_exact(mbart_tok)  # sentencepiece normalizer and Metaspace
+    cnn = [json.loads(line)["document"]
+           for line in (shared_data / "cnn_dailymail" / "validation_stories_allennlp.jsonl").read_text().splitlines()]
+    texts = [r["document"] for r in xsum[:200]] + cnn + _AWKWARD
+    suffix = token_cache.special_suffix(tok)
+    cut_rows = again_rows = 0
+    for max_len in (8, 16, 64, 1024):
+        limit = token_cache._CUT_CHARS_PER_TOKEN * max_len
+        for target in (False, True):
+            whole = token_cache._token_ids(tok, texts, target)
+            kept = token_cache._kept_ids(tok, texts, target, max_len, cut_prefix=True)
+            a, cut_a = token_cache._truncated(whole, max_len, suffix)
+            b, cut_b = token_cache._truncated(kept, max_len, suffix)
+            assert a.to_pylist() == b.to_pylist() and cut_a.tolist() == cut_b.tolist(), (max_len, target)
+        cuts = [t for t in texts if token_cache._prefix_cut(t, limit) is not t]
+        cut_rows += len(cuts)
+        again_rows += sum(len(r) <= max_len for r in token_cache._token_ids(
+            tok, [token_cache._prefix_cut(t, limit) for t in cuts], False))
+    assert cut_rows > 200 and again_rows > 0  # both branches ran
+
+
+def test_prefix_cut_stops_before_a_space_after_a_non_space():
+    cut = token_cache._prefix_cut
+    assert cut("ab cd ef", 20) == "ab cd ef"
+    assert cut("ab cd ef", 5) == "ab cd"  # the space at index 5 is kept out
+    assert cut("ab cd ef", 4) == "ab"
+    assert cut("ab   cd ef", 6) == "ab"  # never inside a run of spaces
+    assert cut("ab\u00a0 cd", 4) == "ab\u00a0 cd"  # a space after another space: no cut point
+    assert cut(" abcdef ghi", 5) == " abcdef ghi"  # only a space at index 0: no cut
+    assert cut("abcdefghij", 3) == "abcdefghij"
+
+
 def _same_entry_key(cfg, tok) -> str:
     return os.path.join(token_cache.cache_root(cfg),
                         token_cache.cache_key(cfg, "train", data_source.origin(cfg, "train"), tok))
