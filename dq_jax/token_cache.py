@@ -99,14 +99,13 @@ def _token_ids(tokenizer, texts: list[str], target: bool) -> list[list[int]]:
     if backend is None or not hasattr(backend, "encode_batch_fast") or backend.truncation is not None \
             or backend.padding is not None:
         return tokenizer(text_target=texts)["input_ids"] if target else tokenizer(texts)["input_ids"]
-    if not target:
-        return [e.ids for e in backend.encode_batch_fast(texts)]
-    if hasattr(tokenizer, "_switch_to_target_mode"):
+    switch = target and hasattr(tokenizer, "_switch_to_target_mode")
+    if switch:  # sets the backend's post-processor to the target's special tokens
         tokenizer._switch_to_target_mode()
     try:
-        return [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast(texts)]
+        return [e.ids for e in backend.encode_batch_fast(texts)]
     finally:
-        if hasattr(tokenizer, "_switch_to_input_mode"):
+        if switch and hasattr(tokenizer, "_switch_to_input_mode"):
             tokenizer._switch_to_input_mode()
 
 
@@ -152,8 +151,9 @@ def _kept_ids(tokenizer, texts: list[str], target: bool, max_len: int, cut_prefi
     cut = [_prefix_cut(t, _CUT_CHARS_PER_TOKEN * max_len) for t in texts]
     ids = _token_ids(tokenizer, cut, target)
     again = [i for i, (t, c, r) in enumerate(zip(texts, cut, ids)) if c is not t and len(r) <= max_len]
-    for i, r in zip(again, _token_ids(tokenizer, [texts[i] for i in again], target) if again else ()):
-        ids[i] = r
+    if again:
+        for i, r in zip(again, _token_ids(tokenizer, [texts[i] for i in again], target)):
+            ids[i] = r
     return ids
 
 
