@@ -179,7 +179,7 @@ def _features():
 def _map_kwargs(ds, tokenizer, cfg: DataConfig) -> dict:
     return dict(batched=True, batch_size=1000, remove_columns=ds.column_names, features=_features(),
                 fn_kwargs=dict(tokenizer=tokenizer, cfg=cfg, suffix=special_suffix(tokenizer),
-                                   cut_prefix=prefix_exact(tokenizer)))
+                               cut_prefix=prefix_exact(tokenizer)))
 
 
 def _tokenize_shard(shard, tokenizer, cfg: DataConfig, path: str, fingerprint: str, desc: str) -> str:
