@@ -15,23 +15,27 @@ The cache lives in `data.cache_dir`, else `$DQ_JAX_CACHE`, else `~/.cache/dq_jax
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import multiprocessing
 import os
 import shutil
 import time
+from typing import Any
 
 import numpy as np
 
 from dq_jax import data_source, user_cache
+from dq_jax.byte_level_bpe import ByteLevelBPE, IdRows
 from dq_jax.data import DataConfig, TextColumn, TokenColumn, Tokenized
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when an entry's layout or the tokenization rule changes
-_MIN_ROWS_PER_PROC = 2000  # below this a worker process costs more than it saves
+# Below this many rows per worker, one process is faster than several: starting a worker
+# (spawn, imports, the tokenizer) costs seconds, and `tiktoken` encodes ~6000 XSum rows a second.
+_MIN_ROWS_PER_PROC = 15000
 # Texts longer than this many characters per kept token are encoded from a prefix (see
 # `_prefix_cut`): English runs ~4.5 characters per BART token, so at 5 nearly every cut prefix
 # still yields more tokens than are kept, and the few that do not are encoded again whole.
@@ -76,19 +80,23 @@ def special_suffix(tokenizer) -> int:
     return len(full) - start - len(bare)
 
 
-def _truncated(ids: list[list[int]], max_len: int, suffix: int):
+def _truncated(rows: IdRows, max_len: int, suffix: int):
     """(Arrow list<int32> of the rows cut to `max_len` keeping their special suffix, [N] bool cut)."""
     import pyarrow as pa
-    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+    lengths = rows.lengths()
     cut = lengths > max_len
-    rows = (r[: max_len - suffix] + r[len(r) - suffix:] if c else r for r, c in zip(ids, cut))
-    offsets = np.zeros(len(ids) + 1, np.int32)
-    np.cumsum(np.minimum(lengths, max_len), out=offsets[1:])
-    values = np.fromiter(itertools.chain.from_iterable(rows), np.int32, int(offsets[-1]))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)), cut
+    kept = np.minimum(lengths, max_len)
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(kept, out=offsets[1:])
+    # Output position -> (row r, place j in it) -> the place it comes from: the head as is, the
+    # last `suffix` places of a cut row from the row's end.
+    r = np.repeat(np.arange(len(rows)), kept)
+    j = np.arange(int(offsets[-1])) - offsets[:-1][r]
+    source = rows.offsets[:-1][r] + j + np.where(cut[r] & (j >= max_len - suffix), (lengths - max_len)[r], 0)
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(rows.values[source])), cut
 
 
-def _token_ids(tokenizer, texts: list[str], target: bool) -> list[list[int]]:
+def _token_ids(tokenizer, texts: list[str], target: bool) -> IdRows:
     """`tokenizer(texts)["input_ids"]` (or `text_target=texts`), through the Rust backend's
     `encode_batch_fast` when the tokenizer has one in its plain state (no truncation or padding
     left set): it skips the character offsets nothing here reads, a fifth of the source encoding
@@ -98,12 +106,12 @@ def _token_ids(tokenizer, texts: list[str], target: bool) -> list[list[int]]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "encode_batch_fast") or backend.truncation is not None \
             or backend.padding is not None:
-        return tokenizer(text_target=texts)["input_ids"] if target else tokenizer(texts)["input_ids"]
+        return IdRows.from_lists(tokenizer(text_target=texts)["input_ids"] if target else tokenizer(texts)["input_ids"])
     switch = target and hasattr(tokenizer, "_switch_to_target_mode")
     if switch:  # sets the backend's post-processor to the target's special tokens
         tokenizer._switch_to_target_mode()
     try:
-        return [e.ids for e in backend.encode_batch_fast(texts)]
+        return IdRows.from_lists([e.ids for e in backend.encode_batch_fast(texts)])
     finally:
         if switch and hasattr(tokenizer, "_switch_to_input_mode"):
             tokenizer._switch_to_input_mode()
@@ -139,31 +147,65 @@ def _prefix_cut(text: str, limit: int) -> str:
     return text[:i] if i > 0 else text
 
 
-def _kept_ids(tokenizer, texts: list[str], target: bool, max_len: int, cut_prefix: bool) -> list[list[int]]:
-    """`_token_ids` of `texts`, exact wherever truncation to `max_len` reads them. With
-    `cut_prefix` (`prefix_exact`), a long text is encoded from a prefix of about
-    `_CUT_CHARS_PER_TOKEN * max_len` characters: when that prefix gives more than `max_len`
-    ids, its first `max_len - suffix` ids are the whole text's and the row is truncated either
-    way; otherwise the whole text is encoded again. Long articles are mostly text that
-    truncation throws away, and encoding is the tokenization's cost."""
-    if not cut_prefix:
-        return _token_ids(tokenizer, texts, target)
-    cut = [_prefix_cut(t, _CUT_CHARS_PER_TOKEN * max_len) for t in texts]
-    ids = _token_ids(tokenizer, cut, target)
-    again = [i for i, (t, c, r) in enumerate(zip(texts, cut, ids)) if c is not t and len(r) <= max_len]
-    if again:
-        for i, r in zip(again, _token_ids(tokenizer, [texts[i] for i in again], target)):
-            ids[i] = r
-    return ids
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+    """How texts become the tokenizer's token ids here: through `tiktoken` when the tokenizer
+    is plain byte-level BPE (`byte_level_bpe`; `bpe` is then set, with the special tokens the
+    tokenizer puts around a text in input and in target mode), else through the tokenizer; and
+    from a prefix of a long text when that gives the same ids (`prefix_exact`)."""
+
+    tokenizer: Any
+    bpe: ByteLevelBPE | None
+    frames: tuple[tuple[list[int], list[int]], ...]  # (input, target) mode: (prefix, suffix) ids
+    cut_prefix: bool
+
+    @classmethod
+    def of(cls, tokenizer) -> "Encoder":
+        bpe = ByteLevelBPE.from_tokenizer(tokenizer)
+        frames = ()
+        if bpe is not None:
+            bare = bpe.encode(["summary"]).row(0).tolist()
+            for target in (False, True):
+                full = _token_ids(tokenizer, ["summary"], target).row(0).tolist()
+                start = next((i for i in range(len(full)) if full[i: i + len(bare)] == bare), None)
+                if start is None:  # the post-processor changed the text's own ids: not plain BPE
+                    bpe, frames = None, ()
+                    break
+                frames += ((full[:start], full[start + len(bare):]),)
+        return cls(tokenizer, bpe, frames, prefix_exact(tokenizer))
+
+    def ids(self, texts: list[str], target: bool) -> IdRows:
+        """`_token_ids(self.tokenizer, texts, target)`, by `tiktoken` where it gives the same."""
+        if self.bpe is None:
+            return _token_ids(self.tokenizer, texts, target)
+        handled = self.bpe.handled(texts)
+        out = self.bpe.encode([t if h else "" for t, h in zip(texts, handled)]).framed(*self.frames[target])
+        rest = np.flatnonzero(~handled).tolist()  # texts holding a special token: the tokenizer's own
+        return out.replaced(rest, _token_ids(self.tokenizer, [texts[i] for i in rest], target)) if rest else out
+
+    def kept_ids(self, texts: list[str], target: bool, max_len: int) -> IdRows:
+        """`ids(texts, target)`, exact wherever truncation to `max_len` reads them. With
+        `cut_prefix`, a long text is encoded from a prefix of about `_CUT_CHARS_PER_TOKEN *
+        max_len` characters: when that prefix gives more than `max_len` ids, its first
+        `max_len - suffix` ids are the whole text's and the row is truncated either way;
+        otherwise the whole text is encoded again. Long articles are mostly text that truncation
+        throws away, and encoding is the tokenization's cost."""
+        if not self.cut_prefix:
+            return self.ids(texts, target)
+        cut = [_prefix_cut(t, _CUT_CHARS_PER_TOKEN * max_len) for t in texts]
+        ids = self.ids(cut, target)
+        lengths = ids.lengths()
+        again = [i for i, (t, c) in enumerate(zip(texts, cut)) if c is not t and lengths[i] <= max_len]
+        return ids.replaced(again, self.ids([texts[i] for i in again], target)) if again else ids
 
 
-def _encode(batch: dict, tokenizer, cfg: DataConfig, suffix: int, cut_prefix: bool):
+def _encode(batch: dict, encoder: Encoder, cfg: DataConfig, suffix: int):
     """A batch of rows -> an Arrow table of token ids, truncation flags and the reference texts
     (`datasets.map`; a table, so the ids go to Arrow as flat arrays, not as Python lists)."""
     import pyarrow as pa
-    src, cut_s = _truncated(_kept_ids(tokenizer, batch[cfg.source_column], False, cfg.max_source_length, cut_prefix),
+    src, cut_s = _truncated(encoder.kept_ids(batch[cfg.source_column], False, cfg.max_source_length),
                             cfg.max_source_length, suffix)
-    tgt, cut_t = _truncated(_kept_ids(tokenizer, batch[cfg.target_column], True, cfg.max_target_length, cut_prefix),
+    tgt, cut_t = _truncated(encoder.kept_ids(batch[cfg.target_column], True, cfg.max_target_length),
                             cfg.max_target_length, suffix)
     return pa.table({"source_ids": src, "target_ids": tgt, "source_cut": cut_s, "target_cut": cut_t,
                      "reference": pa.array(batch[cfg.target_column], pa.string())})
@@ -176,17 +218,16 @@ def _features():
                               "target_cut": datasets.Value("bool"), "reference": datasets.Value("string")})
 
 
-def _map_kwargs(ds, tokenizer, cfg: DataConfig) -> dict:
+def _map_kwargs(ds, encoder: Encoder, cfg: DataConfig) -> dict:
     return dict(batched=True, batch_size=1000, remove_columns=ds.column_names, features=_features(),
-                fn_kwargs=dict(tokenizer=tokenizer, cfg=cfg, suffix=special_suffix(tokenizer),
-                               cut_prefix=prefix_exact(tokenizer)))
+                fn_kwargs=dict(encoder=encoder, cfg=cfg, suffix=special_suffix(encoder.tokenizer)))
 
 
-def _tokenize_shard(shard, tokenizer, cfg: DataConfig, path: str, fingerprint: str, desc: str) -> str:
+def _tokenize_shard(shard, encoder: Encoder, cfg: DataConfig, path: str, fingerprint: str, desc: str) -> str:
     """One worker's share, written to `path` (runs in a spawned process)."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: its rayon threads would oversubscribe
     shard.map(_encode, cache_file_name=path, new_fingerprint=fingerprint, desc=desc,
-              **_map_kwargs(shard, tokenizer, cfg))
+              **_map_kwargs(shard, encoder, cfg))
     return path
 
 
@@ -196,18 +237,18 @@ def processes(cfg: DataConfig, rows: int) -> int:
     return max(1, min(cfg.num_proc or os.cpu_count() or 1, rows // _MIN_ROWS_PER_PROC))
 
 
-def _tokenize(ds, tokenizer, cfg: DataConfig, split: str, key: str, work: str):
+def _tokenize(ds, encoder: Encoder, cfg: DataConfig, split: str, key: str, work: str):
     """`ds` tokenized into Arrow files under `work`, by `data.num_proc` processes when the split
     is large enough to pay for their start-up."""
     import datasets
     procs = processes(cfg, len(ds))
     if procs == 1:  # the fast tokenizer's own threads use the cores
         return ds.map(_encode, cache_file_name=os.path.join(work, "tokens.arrow"), new_fingerprint=key,
-                      desc=f"tokenize {split}", **_map_kwargs(ds, tokenizer, cfg))
+                      desc=f"tokenize {split}", **_map_kwargs(ds, encoder, cfg))
     # Spawned, not forked (as `datasets.map(num_proc=...)` would): this process runs JAX's
     # threads, and a fork copies any lock one of them holds.
     with concurrent.futures.ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [pool.submit(_tokenize_shard, ds.shard(procs, i, contiguous=True), tokenizer, cfg,
+        jobs = [pool.submit(_tokenize_shard, ds.shard(procs, i, contiguous=True), encoder, cfg,
                             os.path.join(work, f"tokens-{i:03d}.arrow"), f"{key}-{i}",
                             f"tokenize {split} [{i + 1}/{procs}]")
                 for i in range(procs)]
@@ -222,7 +263,7 @@ def _build(cfg: DataConfig, split: str, tokenizer, ds, key: str, entry: str) -> 
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(os.path.join(work, "map"))
     try:
-        out = _tokenize(ds, tokenizer, cfg, split, key, os.path.join(work, "map"))
+        out = _tokenize(ds, Encoder.of(tokenizer), cfg, split, key, os.path.join(work, "map"))
         meta = {"rows": len(out), "truncated_source": pc.sum(out.data.column("source_cut")).as_py() or 0,
                 "truncated_target": pc.sum(out.data.column("target_cut")).as_py() or 0}
         out.remove_columns(["source_cut", "target_cut"]).save_to_disk(os.path.join(work, "dataset"))

@@ -28,3 +28,23 @@ def shared_data() -> Path:
         pytest.fail(f"{SHARED_DATA} not found: tests read real data from ../shared/data beside the checkout "
                     "(or set DQ_JAX_SHARED_DATA).")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def mbart_tok(shared_data, tmp_path_factory):
+    """A real MBartTokenizer (language codes and all) over the pieces of the shared sentencepiece
+    model. That file loads through `hf.load_tokenizer(dir, "mbart")` only with the
+    `sentencepiece` package, which is not installed: its pieces are read with protobuf instead."""
+    import transformers
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    from dq_jax import hf
+    model = import_protobuf().ModelProto()
+    model.ParseFromString((shared_data / "tokenizers" / "sentencepiece" / "en.wiki.bpe.vs100000.model").read_bytes())
+    assert [p.piece for p in model.pieces[:3]] == ["<unk>", "<s>", "</s>"]
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(p.piece, p.score) for p in model.pieces[3:]]
+    out = tmp_path_factory.mktemp("mbart_tok")
+    transformers.MBartTokenizer(vocab=vocab, src_lang="en_XX", tgt_lang="ro_RO").save_pretrained(out)
+    t = hf.load_tokenizer(str(out), "mbart")
+    assert type(t).__name__ == "MBartTokenizer"
+    return t

@@ -1,6 +1,7 @@
 """The tokenization cache (dq_jax.token_cache): hits and misses, the tokenizer's own ids with
 its special suffix kept on truncation, half-written entries, and parallel tokenization."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from dq_jax import data_source, hf, token_cache
+from dq_jax.byte_level_bpe import IdRows
 from dq_jax.data import DataConfig
 
 HIT = "tokenization cache hit"
@@ -25,24 +27,6 @@ def xsum(shared_data) -> list[dict]:
     rows = [json.loads(line) for line in (shared_data / "xsum" / "validation.jsonl").read_text().splitlines()]
     return [{"document": r["document"], "summary": r["summary"]} for r in rows
             if r["document"].strip() and r["summary"].strip()]
-
-
-@pytest.fixture(scope="module")
-def mbart_tok(shared_data, tmp_path_factory):
-    """A real MBartTokenizer (language codes and all) over the pieces of the shared sentencepiece
-    model. That file loads through `hf.load_tokenizer(dir, "mbart")` only with the
-    `sentencepiece` package, which is not installed: its pieces are read with protobuf instead."""
-    import transformers
-    from transformers.convert_slow_tokenizer import import_protobuf
-    model = import_protobuf().ModelProto()
-    model.ParseFromString((shared_data / "tokenizers" / "sentencepiece" / "en.wiki.bpe.vs100000.model").read_bytes())
-    assert [p.piece for p in model.pieces[:3]] == ["<unk>", "<s>", "</s>"]
-    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(p.piece, p.score) for p in model.pieces[3:]]
-    out = tmp_path_factory.mktemp("mbart_tok")
-    transformers.MBartTokenizer(vocab=vocab, src_lang="en_XX", tgt_lang="ro_RO").save_pretrained(out)
-    t = hf.load_tokenizer(str(out), "mbart")
-    assert type(t).__name__ == "MBartTokenizer"
-    return t
 
 
 def _write(path, rows) -> str:
@@ -188,27 +172,38 @@ _AWKWARD = [
 def test_long_texts_encoded_from_a_prefix_give_the_whole_texts_ids(tok, mbart_tok, xsum, shared_data):
     """BART's byte-level BPE may encode a long text from a prefix (`token_cache.prefix_exact`):
     the truncated ids and the truncation flags equal those of the whole text, on real articles
-    and on awkward texts, for sources and targets, with and without a second, whole encoding."""
+    and on awkward texts, for sources and targets, with and without a second, whole encoding,
+    through `tiktoken` and through the tokenizer."""
     assert token_cache.prefix_exact(tok)
     assert not token_cache.prefix_exact(mbart_tok)  # sentencepiece normalizer and Metaspace
     cnn = [json.loads(line)["document"]
            for line in (shared_data / "cnn_dailymail" / "validation_stories_allennlp.jsonl").read_text().splitlines()]
     texts = [r["document"] for r in xsum[:200]] + cnn + _AWKWARD
     suffix = token_cache.special_suffix(tok)
+    fast = token_cache.Encoder.of(tok)
+    assert fast.bpe is not None and fast.cut_prefix
     cut_rows = again_rows = 0
     for max_len in (8, 16, 64, 1024):
         limit = token_cache._CUT_CHARS_PER_TOKEN * max_len
         for target in (False, True):
-            whole = token_cache._token_ids(tok, texts, target)
-            kept = token_cache._kept_ids(tok, texts, target, max_len, cut_prefix=True)
-            a, cut_a = token_cache._truncated(whole, max_len, suffix)
-            b, cut_b = token_cache._truncated(kept, max_len, suffix)
-            assert a.to_pylist() == b.to_pylist() and cut_a.tolist() == cut_b.tolist(), (max_len, target)
+            a, cut_a = token_cache._truncated(token_cache._token_ids(tok, texts, target), max_len, suffix)
+            for encoder in (fast, dataclasses.replace(fast, bpe=None, frames=())):
+                b, cut_b = token_cache._truncated(encoder.kept_ids(texts, target, max_len), max_len, suffix)
+                assert a.to_pylist() == b.to_pylist() and cut_a.tolist() == cut_b.tolist(), (max_len, target)
         cuts = [t for t in texts if token_cache._prefix_cut(t, limit) is not t]
         cut_rows += len(cuts)
-        again_rows += sum(len(r) <= max_len for r in token_cache._token_ids(
-            tok, [token_cache._prefix_cut(t, limit) for t in cuts], False))
+        again_rows += int((token_cache._token_ids(tok, [token_cache._prefix_cut(t, limit) for t in cuts],
+                                                  False).lengths() <= max_len).sum())
     assert cut_rows > 200 and again_rows > 0  # both branches ran
+
+
+def test_truncation_keeps_the_head_and_the_special_suffix():
+    rows = IdRows.from_lists([[0, 5, 6, 7, 8, 2], [0, 5, 2], [], [0, 9, 9, 9, 1, 2]])
+    ids, cut = token_cache._truncated(rows, 4, 2)
+    assert ids.to_pylist() == [[0, 5, 8, 2], [0, 5, 2], [], [0, 9, 1, 2]]
+    assert cut.tolist() == [True, False, False, True]
+    ids, cut = token_cache._truncated(rows, 6, 1)
+    assert ids.to_pylist() == [[0, 5, 6, 7, 8, 2], [0, 5, 2], [], [0, 9, 9, 9, 1, 2]] and not cut.any()
 
 
 def test_prefix_cut_stops_before_a_space_after_a_non_space():
@@ -278,7 +273,7 @@ def test_parallel_tokenization_equals_serial(tmp_path, tok, xsum, caplog, monkey
             pools.append((max_workers, mp_context.get_start_method()))
             super().__init__(max_workers, mp_context=mp_context)
     monkeypatch.setattr(token_cache.concurrent.futures, "ProcessPoolExecutor", Pool)
-    assert len(rows) // token_cache._MIN_ROWS_PER_PROC >= 2
+    monkeypatch.setattr(token_cache, "_MIN_ROWS_PER_PROC", 2000)  # two workers for a small file
     serial, _ = _run(_cfg(tmp_path, path, cache_dir=str(tmp_path / "serial"), num_proc=1), tok, caplog)
     parallel, _ = _run(_cfg(tmp_path, path, cache_dir=str(tmp_path / "parallel"), num_proc=2), tok, caplog)
     assert pools == [(2, "spawn")]  # only the parallel run, spawned (this process runs JAX's threads)
