@@ -170,3 +170,20 @@ def test_id_rows_frame_and_replace():
     assert _rows(rows.replaced([1], IdRows.from_lists([[3]]))) == [[5, 6], [3], [7]]
     assert rows.replaced([], other) is rows
     assert rows.values.dtype == np.int32
+
+
+def test_a_trained_byte_level_bpe_gets_its_own_ids(tmp_path, shared_data):
+    """The demo's tokenizer (byte-level BPE trained by `tokenizers`, 1000 tokens) goes through
+    `tiktoken` too: the same ids on its own texts and on XSum's, where its few merges leave
+    long words split many ways."""
+    from dq_jax import demo_task
+    paths = demo_task.write_splits(str(tmp_path / "data"), sizes={"train": 300, "validation": 20, "test": 20})
+    demo_tok = hf.load_tokenizer(demo_task.train_tokenizer([paths["train"]], str(tmp_path / "tok"), vocab_size=1000))
+    encoder = token_cache.Encoder.of(demo_tok)
+    assert encoder.bpe is not None and encoder.frames == (([0], [2]), ([0], [2]))
+    texts = [s for line in open(paths["train"]) for s in _strings(json.loads(line))]
+    texts += [json.loads(line)["document"] for line in
+              (shared_data / "xsum" / "validation.jsonl").read_text().splitlines()[:300]]
+    texts += ["a <mask> here", ""]
+    for target in (False, True):
+        assert _rows(encoder.ids(texts, target)) == _rows(token_cache._token_ids(demo_tok, texts, target))
