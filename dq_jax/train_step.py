@@ -118,12 +118,17 @@ def make_train_step(student: Seq2SeqLM, teacher: Seq2SeqLM | None, dcfg: distill
         metrics = jax.tree.map(jnp.mean, metrics)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+        def update(_):
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            return optax.apply_updates(state.params, updates), opt_state
+
+        # A step with a non-finite loss or gradient leaves params and optimizer state as they
+        # were. A branch, not a select of old and new: the update then runs in place in the
+        # donated buffers, where a select keeps both and copies every parameter and moment.
+        params, opt_state = jax.lax.cond(ok, update, lambda _: (state.params, state.opt_state), None)
         first_bad = jnp.where((state.first_bad_step < 0) & ~ok, state.step, state.first_bad_step)
-        new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                                  opt_state=keep(opt_state, state.opt_state), first_bad_step=first_bad)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, first_bad_step=first_bad)
         metrics = dict(metrics, grad_norm=grad_norm, finite=ok.astype(jnp.float32),
                        tokens=jnp.sum(batch["decoder_attention_mask"]).astype(jnp.float32))
         return new_state, metrics

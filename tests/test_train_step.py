@@ -120,11 +120,12 @@ def test_non_finite_step_is_skipped_and_recorded(setup):
     t_sh = sharding.param_shardings(teacher_params, mesh)
     step = train_step.compile_step(
         train_step.make_train_step(Seq2SeqLM(student_cfg), Seq2SeqLM(TEACHER), dcfg, tx), mesh, st_sh, t_sh)
-    before = jax.device_get(state.params)
+    before = jax.device_get((state.params, state.opt_state))
     batch = train_step.shard_batch(distill_batch(TEACHER.vocab_size), mesh)
     state, metrics = step(state, jax.device_put(teacher_params, t_sh), batch)
     assert metrics["finite"] == 0 and int(state.first_bad_step) == 0 and int(state.step) == 1
-    after = jax.device_get(state.params)
+    after = jax.device_get((state.params, state.opt_state))  # the optimizer's moments and count too
+    assert len(jax.tree.leaves(after)) == len(jax.tree.leaves(before)) > len(jax.tree.leaves(state.params))
     for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
         np.testing.assert_array_equal(a, b)
 
