@@ -431,6 +431,10 @@ def test_two_point_sweep_runs_once_then_skips_finished_points(tmp_path):
     for n in ["teacher", *names]:
         assert (wd / n / "results.json").exists() and f"run  {n}" in first.stdout
     assert (wd / "webits8" / "teacher_hf" / "tokenizer.json").exists()
+    for n in names:  # the points after the first read every split from the tokenization cache
+        log = (wd / n / "run.log").read_text()
+        assert not re.search(r": tokenized \d+ rows", log) and all(f"{split}: tokenization cache hit" in log
+                                              for split in ("train", "validation", "test")), log[-3000:]
     mtimes = {n: (wd / n / "results.json").stat().st_mtime_ns for n in ["teacher", *names]}
 
     again = subprocess.run([PY, "-m", "train.sweep", "--workdir", str(wd)], cwd=REPO, capture_output=True, text=True,
