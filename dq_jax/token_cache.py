@@ -71,13 +71,18 @@ def cache_key(cfg: DataConfig, split: str, origin: data_source.Origin, tokenizer
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def _around(full: list[int], bare: list[int]) -> tuple[list[int], list[int]] | None:
+    """The special tokens before and after a text's own ids `bare` in its encoding `full`
+    (None when `bare` is not in it)."""
+    start = next((i for i in range(len(full) - len(bare) + 1) if full[i: i + len(bare)] == bare), None)
+    return None if start is None else (full[:start], full[start + len(bare):])
+
+
 def special_suffix(tokenizer) -> int:
     """How many special tokens the tokenizer appends after the text (BART: `</s>`; mBART:
     `</s> lang_code`): truncation keeps them."""
     bare = tokenizer("summary", add_special_tokens=False)["input_ids"]
-    full = tokenizer("summary")["input_ids"]
-    start = next(i for i in range(len(full)) if full[i: i + len(bare)] == bare)
-    return len(full) - start - len(bare)
+    return len(_around(tokenizer("summary")["input_ids"], bare)[1])
 
 
 def _truncated(rows: IdRows, max_len: int, suffix: int):
@@ -166,12 +171,11 @@ class Encoder:
         if bpe is not None:
             bare = bpe.encode(["summary"]).row(0).tolist()
             for target in (False, True):
-                full = _token_ids(tokenizer, ["summary"], target).row(0).tolist()
-                start = next((i for i in range(len(full)) if full[i: i + len(bare)] == bare), None)
-                if start is None:  # the post-processor changed the text's own ids: not plain BPE
+                frame = _around(_token_ids(tokenizer, ["summary"], target).row(0).tolist(), bare)
+                if frame is None:  # the post-processor changed the text's own ids: not plain BPE
                     bpe, frames = None, ()
                     break
-                frames += ((full[:start], full[start + len(bare):]),)
+                frames += (frame,)
         return cls(tokenizer, bpe, frames, prefix_exact(tokenizer))
 
     def ids(self, texts: list[str], target: bool) -> IdRows:
