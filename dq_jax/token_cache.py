@@ -163,6 +163,7 @@ class Encoder:
     bpe: ByteLevelBPE | None
     frames: tuple[tuple[list[int], list[int]], ...]  # (input, target) mode: (prefix, suffix) ids
     cut_prefix: bool
+    suffix: int  # `special_suffix`: the special tokens truncation keeps at a row's end
 
     @classmethod
     def of(cls, tokenizer) -> "Encoder":
@@ -176,7 +177,7 @@ class Encoder:
                     bpe, frames = None, ()
                     break
                 frames += (frame,)
-        return cls(tokenizer, bpe, frames, prefix_exact(tokenizer))
+        return cls(tokenizer, bpe, frames, prefix_exact(tokenizer), special_suffix(tokenizer))
 
     def ids(self, texts: list[str], target: bool) -> IdRows:
         """`_token_ids(self.tokenizer, texts, target)`, by `tiktoken` where it gives the same."""
@@ -203,14 +204,14 @@ class Encoder:
         return ids.replaced(again, self.ids([texts[i] for i in again], target)) if again else ids
 
 
-def _encode(batch: dict, encoder: Encoder, cfg: DataConfig, suffix: int):
+def _encode(batch: dict, encoder: Encoder, cfg: DataConfig):
     """A batch of rows -> an Arrow table of token ids, truncation flags and the reference texts
     (`datasets.map`; a table, so the ids go to Arrow as flat arrays, not as Python lists)."""
     import pyarrow as pa
     src, cut_s = _truncated(encoder.kept_ids(batch[cfg.source_column], False, cfg.max_source_length),
-                            cfg.max_source_length, suffix)
+                            cfg.max_source_length, encoder.suffix)
     tgt, cut_t = _truncated(encoder.kept_ids(batch[cfg.target_column], True, cfg.max_target_length),
-                            cfg.max_target_length, suffix)
+                            cfg.max_target_length, encoder.suffix)
     return pa.table({"source_ids": src, "target_ids": tgt, "source_cut": cut_s, "target_cut": cut_t,
                      "reference": pa.array(batch[cfg.target_column], pa.string())})
 
@@ -224,7 +225,7 @@ def _features():
 
 def _map_kwargs(ds, encoder: Encoder, cfg: DataConfig) -> dict:
     return dict(batched=True, batch_size=1000, remove_columns=ds.column_names, features=_features(),
-                fn_kwargs=dict(encoder=encoder, cfg=cfg, suffix=special_suffix(encoder.tokenizer)))
+                fn_kwargs=dict(encoder=encoder, cfg=cfg))
 
 
 def _tokenize_shard(shard, encoder: Encoder, cfg: DataConfig, path: str, fingerprint: str, desc: str) -> str:
@@ -246,7 +247,7 @@ def _tokenize(ds, encoder: Encoder, cfg: DataConfig, split: str, key: str, work:
     is large enough to pay for their start-up."""
     import datasets
     procs = processes(cfg, len(ds))
-    if procs == 1:  # the fast tokenizer's own threads use the cores
+    if procs == 1:  # workers would cost more than they save (`tokenizers` still uses its own threads)
         return ds.map(_encode, cache_file_name=os.path.join(work, "tokens.arrow"), new_fingerprint=key,
                       desc=f"tokenize {split}", **_map_kwargs(ds, encoder, cfg))
     # Spawned, not forked (as `datasets.map(num_proc=...)` would): this process runs JAX's
