@@ -102,10 +102,9 @@ def test_random_token_concatenations_merge_as_the_tokenizer_merges_them(tok, bpe
         except (KeyError, UnicodeDecodeError):
             pass  # special tokens, and tokens that are part of a character
     letters = [w for w in words.values() if w.strip().isalpha() and not w[1:].startswith(" ")]
-    heads = letters
     tails = [w for w in letters if not w.startswith(" ")]
     rng = random.Random(0)
-    texts = [rng.choice(heads) + "".join(rng.choice(tails) for _ in range(rng.randint(1, 5))) for _ in range(100_000)]
+    texts = [rng.choice(letters) + "".join(rng.choice(tails) for _ in range(rng.randint(1, 5))) for _ in range(100_000)]
     merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
     rule = {"".join(m.split(" ") if isinstance(m, str) else m): tuple(m.split(" ") if isinstance(m, str) else m)
             for m in merges}
