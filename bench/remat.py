@@ -46,14 +46,14 @@ def _setup(preset_name: str, batch: int, mode: str):
     abstract batch, student cfg, teacher cfg, tx) at these shapes; nothing allocated."""
     import jax
     import jax.numpy as jnp
-    from dq_jax import distill, hf, sharding, train_step
+    from dq_jax import distill, modeling, sharding, train_step
     from dq_jax.modeling import Seq2SeqLM
     from dq_jax.quant_config import QuantConfig
     p = PRESETS[preset_name]
     tcfg = p["model"]
     enc, dec = p["student_layers"]
     scfg = tcfg.replace(encoder_layers=enc, decoder_layers=dec)
-    t_abs, s_abs = hf.abstract_params(tcfg), hf.abstract_params(scfg)
+    t_abs, s_abs = modeling.abstract_params(tcfg), modeling.abstract_params(scfg)
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     dcfg = distill.DistillConfig(encoder_map=distill.layer_map(tcfg.encoder_layers, enc),
                                  decoder_map=distill.layer_map(tcfg.decoder_layers, dec))

@@ -262,3 +262,21 @@ def eval_batches(data: Tokenized, cfg: DataConfig, batch_size: int, pad: int, st
         idx = order[i: i + batch_size]
         padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
         yield idx, collate(data, padded, cfg, pad, start, model_type)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batching:
+    """How one model's batches are built from tokenized rows: the data's lengths and buckets, and
+    the model's pad token, decoder start token and type (mBART starts with the language code)."""
+
+    cfg: DataConfig
+    pad: int
+    start: int | None
+    model_type: str
+
+    def train(self, data: Tokenized, batch_size: int, accum: int, seed: int,
+              rows: np.ndarray | None = None) -> TrainIterator:
+        return TrainIterator(data, self.cfg, batch_size, accum, seed, self.pad, self.start, self.model_type, rows=rows)
+
+    def eval(self, data: Tokenized, batch_size: int) -> Iterator[tuple[np.ndarray, dict]]:
+        return eval_batches(data, self.cfg, batch_size, self.pad, self.start, self.model_type)

@@ -27,6 +27,7 @@ TASK_VERSION = "dq-jax-demo-v1"
 DEFAULT_SIZES = {"train": 20000, "validation": 300, "test": 500}
 MIN_WORDS, MAX_WORDS = 40, 90
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3 as in BART; "<mask>" goes last
+TOKENIZER_VOCAB = 1000  # the trained tokenizer's size, special tokens included
 
 FIRST = ("Maria James Sarah David Laura Michael Anna Peter Emma Thomas Julia Daniel Helen Robert "
          "Clara Simon Grace Martin Alice Paul Nina George Rachel Oliver Sophie Henry Lucy Adam "
@@ -389,17 +390,21 @@ def write_splits(out_dir: str, sizes: dict[str, int] | None = None, seed: int = 
     return paths
 
 
-def _texts(files: list[str]):
-    for path in files:
-        with open(path) as f:
-            for line in f:
-                row = json.loads(line)
-                yield row["document"]
-                yield row["summary"]
+def _texts(files: list[str], columns: tuple[str, str]):
+    """Each row's source and target text, the rows read and checked by `data_source` (a bad row
+    is an error naming its file, line and column)."""
+    from dq_jax.data import DataConfig
+    from dq_jax.data_source import load_split
+    rows, _ = load_split(DataConfig(train_files=tuple(files), source_column=columns[0], target_column=columns[1]),
+                         "train")
+    for source, target in zip(rows[columns[0]], rows[columns[1]]):
+        yield source
+        yield target
 
 
-def train_tokenizer(files: list[str], out_dir: str, vocab_size: int = 1000) -> str:
-    """Train a BART-style byte-level BPE on the documents and summaries of `files`.
+def train_tokenizer(files: list[str], out_dir: str, vocab_size: int = TOKENIZER_VOCAB,
+                    columns: tuple[str, str] = ("document", "summary")) -> str:
+    """Train a BART-style byte-level BPE on the sources and targets (`columns`) of `files`.
 
     Ids: `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, then bytes and merges, `<mask>` last, so the
     total is `vocab_size` (fewer only if the corpus runs out of merges). Sequences are wrapped
@@ -407,7 +412,7 @@ def train_tokenizer(files: list[str], out_dir: str, vocab_size: int = 1000) -> s
     loads it. Idempotent through `tokenizer_manifest.json` (input hashes and vocab size).
     """
     os.makedirs(out_dir, exist_ok=True)
-    record = {"task": TASK_VERSION, "vocab_size": vocab_size,
+    record = {"task": TASK_VERSION, "vocab_size": vocab_size, "columns": list(columns),
               "inputs": [_sha256_file(p) for p in files]}
     manifest_path = os.path.join(out_dir, "tokenizer_manifest.json")
     outputs = {name: os.path.join(out_dir, name) for name in ("tokenizer.json", "tokenizer_config.json")}
@@ -424,7 +429,7 @@ def train_tokenizer(files: list[str], out_dir: str, vocab_size: int = 1000) -> s
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(_texts(files), trainer=trainer)
+    tokenizer.train_from_iterator(_texts(files, columns), trainer=trainer)
     tokenizer.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
     tokenizer.post_processor = processors.RobertaProcessing(  # (sep, cls) positionally
         ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>")),

@@ -78,6 +78,16 @@ def resolve_map(num_teacher: int, num_student: int, explicit: Sequence[int] | No
     return tuple(int(t) for t in explicit)
 
 
+def student_config(teacher_cfg: ModelConfig, encoder_layers: int, decoder_layers: int,
+                   encoder_map: Sequence[int] | None = None, decoder_map: Sequence[int] | None = None
+                   ) -> tuple[ModelConfig, tuple[int, ...], tuple[int, ...]]:
+    """The student of `teacher_cfg` at these depths (the teacher's width, heads and vocabulary)
+    and its encoder and decoder layer maps (`resolve_map`: explicit maps win)."""
+    enc = resolve_map(teacher_cfg.encoder_layers, encoder_layers, encoder_map, "encoder")
+    dec = resolve_map(teacher_cfg.decoder_layers, decoder_layers, decoder_map, "decoder")
+    return teacher_cfg.replace(encoder_layers=encoder_layers, decoder_layers=decoder_layers), enc, dec
+
+
 # ----------------------------------------------------------------------------- student init
 
 def _copy_tree(tree: Mapping) -> dict:
@@ -107,9 +117,8 @@ def init_student(teacher_cfg: ModelConfig, teacher_params: Mapping, encoder_laye
     teacher (numpy or jax arrays alike); only the dict structure is new.
     Returns `(student_cfg, student_params)`; the maps used are `resolve_map(...)`'s.
     """
-    maps = {"encoder": resolve_map(teacher_cfg.encoder_layers, encoder_layers, encoder_map, "encoder"),
-            "decoder": resolve_map(teacher_cfg.decoder_layers, decoder_layers, decoder_map, "decoder")}
-    student_cfg = teacher_cfg.replace(encoder_layers=encoder_layers, decoder_layers=decoder_layers)
+    student_cfg, enc, dec = student_config(teacher_cfg, encoder_layers, decoder_layers, encoder_map, decoder_map)
+    maps = {"encoder": enc, "decoder": dec}
     params = {}
     for key, value in teacher_params.items():
         if key in maps:

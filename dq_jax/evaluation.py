@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 from tqdm import tqdm
 
@@ -11,8 +13,20 @@ from dq_jax.generate import GenerationConfig, decode_texts, generate
 from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
 from dq_jax.quantized_model import quantized_student
-from dq_jax.spec import EvalSettings
-from dq_jax.stage import StageData
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """Generation and scoring on dev (picks the best checkpoint) and test."""
+
+    metric: str  # a `dq_jax.metrics` name: rougeLsum, bleu, ...
+    batch_size: int
+    num_beams: int
+    max_length: int
+    min_length: int
+    length_penalty: float
+    no_repeat_ngram_size: int  # 0: no constraint
+    max_examples: int  # 0: the whole split
 
 
 def generation_config(cfg: ModelConfig, ev: EvalSettings) -> GenerationConfig:
@@ -21,15 +35,15 @@ def generation_config(cfg: ModelConfig, ev: EvalSettings) -> GenerationConfig:
         length_penalty=ev.length_penalty, no_repeat_ngram_size=ev.no_repeat_ngram_size)
 
 
-def evaluate(model: Seq2SeqLM, params, split: data_lib.Tokenized, stage_data: StageData, ev: EvalSettings,
+def evaluate(model: Seq2SeqLM, params, split: data_lib.Tokenized, batching: data_lib.Batching, ev: EvalSettings,
              tokenizer, desc: str = "eval") -> tuple[dict, list[str]]:
     """(scores, predictions) for the first `ev.max_examples` examples of `split` (all when 0),
-    batched as `stage_data` batches."""
+    batched by `batching`."""
     gen = generation_config(model.cfg, ev)
     n = len(split) if not ev.max_examples else min(ev.max_examples, len(split))
     subset = split.head(n)
     preds: list[str | None] = [None] * n
-    batches = list(stage_data.eval_batches(subset, ev.batch_size))
+    batches = list(batching.eval(subset, ev.batch_size))
     # Every process generates the whole split on its own devices from a host copy of the
     # params: the scores agree everywhere, so all processes keep the same best checkpoint.
     params = distributed.to_host(params) if jax.process_count() > 1 else params

@@ -1,7 +1,7 @@
-"""Hugging Face checkpoints <-> (ModelConfig, plain nested-dict Flax params).
+"""Hugging Face checkpoints and tokenizers <-> (ModelConfig, plain nested-dict Flax params).
 
-Reading and writing safetensors needs numpy only; `pytorch_model.bin` needs torch. Names map
-one to one: `model.encoder.layers.0.fc1.weight` <-> `encoder/layers_0/fc1/kernel` (transposed).
+Reading and writing safetensors needs numpy only; `pytorch_model.bin` needs torch. How names
+map is `dq_jax.hf_layout`; loaded params are checked against the model's shapes.
 """
 
 from __future__ import annotations
@@ -14,90 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from dq_jax.hf_layout import TOKENIZER_FILES, flatten, params_to_state_dict, state_dict_to_params
 from dq_jax.model_config import ModelConfig
+from dq_jax.modeling import abstract_params
 
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-    "merges.txt", "sentencepiece.bpe.model", "added_tokens.json",
-)
-# Copies of `model.shared.weight` that older checkpoints store under their own names.
-_TIED = ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight")
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-
-
-def hf_to_flax_name(name: str) -> tuple[tuple[str, ...], bool]:
-    """HF tensor name -> (Flax param path, whether the tensor is transposed)."""
-    if name == "final_logits_bias":
-        return ("final_logits_bias",), False
-    if name == "lm_head.weight":
-        return ("lm_head", "kernel"), True
-    parts = name.removeprefix("model.").split(".")
-    parts = [f"layers_{p}" if prev == "layers" else p for prev, p in zip([""] + parts, parts)]
-    parts = [p for p in parts if p != "layers"]
-    leaf, owner = parts[-1], parts[-2]
-    if owner in ("shared", "embed_positions"):
-        return (*parts[:-1], "embedding"), False
-    if "layer_norm" in owner or owner == "layernorm_embedding":
-        return (*parts[:-1], "scale" if leaf == "weight" else "bias"), False
-    return (*parts[:-1], "kernel" if leaf == "weight" else "bias"), leaf == "weight"
-
-
-def flax_to_hf_name(path: tuple[str, ...]) -> tuple[str, bool]:
-    """Flax param path -> (HF tensor name, whether the tensor is transposed)."""
-    if path == ("final_logits_bias",):
-        return "final_logits_bias", False
-    if path == ("lm_head", "kernel"):
-        return "lm_head.weight", True
-    parts = [f"layers.{p[7:]}" if re.fullmatch(r"layers_\d+", p) else p for p in path[:-1]]
-    leaf = path[-1]
-    name = "model." + ".".join(parts) + "." + ("bias" if leaf == "bias" else "weight")
-    return name, leaf == "kernel"
-
-
-def state_dict_to_params(sd: dict[str, np.ndarray], tied: bool = True) -> dict:
-    """HF state dict (numpy) -> nested Flax params; tied copies are dropped (or used if alone).
-    An untied model (`tie_word_embeddings=False`) keeps its own `lm_head.weight`."""
-    sd = dict(sd)
-    if "model.shared.weight" not in sd:
-        for key in _TIED:
-            if key in sd:
-                sd["model.shared.weight"] = sd[key]
-                break
-    if not tied:
-        for key in _TIED[:2]:
-            if key in sd and not np.array_equal(sd[key], sd["model.shared.weight"]):
-                raise ValueError(f"{key} differs from model.shared.weight; dq-jax models share one input "
-                                 "embedding between encoder and decoder.")
-    items = {}
-    for name, value in sd.items():
-        if name in _TIED and (tied or name != "lm_head.weight"):
-            continue
-        path, transpose = hf_to_flax_name(name)
-        items[path] = np.ascontiguousarray(value.T) if transpose else value
-    return unflatten(items)
-
-
-def params_to_state_dict(params: dict, tied: bool = True) -> dict[str, np.ndarray]:
-    """Nested Flax params -> HF state dict, with exactly the keys `save_pretrained` writes
-    (an untied HF model stores its encoder and decoder input embeddings separately)."""
-    sd = {}
-    for path, value in flatten(params):
-        name, transpose = flax_to_hf_name(path)
-        value = np.asarray(value)
-        sd[name] = np.ascontiguousarray(value.T) if transpose else value
-    if not tied:
-        for key in _TIED[:2]:
-            sd[key] = sd["model.shared.weight"]
-    return sd
-
-
-def flatten(tree: dict, prefix=()):
-    for key in sorted(tree):
-        value = tree[key]
-        if isinstance(value, dict):
-            yield from flatten(value, prefix + (key,))
-        else:
-            yield prefix + (key,), value
 
 
 def resolve(path_or_hub_id: str, weights: bool = True) -> str:
@@ -171,39 +92,6 @@ def check_params(cfg: ModelConfig, params: dict, source: str = "params") -> None
         raise ValueError(f"{source} does not match its config ({cfg.model_type}, vocab {cfg.vocab_size}, "
                          f"d_model {cfg.d_model}): missing {missing[:5]}, unexpected {unexpected[:5]}, "
                          f"wrong shapes {wrong[:5]}.")
-
-
-def abstract_params(cfg: ModelConfig, quant=None) -> dict:
-    """Param shapes (`jax.ShapeDtypeStruct`) of a model, with no memory allocated."""
-    return abstract_variables(cfg, quant)["params"]
-
-
-def abstract_variables(cfg: ModelConfig, quant=None) -> dict:
-    """All Flax collections of a model as shapes: `params`, plus `elastic` for TBT students."""
-    import jax
-    import jax.numpy as jnp
-    from dq_jax.modeling import Seq2SeqLM
-    model = Seq2SeqLM(cfg, quant)
-    ids = jnp.zeros((1, 2), jnp.int32)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), ids, decoder_input_ids=ids))
-
-
-def abstract_trainable(cfg: ModelConfig, quant=None) -> dict:
-    """The trainable tree's shapes: params, plus the `elastic` step sizes of a TBT student."""
-    from dq_jax.quant_config import ELASTIC
-    v = abstract_variables(cfg, quant)
-    return dict(v["params"], **({ELASTIC: v[ELASTIC]} if ELASTIC in v else {}))
-
-
-def unflatten(items) -> dict:
-    """Inverse of `flatten`: `{(a, b, c): v}` or pairs -> nested dict."""
-    out: dict = {}
-    for path, value in (items.items() if isinstance(items, dict) else items):
-        node = out
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = value
-    return out
 
 
 def save_pretrained(cfg: ModelConfig, params: dict, out_dir: str, tokenizer_dir: str | None = None,

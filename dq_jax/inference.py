@@ -1,7 +1,7 @@
 """A finished student loaded for generation, its weights resident as integer codes, and text in,
 text out.
 
-`load(path)` takes a packed file (`export.write_packed`) or a run's workdir (its `student_hf/`)
+`load(path)` takes a packed file (`dq_jax.packed`) or a run's workdir (its `student_hf/`)
 and returns an `InferenceStudent`: the model, params whose quantized weights are `Codes` (int8
 values, fp32 scales; every other tensor fp32), the tokenizer and the run's generation settings.
 From a packed file the codes are unpacked straight into int8 `Codes`: the fp32 weights of
@@ -26,15 +26,14 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from dq_jax import export, packing, precision
+from dq_jax import packed, precision
 from dq_jax.codes import Codes
 from dq_jax.data import bucket
 from dq_jax.generate import GenerationConfig, decode_texts, generate
-from dq_jax.hf import check_params, hf_to_flax_name, load_tokenizer, unflatten
+from dq_jax.hf import load_tokenizer
 from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
-from dq_jax.policy import param_rule
-from dq_jax.quant_config import ELASTIC, QuantConfig
+from dq_jax.quant_config import QuantConfig
 from dq_jax.quantized_model import float_kernels_in, quantized_student, resident_bytes
 from dq_jax.student_dir import STUDENT_META, load_student
 
@@ -49,7 +48,7 @@ class InferenceStudent:
     tokenizer: Any
     generation: GenerationConfig  # the run's settings (packed metadata or dq_jax.json)
     resident_bytes: int  # bytes `params` occupy
-    fp32_bytes: int  # the same tensors held in fp32, as `export.load_packed` returns them
+    fp32_bytes: int  # the same tensors held in fp32, as `packed.load` returns them
     kind: str  # PACKED or WORKDIR
 
 
@@ -65,8 +64,8 @@ def model_kind(path: str) -> str:
         raise ValueError(f"{path} is a directory without a finished student ({meta} is missing); pass a finished "
                          "run's workdir or a packed .safetensors file.")
     try:
-        export.packed_metadata(path)
-    except export.NotPackedError as e:
+        packed.read_header(path)
+    except packed.NotPackedError as e:
         if not e.readable and path.endswith(".safetensors"):  # meant as a packed file: say it is damaged
             raise
         raise ValueError(f"{path} is neither a workdir with a finished student nor a dq-jax packed file.") from None
@@ -79,55 +78,6 @@ def student_dir(path: str) -> str | None:
         if os.path.exists(os.path.join(d, STUDENT_META)) and os.path.exists(os.path.join(d, "config.json")):
             return d
     return None
-
-
-def packed_codes(path: str) -> tuple[ModelConfig, QuantConfig, dict, dict]:
-    """(config, quant config, Flax params with quantized weights as int8 `Codes`, metadata) of a
-    packed file, equal to `quantized_student(cfg, quant, master params)`'s. numpy arrays."""
-    from safetensors import safe_open
-    meta = export.packed_metadata(path)
-    try:
-        with safe_open(path, framework="np") as f:
-            cfg = ModelConfig.from_hf_dict(json.loads(meta["model_config"]))
-            quant = QuantConfig.from_dict(json.loads(meta["quant_config"]))
-            entries = json.loads(meta["quantized"])
-            items, elastic = {}, {}
-            for key in f.keys():
-                if key.startswith(ELASTIC + "."):
-                    elastic[key[len(ELASTIC) + 1:].replace(".", "/")] = float(f.get_tensor(key))
-                elif key.endswith(".codes"):
-                    name = key[: -len(".codes")]
-                    fpath, codes = _codes(name, entries[name], f.get_tensor(key), f.get_tensor(name + ".scales"), quant)
-                    items[fpath] = codes
-                elif not key.endswith(".scales"):
-                    fpath, transposed = hf_to_flax_name(key)
-                    value = f.get_tensor(key)
-                    items[fpath] = np.ascontiguousarray(value.T) if transposed else value
-    except export.PackedFileError:
-        raise
-    except Exception as e:  # a truncated or edited file fails in safetensors, json or packing
-        raise export.PackedFileError(f"{path} is not a readable packed file (truncated or corrupt?): {e}") from e
-    params = unflatten(items)
-    check_params(cfg, params, source=path)  # every tensor the config implies, at its shape (Codes too)
-    return cfg, quant, export.join_step_sizes(params, elastic), meta
-
-
-def _codes(name: str, entry: dict, packed: np.ndarray, scales: np.ndarray, quant: QuantConfig):
-    """One packed tensor (HF `[out, in]` layout) -> (Flax path, int8 `Codes` in Flax layout)."""
-    path, transposed = hf_to_flax_name(name)
-    values = packing.unpack(packed, entry["bits"], tuple(entry["shape"]))  # int8, HF layout
-    if transposed:
-        values, scales = values.T, scales.T
-    rule = param_rule(path, values.ndim, quant)
-    if rule is None or (rule.kind, rule.storage_bits) != (entry["kind"], entry["bits"]):
-        raise export.PackedFileError(f"{name} is stored as {entry['kind']} at {entry['bits']} bits, but its quant "
-                                     f"config quantizes it as {rule and (rule.kind, rule.storage_bits)}.")
-    # bits and axes exactly as the quantizer would give them, from shapes alone
-    like = jax.eval_shape(rule.codes, jax.ShapeDtypeStruct(values.shape, np.float32))
-    if like.scales.shape != scales.shape:
-        raise export.PackedFileError(f"{name}.scales has shape {scales.shape}, expected {like.scales.shape}.")
-    return path, Codes(np.ascontiguousarray(values, np.int8), np.ascontiguousarray(scales, np.float32),
-                       like.bits, like.axes)
 
 
 def _generation(cfg: ModelConfig, stored: dict) -> GenerationConfig:
@@ -155,10 +105,10 @@ def load(path: str, compute: str = "codes") -> InferenceStudent:
     computing in the run's precision. `compute` is the `QuantConfig.compute` mode of its
     quantized products."""
     if model_kind(path) == PACKED:
-        cfg, quant, params, meta = packed_codes(path)
-        tokenizer = _packed_tokenizer(path, json.loads(meta["tokenizer"]), cfg.model_type)
-        stored, kind = json.loads(meta["generation_config"]), PACKED
-        run_precision = meta.get("precision", "fp32")  # files written before it was stored: fp32
+        cfg, header, params = packed.read_codes(path)
+        quant = header.quant
+        tokenizer = _packed_tokenizer(path, header.tokenizer, cfg.model_type)
+        stored, kind, run_precision = header.generation_config, PACKED, header.precision
     else:
         directory = student_dir(path)
         with open(os.path.join(directory, STUDENT_META)) as f:

@@ -291,3 +291,21 @@ def init_elastic(model: Seq2SeqLM, params: dict, input_ids, attention_mask, deco
     _, state = jax.jit(lambda p, a, m, d: model.apply({"params": p}, a, m, d, mutable=[ELASTIC]))(
         weights, input_ids, attention_mask, decoder_input_ids)
     return dict(weights, **{ELASTIC: jax.device_get(state[ELASTIC])})
+
+
+def abstract_params(cfg: ModelConfig, quant=None) -> dict:
+    """Param shapes (`jax.ShapeDtypeStruct`) of a model, with no memory allocated."""
+    return abstract_variables(cfg, quant)["params"]
+
+
+def abstract_variables(cfg: ModelConfig, quant=None) -> dict:
+    """All Flax collections of a model as shapes: `params`, plus `elastic` for TBT students."""
+    model = Seq2SeqLM(cfg, quant)
+    ids = jnp.zeros((1, 2), jnp.int32)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), ids, decoder_input_ids=ids))
+
+
+def abstract_trainable(cfg: ModelConfig, quant=None) -> dict:
+    """The trainable tree's shapes: params, plus the `elastic` step sizes of a TBT student."""
+    v = abstract_variables(cfg, quant)
+    return dict(v["params"], **({ELASTIC: v[ELASTIC]} if ELASTIC in v else {}))

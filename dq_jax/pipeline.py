@@ -16,33 +16,22 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 
 from dq_jax import data as data_lib
-from dq_jax import (data_source, demo_task, distill, distributed, hf, model_sizes, precision, sharding, size,
-                    token_cache, workdir_lock)
+from dq_jax import (data_source, demo_task, distill, distributed, hf, model_sizes, packed, sharding, size, token_cache,
+                    workdir_lock)
 from dq_jax.checkpoint import StageCheckpoints
 from dq_jax.evaluation import evaluate, generation_config
 from dq_jax.metrics_log import MetricsLog, Record
 from dq_jax.model_config import ModelConfig
-from dq_jax.modeling import Seq2SeqLM
-from dq_jax.quant_config import QuantConfig, split_elastic
-from dq_jax.spec import RunSpec, TrainSettings
+from dq_jax.modeling import Seq2SeqLM, abstract_params, abstract_trainable
+from dq_jax.quant_config import split_elastic
+from dq_jax.spec import RunSpec
 from dq_jax.stage import Stage, StageData, Teacher
+from dq_jax.stages import DISTILL, TEACHER, RunStage, RunStages, TrainRows, build_model, derive
 from dq_jax.student_dir import STUDENT_META, export_workdir, load_student, save_student
 from dq_jax.trainer import train_stage
-
-
-def resolve_mesh(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """A -1 takes the devices the other axes leave."""
-    shape = tuple(int(s) for s in shape)
-    if shape.count(-1) > 1:
-        raise ValueError(f"mesh={shape}: at most one axis may be -1.")
-    if -1 in shape:
-        rest = int(np.prod([s for s in shape if s != -1]))
-        shape = tuple(jax.device_count() // rest if s == -1 else s for s in shape)
-    return shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,24 +46,24 @@ class _Job:
     data: data_lib.DataConfig
     splits: dict[str, data_lib.Tokenized]  # by data_lib.SPLITS name
 
-    def model(self, cfg: ModelConfig, quant: QuantConfig | None = None, remat: str = "none") -> Seq2SeqLM:
-        """A model computing in the run's precision (params stay fp32); a stage's trained model
-        gets that stage's `remat` (frozen teachers and evaluation need none)."""
-        return Seq2SeqLM(cfg, quant, dtype=precision.compute_dtype(self.spec.precision), remat=remat)
-
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
 
     def stage_data(self, cfg: ModelConfig, train: data_lib.Tokenized | None = None) -> StageData:
-        return StageData(self.splits["train"] if train is None else train, self.splits["validation"], self.data,
-                         cfg.pad_token_id, cfg.decoder_start_token_id, cfg.model_type)
+        return StageData(self.splits["train"] if train is None else train, self.splits["validation"],
+                         self.batching(cfg))
 
-    def stage(self, name: str, train: TrainSettings, model: Seq2SeqLM, init_params: dict, teacher: Teacher | None,
-              loss: distill.DistillConfig, seed: int, train_split: data_lib.Tokenized | None = None) -> Stage:
-        return Stage(name=name, workdir=self.workdir, train=train, eval=self.spec.eval, model=model,
-                     init_params=init_params, teacher=teacher, distill=loss,
+    def batching(self, cfg: ModelConfig) -> data_lib.Batching:
+        return data_lib.Batching(self.data, cfg.pad_token_id, cfg.decoder_start_token_id, cfg.model_type)
+
+    def stage(self, rs: RunStage, init_params: dict, teacher_params: dict | None,
+              train_split: data_lib.Tokenized) -> Stage:
+        model = rs.trained_model()
+        teacher = None if rs.teacher is None else Teacher(rs.teacher_model(), teacher_params)
+        return Stage(name=rs.name, workdir=self.workdir, train=rs.train, eval=self.spec.eval, model=model,
+                     init_params=init_params, teacher=teacher, distill=rs.loss,
                      data=self.stage_data(model.cfg, train_split), tokenizer=self.tokenizer, mesh=self.mesh,
-                     seed=seed, metrics=self.metrics)
+                     seed=rs.seed, metrics=self.metrics)
 
     def finished(self, product: str) -> bool:
         return os.path.exists(self.path(product, "config.json"))
@@ -119,7 +108,8 @@ def _tokenizer(spec: RunSpec, workdir: str, data_cfg: data_lib.DataConfig):
     path = spec.teacher.tokenizer_source
     if path == "train":
         path = distributed.main_first(
-            lambda: demo_task.train_tokenizer(list(data_cfg.train_files), os.path.join(workdir, "tokenizer")),
+            lambda: demo_task.train_tokenizer(list(data_cfg.train_files), os.path.join(workdir, "tokenizer"),
+                                              columns=(data_cfg.source_column, data_cfg.target_column)),
             "tokenizer")
     return hf.load_tokenizer(path, "mbart" if data_cfg.src_lang else "bart")
 
@@ -149,71 +139,66 @@ def _check_teacher_vocab(spec: RunSpec, workdir: str, tok) -> None:
                          "teacher's own tokenizer (teacher.tokenizer empty).")
 
 
-def student_maps(spec: RunSpec, t_cfg: ModelConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    enc_layers, dec_layers = spec.student.layers
-    return (distill.resolve_map(t_cfg.encoder_layers, enc_layers, spec.student.encoder_map or None, "encoder"),
-            distill.resolve_map(t_cfg.decoder_layers, dec_layers, spec.student.decoder_map or None, "decoder"))
-
-
-def _teacher(job: _Job, results: dict) -> tuple[ModelConfig, dict]:
-    """A finished teacher stage wins; else an HF teacher (fine-tuned or as is); else scratch."""
-    spec, teacher_dir = job.spec, job.path("teacher_hf")
+def _teacher_source(job: _Job, results: dict) -> tuple[ModelConfig, dict]:
+    """The teacher as this run starts from it: a finished teacher stage's, else the HF teacher,
+    else a scratch size freshly initialized (train/settings.py checked that one of them is set)."""
+    spec = job.spec
     if job.finished("teacher_hf"):
         if (best := job.best_dev("teacher")) is not None:
             results["teacher_dev"] = best
-        return hf.load_pretrained(teacher_dir)
+        return hf.load_pretrained(job.path("teacher_hf"))
     if spec.teacher.path:
-        t_cfg, t_params = hf.load_pretrained(spec.teacher.path)
-        train_teacher = spec.teacher.finetune and "teacher" in spec.stages
-    else:  # a scratch size, with the teacher stage (train/settings.py checked both)
-        t_cfg = _scratch_config(spec.teacher.scratch, job.tokenizer)
-        t_params, train_teacher = _init_params(t_cfg, spec.seed), True
-    student_maps(spec, t_cfg)  # a student deeper than its teacher fails before any training
-    if train_teacher:
-        out = train_stage(job.stage("teacher", spec.teacher.train, job.model(t_cfg, remat=spec.teacher.train.remat),
-                                    t_params, None,
-                                    distill.DistillConfig(logit_weight=0, inter_weight=0), spec.seed))
+        return hf.load_pretrained(spec.teacher.path)
+    t_cfg = _scratch_config(spec.teacher.scratch, job.tokenizer)
+    return t_cfg, _init_params(t_cfg, spec.seed)
+
+
+def _teacher(job: _Job, stages: RunStages, t_params: dict, results: dict) -> dict:
+    """The teacher's params after its stage (trained here unless an earlier run finished it),
+    saved to `teacher_hf/`."""
+    rs = stages.get(TEACHER)
+    if job.finished("teacher_hf"):
+        return t_params
+    if rs is not None:
+        out = train_stage(job.stage(rs, t_params, None, job.splits["train"]))
         t_params, results["teacher_dev"] = out.params, out.best
     if distributed.is_main():
-        hf.save_pretrained(t_cfg, t_params, teacher_dir)
-        job.tokenizer.save_pretrained(teacher_dir)  # with tokenizer_config.json, so special tokens are known
+        hf.save_pretrained(stages.teacher, t_params, job.path("teacher_hf"))
+        job.tokenizer.save_pretrained(job.path("teacher_hf"))  # with tokenizer_config.json: special tokens known
     distributed.sync("teacher saved")
-    return t_cfg, t_params
+    return t_params
 
 
-def student_train_split(spec: RunSpec, train: data_lib.Tokenized) -> tuple[data_lib.Tokenized, dict]:
-    """The rows of the training split the student trains on (`student.train_fraction` of them,
-    drawn by `student.seed`) and their record for results.json: fraction, seed, how many of how
-    many, and the SHA-256 of the row indices (int64, little-endian), which names the subset."""
-    rows = data_lib.fraction_rows(len(train), spec.student.train_fraction, spec.student.seed)
+def student_train_split(spec: RunSpec, rows: TrainRows, train: data_lib.Tokenized) -> tuple[data_lib.Tokenized, dict]:
+    """The rows of the training split the student trains on and their record for results.json:
+    fraction, seed, how many of how many, and the SHA-256 of the row indices (int64,
+    little-endian), which names the subset."""
+    idx = data_lib.fraction_rows(len(train), rows.fraction, rows.seed)
     batch = spec.train.batch_size * spec.train.grad_accum
-    if "distill" in spec.stages and len(rows) < batch:
-        raise ValueError(f"student.train_fraction={spec.student.train_fraction} keeps {len(rows)} of the "
+    if DISTILL in spec.stages and len(idx) < batch:
+        raise ValueError(f"student.train_fraction={rows.fraction} keeps {len(idx)} of the "
                          f"{len(train)} training examples, fewer than one batch of {batch} "
                          "(train.batch_size x train.grad_accum): raise the fraction or lower the batch.")
-    record = {"fraction": spec.student.train_fraction, "seed": spec.student.seed, "examples": len(rows),
-              "of": len(train), "rows_sha256": hashlib.sha256(rows.astype("<i8").tobytes()).hexdigest()}
-    return (train if len(rows) == len(train) else train.take(rows)), record
+    record = {"fraction": rows.fraction, "seed": rows.seed, "examples": len(idx),
+              "of": len(train), "rows_sha256": hashlib.sha256(idx.astype("<i8").tobytes()).hexdigest()}
+    return (train if len(idx) == len(train) else train.take(idx)), record
 
 
-def _student(job: _Job, t_cfg: ModelConfig, t_params: dict, train_split: data_lib.Tokenized,
+def _student(job: _Job, stages: RunStages, t_params: dict, train_split: data_lib.Tokenized,
              results: dict) -> tuple[Seq2SeqLM, dict]:
     """The student model and its params: distilled here on `train_split`, or as an earlier run
     left them."""
     spec, student_dir = job.spec, job.path("student_hf")
-    enc_map, dec_map = student_maps(spec, t_cfg)
-    s_cfg, s_init = distill.init_student(t_cfg, t_params, *spec.student.layers, enc_map, dec_map)
-    student = job.model(s_cfg, spec.quant)
+    rs = stages.get(DISTILL)
+    s_cfg = stages.student
+    _, s_init = distill.init_student(stages.teacher, t_params, s_cfg.encoder_layers, s_cfg.decoder_layers,
+                                     spec.student.encoder_map, spec.student.decoder_map)
+    student = build_model(s_cfg, spec.quant, spec.precision)
     if job.finished("student_hf"):
-        if (best := job.best_dev("distill")) is not None:
+        if (best := job.best_dev(DISTILL)) is not None:
             results["student_dev"] = best
-    elif "distill" in spec.stages:
-        w_logit, w_inter = spec.distill.weights if spec.distill.enabled else (0.0, 0.0)
-        loss = distill.DistillConfig(spec.distill.mode, w_logit, w_inter, enc_map, dec_map)
-        teacher = Teacher(job.model(t_cfg), t_params) if loss.uses_teacher else None
-        trained = job.model(s_cfg, spec.quant, spec.train.remat)
-        out = train_stage(job.stage("distill", spec.train, trained, s_init, teacher, loss, spec.student.seed,
-                                    train_split))
+    elif rs is not None:
+        out = train_stage(job.stage(rs, s_init, t_params, train_split))
         results["student_dev"] = out.best
         if distributed.is_main():
             save_student(s_cfg, out.params, spec.quant, student_dir, job.path("teacher_hf"),
@@ -226,7 +211,7 @@ def _test(job: _Job, models: tuple[tuple[str, Seq2SeqLM, dict], ...], results: d
     """Scores each (who, model, params) on the test split and writes its predictions."""
     job.metrics.restart("eval")  # scores an earlier, interrupted evaluation logged go
     for who, model, params in models:
-        score, preds = evaluate(model, params, job.splits["test"], job.stage_data(model.cfg), job.spec.eval,
+        score, preds = evaluate(model, params, job.splits["test"], job.batching(model.cfg), job.spec.eval,
                                 job.tokenizer, desc=f"{who} test")
         results[f"{who}_test"] = score
         job.metrics.write(Record("eval", "test", {k: v for k, v in score.items() if isinstance(v, float)},
@@ -236,21 +221,23 @@ def _test(job: _Job, models: tuple[tuple[str, Seq2SeqLM, dict], ...], results: d
                 f.write("\n".join(p.replace("\n", " ") for p in preds) + "\n")
 
 
-def _sizes(spec: RunSpec, t_cfg: ModelConfig, s_cfg: ModelConfig, tokenizer_dir: str) -> dict:
+def _sizes(spec: RunSpec, stages: RunStages, tokenizer_dir: str) -> dict:
     """Model sizes by the paper's convention and of the packed file, with compression ratios."""
-    s_trainable = hf.abstract_trainable(s_cfg, spec.quant)
-    t_shapes, s_shapes = hf.abstract_params(t_cfg), split_elastic(s_trainable)[0]
+    s_cfg = stages.student
+    s_trainable = abstract_trainable(s_cfg, spec.quant)
+    t_shapes, s_shapes = abstract_params(stages.teacher), split_elastic(s_trainable)[0]
     teacher_mib = size.paper_size_mib(t_shapes, None, None)
     student_mib = size.paper_size_mib(s_shapes, spec.quant.weight_bits, spec.quant.embed_bits)
-    packed = size.packed_size_bytes(s_trainable, spec.quant, tokenizer_bytes=size.tokenizer_bytes(tokenizer_dir))
+    file_bytes = packed.file_bytes(s_cfg, s_trainable, spec.quant, tokenizer_dir,
+                                   generation_config(s_cfg, spec.eval).to_hf_dict(), spec.precision)
     return {"convention": "paper", "teacher_mib": teacher_mib, "student_mib": student_mib,
-            "compression_ratio": teacher_mib / student_mib, "packed_student_mib": packed / size.MIB,
-            "packed_compression_ratio": teacher_mib / (packed / size.MIB)}
+            "compression_ratio": teacher_mib / student_mib, "packed_student_mib": file_bytes / size.MIB,
+            "packed_compression_ratio": teacher_mib / (file_bytes / size.MIB)}
 
 
 def _run(spec: RunSpec, workdir: str) -> dict:
     distributed.sync("start")  # all processes see the workdir as it was before this run
-    mesh = sharding.make_mesh(resolve_mesh(spec.mesh))
+    mesh = sharding.make_mesh(sharding.resolve_mesh(spec.mesh))
     metrics = MetricsLog(workdir, enabled=distributed.is_main(), config_json=spec.config_json,
                          wandb_project=spec.train.wandb_project)
     data_cfg = _prepare_data(spec, workdir)
@@ -261,19 +248,21 @@ def _run(spec: RunSpec, workdir: str) -> dict:
               for s in data_lib.SPLITS}
     job = _Job(spec, workdir, mesh, metrics, tok, data_cfg, splits)
     results: dict = {"workdir": os.path.abspath(workdir)}
+    t_cfg, t_params = _teacher_source(job, results)
+    stages = derive(spec, t_cfg)  # a student the teacher cannot give fails here, before any training
     # before the teacher trains: a fraction too small for one batch fails now, not an hour later
-    student_split, student_data = student_train_split(spec, splits["train"])
-    if "distill" in spec.stages or job.finished("student_hf"):  # a run with a student says what it saw
+    student_split, student_data = student_train_split(spec, stages.student_rows, splits["train"])
+    if DISTILL in spec.stages or job.finished("student_hf"):  # a run with a student says what it saw
         results["student_train_data"] = student_data
-
-    t_cfg, t_params = _teacher(job, results)
-    student, s_params = _student(job, t_cfg, t_params, student_split, results)
+    t_params = _teacher(job, stages, t_params, results)
+    student, s_params = _student(job, stages, t_params, student_split, results)
     if "eval" in spec.stages:
-        _test(job, (("teacher", job.model(t_cfg), t_params), ("student", student, s_params)), results)
+        teacher = build_model(stages.teacher, None, spec.precision)
+        _test(job, (("teacher", teacher, t_params), ("student", student, s_params)), results)
     if "export" in spec.stages and os.path.exists(job.path("student_hf", STUDENT_META)) and distributed.is_main():
         results["export"] = {fmt: export_workdir(workdir, fmt) for fmt in ("hf", "packed")}
         results["export"]["teacher_safetensors_bytes"] = os.path.getsize(job.path("teacher_hf", "model.safetensors"))
-    results["size"] = _sizes(spec, t_cfg, student.cfg, job.path("teacher_hf"))
+    results["size"] = _sizes(spec, stages, job.path("teacher_hf"))
     results["precision"] = spec.precision
     results["config"] = json.loads(spec.config_json)
     if distributed.is_main():

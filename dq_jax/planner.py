@@ -11,8 +11,6 @@ the abstract train state (`jax.eval_shape`), the teacher's abstract params and a
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import os
 import time
 
 import jax
@@ -20,20 +18,14 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from dq_jax import data as data_lib
-from dq_jax import demo_task, distill, hf, model_sizes, pipeline, precision, sharding, train_step, trainer
+from dq_jax import sharding, train_step
 from dq_jax.model_config import ModelConfig
-from dq_jax.modeling import Seq2SeqLM
-from dq_jax.quant_config import QuantConfig
-from dq_jax.spec import RunSpec, TrainSettings
+from dq_jax.modeling import abstract_params, abstract_trainable
+from dq_jax.spec import RunSpec
+from dq_jax.stages import RunStage, TeacherShape, derive, teacher_shape
 
 GIB = 1024 ** 3
 # Hub checkpoints whose shapes the planner knows offline (mbart-large-cc25 has mbart-large-en-ro's).
-@dataclasses.dataclass(frozen=True)
-class TeacherShape:
-    cfg: ModelConfig
-    source: str  # where the shapes came from, for people
-
-
 @dataclasses.dataclass(frozen=True)
 class StagePlan:
     """One stage's compiled step. Bytes are per device, as XLA's memory analysis gives them."""
@@ -88,74 +80,28 @@ class Plan:
         return tuple(s for s in self.stages if self.fits(s) is False)
 
 
-def teacher_shape(spec: RunSpec) -> TeacherShape:
-    """The teacher's shapes from its config.json only (no weights): a local directory, a hub id
-    (offline, a known checkpoint's standard shapes), or a scratch size with the tokenizer's vocab."""
-    path = spec.teacher.path
-    if path:
-        try:
-            return TeacherShape(hf.load_model_config(hf.resolve(path, weights=False)), f"{path} (config.json)")
-        except FileNotFoundError:
-            if os.path.isdir(path) or path not in model_sizes.HUB:
-                raise
-            return TeacherShape(model_sizes.model_config(model_sizes.HUB[path]),
-                                f"{path} (hub unreachable: the standard '{model_sizes.HUB[path]}' shapes)")
-    cfg = model_sizes.model_config(spec.teacher.scratch)
-    vocab, where = _scratch_vocab(spec, cfg.vocab_size)
-    return TeacherShape(cfg.replace(vocab_size=vocab), f"scratch '{spec.teacher.scratch}', vocab {vocab} ({where})")
-
-
-def _scratch_vocab(spec: RunSpec, default: int) -> tuple[int, str]:
-    """A scratch teacher's vocabulary is its tokenizer's (pipeline._scratch_config)."""
-    source = spec.teacher.tokenizer_source
-    if source == "train":  # the pipeline trains the demo tokenizer at train_tokenizer's default size
-        return inspect.signature(demo_task.train_tokenizer).parameters["vocab_size"].default, "the demo tokenizer"
-    try:
-        return len(hf.load_tokenizer(source, "mbart" if spec.data.src_lang else "bart")), f"tokenizer {source}"
-    except (OSError, ValueError):  # a hub tokenizer offline
-        return default, f"tokenizer {source} unreachable: the size's default"
-
-
-def stages_to_plan(spec: RunSpec) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """The training stages this run would run (as the pipeline decides), and why the others not."""
-    planned, skipped = [], []
-    if "teacher" not in spec.stages:
-        skipped.append(("teacher", "not in stages"))
-    elif spec.teacher.path and not spec.teacher.finetune:
-        skipped.append(("teacher", "teacher.finetune=False: the teacher is used as it is"))
-    else:
-        planned.append("teacher")
-    if "distill" in spec.stages:
-        planned.append("distill")
-    else:
-        skipped.append(("distill", "not in stages"))
-    return tuple(planned), tuple(skipped)
-
-
-def _model(spec: RunSpec, cfg: ModelConfig, quant: QuantConfig | None = None, remat: str = "none") -> Seq2SeqLM:
-    """A model as the pipeline builds it (`_Job.model`); `remat` for the model a stage trains."""
-    return Seq2SeqLM(cfg, quant, dtype=precision.compute_dtype(spec.precision), remat=remat)
-
-
 def _abstract(tree, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
 
 
-def plan_stage(name: str, spec: RunSpec, ts: TrainSettings, mesh: Mesh, model: Seq2SeqLM, params,
-               teacher: Seq2SeqLM | None, teacher_params, loss: distill.DistillConfig) -> StagePlan:
-    """Compiles one stage's step for `mesh` from abstract `params` (the trainable tree) and
-    `teacher_params` (None without a teacher) at the largest bucketed batch."""
+def plan_stage(spec: RunSpec, rs: RunStage, mesh: Mesh) -> StagePlan:
+    """Compiles stage `rs`'s step for `mesh` from shapes alone (its trainable tree, the teacher's
+    params) at the largest bucketed batch."""
+    ts, model, teacher = rs.train, rs.trained_model(), rs.teacher_model()
+    params = abstract_trainable(rs.model, rs.quant)
+    teacher_params = None if rs.teacher is None else abstract_params(rs.teacher)
     sharding.check_batch(ts.batch_size, mesh)
     d = spec.data
     src = data_lib.bucket(d.max_source_length, d.min_bucket, d.max_source_length)
     tgt = data_lib.bucket(d.max_target_length, d.min_bucket, d.max_target_length)
-    tx = train_step.make_optimizer(trainer.optim_config(ts, ts.steps or 1000), params)  # the schedule's numbers don't matter
+    # the schedule's numbers do not change the step's memory or FLOPs
+    tx = train_step.make_optimizer(train_step.OptimConfig.of(ts, ts.steps or 1000), params)
     rng = jax.eval_shape(lambda: jax.random.PRNGKey(spec.seed))
     state = jax.eval_shape(lambda p, r: train_step.TrainState(jnp.int32(0), p, tx.init(p), r, jnp.int32(-1)),
                            params, rng)  # as train_step.init_state builds it
     st_sh = sharding.state_shardings(state, params, mesh)
     t_sh = None if teacher_params is None else sharding.param_shardings(teacher_params, mesh)
-    step = train_step.make_train_step(model, teacher, loss, tx)
+    step = train_step.make_train_step(model, teacher, rs.loss, tx)
     b_sh = train_step.batch_shardings(mesh)
     batch = {k: jax.ShapeDtypeStruct((ts.grad_accum, ts.batch_size, src if k in ("input_ids", "attention_mask")
                                       else tgt), jnp.int32, sharding=b_sh[k]) for k in train_step.BATCH_KEYS}
@@ -168,7 +114,7 @@ def plan_stage(name: str, spec: RunSpec, ts: TrainSettings, mesh: Mesh, model: S
     # XLA's cost analysis counts a loop body once: the scan over A micro-batches runs it A times.
     # The AdamW update outside the loop is then counted A times too: a few FLOPs per parameter.
     flops = float(cost.get("flops", 0.0)) * ts.grad_accum
-    return StagePlan(name, tuple(mesh.shape.values()), ts.grad_accum, ts.batch_size, src, tgt, model.remat, seconds,
+    return StagePlan(rs.name, tuple(mesh.shape.values()), ts.grad_accum, ts.batch_size, src, tgt, model.remat, seconds,
                      flops, mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
                      mem.temp_size_in_bytes, mem.generated_code_size_in_bytes)
 
@@ -186,27 +132,12 @@ def plan(spec: RunSpec, device_memory_gib: float | None = None) -> Plan:
     """Plans every training stage `spec` would run, on its mesh over this process's devices.
     `device_memory_gib` overrides what the backend reports."""
     teacher = teacher_shape(spec)
-    t_cfg = teacher.cfg
-    enc_map, dec_map = pipeline.student_maps(spec, t_cfg)  # a student deeper than its teacher fails here
-    s_cfg = t_cfg.replace(encoder_layers=spec.student.layers[0], decoder_layers=spec.student.layers[1])
-    mesh = sharding.make_mesh(pipeline.resolve_mesh(spec.mesh))
-    names, skipped = stages_to_plan(spec)
-    t_params = hf.abstract_params(t_cfg)
-    stages = []
-    if "teacher" in names:  # the teacher trained alone on the task loss (pipeline._teacher)
-        ts = spec.teacher.train
-        stages.append(plan_stage("teacher", spec, ts, mesh, _model(spec, t_cfg, None, ts.remat), t_params, None, None,
-                                 distill.DistillConfig(logit_weight=0, inter_weight=0)))
-    if "distill" in names:  # pipeline._student
-        w_logit, w_inter = spec.distill.weights if spec.distill.enabled else (0.0, 0.0)
-        loss = distill.DistillConfig(spec.distill.mode, w_logit, w_inter, enc_map, dec_map)
-        teacher_model = _model(spec, t_cfg) if loss.uses_teacher else None
-        stages.append(plan_stage("distill", spec, spec.train, mesh, _model(spec, s_cfg, spec.quant, spec.train.remat),
-                                 hf.abstract_trainable(s_cfg, spec.quant), teacher_model,
-                                 t_params if loss.uses_teacher else None, loss))
+    stages = derive(spec, teacher.cfg)  # a student the teacher cannot give fails here
+    mesh = sharding.make_mesh(sharding.resolve_mesh(spec.mesh))
+    planned = tuple(plan_stage(spec, rs, mesh) for rs in stages.stages)
     device = mesh.devices.flat[0]
     limit = int(device_memory_gib * GIB) if device_memory_gib else device_memory_bytes(device)
-    return Plan(teacher, s_cfg, tuple(stages), skipped, tuple(mesh.shape.values()), device.device_kind,
+    return Plan(teacher, stages.student, planned, stages.skipped, tuple(mesh.shape.values()), device.device_kind,
                 mesh.devices.size, limit)
 
 

@@ -105,6 +105,13 @@ def classify(path: tuple[str, ...], ndim: int) -> ParamInfo:
     return ParamInfo(role, (None,) * ndim)
 
 
+def component_of(path: tuple[str, ...], ndim: int) -> str:
+    """The size report's row of a parameter: its role's name. The paper counts every Linear
+    weight at W bits, an untied LM head (an `nn.Linear` in HF) included."""
+    role = classify(path, ndim).role
+    return (Role.LINEAR if role is Role.LM_HEAD else role).value
+
+
 # ----------------------------------------------------------------------------- weights
 
 def weight_kind(method: str, bits: int) -> str:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dq_jax.codes import Codes
-from dq_jax.export import untie_lm_head
+from dq_jax.hf_layout import untie_lm_head
 from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
 from dq_jax.policy import quantize_tree

@@ -45,6 +45,17 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices[:n])
 
 
+def resolve_mesh(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A -1 takes the devices the other axes leave."""
+    shape = tuple(int(s) for s in shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh={shape}: at most one axis may be -1.")
+    if -1 in shape:
+        rest = int(np.prod([s for s in shape if s != -1]))
+        shape = tuple(jax.device_count() // rest if s == -1 else s for s in shape)
+    return shape
+
+
 def spec_for(shape: Sequence[int], axes: Sequence[str | None], mesh: Mesh, rules=RULES) -> P:
     """PartitionSpec for logical `axes`; mesh axes that do not divide a dimension are dropped."""
     table = dict(rules)

@@ -10,45 +10,12 @@ from __future__ import annotations
 import dataclasses
 
 from dq_jax.data import DataConfig
+from dq_jax.evaluation import EvalSettings
 from dq_jax.quant_config import QuantConfig
+from dq_jax.stage import TrainSettings
 
 STAGES = ("teacher", "distill", "eval", "export")
 SYNTHETIC_TASKS = ("demo",)  # what `data.synthetic` can generate into the workdir
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    """Optimizer and schedule of one training stage (the config holds the defaults)."""
-
-    batch_size: int
-    grad_accum: int
-    learning_rate: float
-    weight_decay: float
-    warmup_ratio: float
-    grad_clip: float  # 0: no clipping
-    epochs: int
-    steps: int  # > 0 overrides epochs
-    log_every: int
-    eval_every: int  # 0: after each epoch
-    checkpoint_every: int
-    remat: str = "none"  # none | full | dots (dq_jax.remat)
-    profile_steps: str = ""  # "START,END": trace those steps (jax.profiler)
-    peak_tflops: float = 0.0  # per device; 0: known table or measured
-    wandb_project: str = ""  # "": no W&B
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    """Generation and scoring on dev (picks the best checkpoint) and test."""
-
-    metric: str  # a `dq_jax.metrics` name: rougeLsum, bleu, ...
-    batch_size: int
-    num_beams: int
-    max_length: int
-    min_length: int
-    length_penalty: float
-    no_repeat_ngram_size: int  # 0: no constraint
-    max_examples: int  # 0: the whole split
 
 
 @dataclasses.dataclass(frozen=True)

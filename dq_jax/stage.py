@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from jax.sharding import Mesh
@@ -14,7 +14,28 @@ from dq_jax import data as data_lib
 from dq_jax.distill import DistillConfig
 from dq_jax.metrics_log import MetricsLog
 from dq_jax.modeling import Seq2SeqLM
-from dq_jax.spec import EvalSettings, TrainSettings
+from dq_jax.evaluation import EvalSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """Optimizer and schedule of one training stage (the config holds the defaults)."""
+
+    batch_size: int
+    grad_accum: int
+    learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    grad_clip: float  # 0: no clipping
+    epochs: int
+    steps: int  # > 0 overrides epochs
+    log_every: int
+    eval_every: int  # 0: after each epoch
+    checkpoint_every: int
+    remat: str = "none"  # none | full | dots (dq_jax.remat)
+    profile_steps: str = ""  # "START,END": trace those steps (jax.profiler)
+    peak_tflops: float = 0.0  # per device; 0: known table or measured
+    wandb_project: str = ""  # "": no W&B
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,17 +44,10 @@ class StageData:
 
     train: data_lib.Tokenized
     dev: data_lib.Tokenized
-    cfg: data_lib.DataConfig
-    pad: int  # the model's pad token id
-    start: int | None  # the model's decoder start token id
-    model_type: str  # bart | mbart (mBART's decoder starts with the target language code)
+    batching: data_lib.Batching
 
     def train_batches(self, ts: TrainSettings, seed: int, rows: np.ndarray | None = None) -> data_lib.TrainIterator:
-        return data_lib.TrainIterator(self.train, self.cfg, ts.batch_size, ts.grad_accum, seed, self.pad, self.start,
-                                      self.model_type, rows=rows)
-
-    def eval_batches(self, split: data_lib.Tokenized, batch_size: int) -> Iterator[tuple[np.ndarray, dict]]:
-        return data_lib.eval_batches(split, self.cfg, batch_size, self.pad, self.start, self.model_type)
+        return self.batching.train(self.train, ts.batch_size, ts.grad_accum, seed, rows)
 
 
 @dataclasses.dataclass(frozen=True)

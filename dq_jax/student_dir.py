@@ -11,7 +11,8 @@ import dataclasses
 import json
 import os
 
-from dq_jax import hf
+from dq_jax import export, hf, packed
+from dq_jax.hf_layout import join_step_sizes, split_step_sizes
 from dq_jax.model_config import ModelConfig
 from dq_jax.quant_config import QuantConfig
 
@@ -22,7 +23,6 @@ def save_student(cfg: ModelConfig, params: dict, quant: QuantConfig, student_dir
                  generation_config: dict, precision: str = "fp32") -> None:
     """fp32 master weights as an HF directory, plus the quant config, generation settings, the
     precision it was trained in and learned activation step sizes in `dq_jax.json`."""
-    from dq_jax.export import split_step_sizes
     weights, elastic = split_step_sizes(params)
     hf.save_pretrained(cfg, weights, student_dir, tokenizer_dir=tokenizer_dir)
     with open(os.path.join(student_dir, STUDENT_META), "w") as f:
@@ -32,7 +32,6 @@ def save_student(cfg: ModelConfig, params: dict, quant: QuantConfig, student_dir
 
 def load_student(student_dir: str) -> tuple[ModelConfig, dict]:
     """Inverse of `save_student`: (config, params with any `elastic` step sizes)."""
-    from dq_jax.export import join_step_sizes
     cfg, params = hf.load_pretrained(student_dir)
     meta_path = os.path.join(student_dir, STUDENT_META)
     elastic = {}
@@ -45,7 +44,6 @@ def load_student(student_dir: str) -> tuple[ModelConfig, dict]:
 def export_workdir(workdir: str, fmt: str, out: str | None = None) -> dict:
     """Exports the finished student of `workdir` as `hf` (directory) or `packed` (one file);
     returns {"path", "bytes"}."""
-    from dq_jax import export
     student_dir = os.path.join(workdir, "student_hf")
     meta_path = os.path.join(student_dir, STUDENT_META)
     if not os.path.exists(meta_path):
@@ -61,6 +59,6 @@ def export_workdir(workdir: str, fmt: str, out: str | None = None) -> dict:
         return {"path": out, "bytes": os.path.getsize(os.path.join(out, "model.safetensors"))}
     if fmt == "packed":
         out = out or os.path.join(workdir, "export", "student.packed.safetensors")
-        export.write_packed(cfg, params, quant, out, student_dir, meta["generation_config"])
+        packed.write(cfg, params, quant, out, student_dir, meta["generation_config"], meta.get("precision", "fp32"))
         return {"path": out, "bytes": os.path.getsize(out)}
     raise ValueError(f"--format {fmt!r}: choose 'hf' or 'packed'.")

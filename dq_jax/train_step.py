@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from dq_jax import distill, remat, sharding
 from dq_jax.modeling import Seq2SeqLM, variables
 from dq_jax.policy import classify, key_names
+from dq_jax.stage import TrainSettings
 
 BATCH_KEYS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels")
 
@@ -45,6 +46,12 @@ class OptimConfig:
     b2: float = 0.999
     eps: float = 1e-6
     grad_clip: float | None = None  # global-norm clipping; None = off (the reference)
+
+    @classmethod
+    def of(cls, ts: TrainSettings, total: int) -> OptimConfig:
+        """A stage's optimizer: its settings over `total` steps, warm-up as a share of them."""
+        return cls(learning_rate=ts.learning_rate, warmup_steps=int(ts.warmup_ratio * total), total_steps=total,
+                   weight_decay=ts.weight_decay, grad_clip=ts.grad_clip or None)
 
     def schedule(self) -> optax.Schedule:
         """Linear warm-up from 0, then linear decay to 0 at `total_steps` (HF's schedule)."""

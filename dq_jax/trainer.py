@@ -24,7 +24,6 @@ from dq_jax.evaluation import evaluate
 from dq_jax.metrics_log import Record
 from dq_jax.modeling import init_elastic
 from dq_jax.quant_config import ELASTIC
-from dq_jax.spec import TrainSettings
 from dq_jax.stage import Stage
 from dq_jax.stop_signals import StopRequests
 from dq_jax.throughput import StepFlops, StepTimer, Throughput, device_peak
@@ -48,11 +47,6 @@ class Interrupted(RuntimeError):
 class StageResult:
     params: dict  # on the host: the best by the dev metric, or the final ones when no evaluation ran
     best: dict | None  # the best dev score, with the `step` it was reached at
-
-
-def optim_config(ts: TrainSettings, total: int) -> train_step.OptimConfig:
-    return train_step.OptimConfig(learning_rate=ts.learning_rate, warmup_steps=int(ts.warmup_ratio * total),
-                                  total_steps=total, weight_decay=ts.weight_decay, grad_clip=ts.grad_clip or None)
 
 
 class _Profiler:
@@ -126,7 +120,7 @@ def train_stage(stage: Stage) -> StageResult:
         raise ValueError(f"Stage {name}: {len(stage.data.train.source)} training examples give no step at batch "
                          f"size {ts.batch_size} x {ts.grad_accum}; lower train.batch_size or add data.")
     init_params = _init_params(stage)
-    optim = optim_config(ts, total)
+    optim = train_step.OptimConfig.of(ts, total)
     tx = train_step.make_optimizer(optim, init_params)
     learning_rate = optim.schedule()  # of the update count: step s applies learning_rate(s - 1)
     state, st_sh = train_step.init_state(init_params, tx, jax.random.PRNGKey(stage.seed), mesh)
@@ -195,7 +189,7 @@ def train_stage(stage: Stage) -> StageResult:
                     timer.restart()
                 if step % eval_every == 0 or step == total:
                     check_finite(state)  # never evaluate or keep a state that skipped a bad step
-                    score, _ = evaluate(stage.model, state.params, stage.data.dev, stage.data, ev, stage.tokenizer,
+                    score, _ = evaluate(stage.model, state.params, stage.data.dev, stage.data.batching, ev, stage.tokenizer,
                                         desc=f"{name} dev")
                     stage.metrics.write(Record(name, "dev", {k: v for k, v in score.items() if isinstance(v, float)},
                                                step=step))

@@ -101,7 +101,7 @@ def main():
     distributed.initialize(distributed.DistributedConfig(coordinator_address=f"127.0.0.1:{port}",
                                                          num_processes=nproc, process_id=pid, heartbeat_timeout=5))
     from dq_jax.checkpoint import StageCheckpoints
-    from dq_jax.hf import flatten
+    from dq_jax.hf_layout import flatten
     state, losses, _, _ = run(die_after=None if pid != 1 else die_after)
     ckpts = StageCheckpoints(os.path.join(out, "checkpoints"))
     ckpts.save(STEPS, state, {"data": {"epoch": 0, "position": STEPS}, "best": None}, force=True)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dq_jax import distill, hf, modeling, policy, quant, sharding, train_step
+from dq_jax import distill, hf, hf_layout, modeling, policy, quant, sharding, train_step
 from dq_jax.codes import Codes
 from dq_jax.codes_matmul import Operand, codes_einsum, codes_product
 from dq_jax.generate import GenerationConfig, generate
@@ -530,7 +530,7 @@ def test_bf16_student_holds_its_float_kernels_in_bf16_with_the_same_logits(talke
     dec = jnp.full((ids.shape[0], 5), cfg.decoder_start_token_id, jnp.int32)
     model, qparams = quantized_student(cfg, q, params, jnp.bfloat16)
     head = qparams["lm_head"]["kernel"] if "lm_head" in qparams else None
-    kernels = [x for p, x in hf.flatten(qparams) if p[-1] == "kernel" and not isinstance(x, Codes)]
+    kernels = [x for p, x in hf_layout.flatten(qparams) if p[-1] == "kernel" and not isinstance(x, Codes)]
     assert kernels and all(x.dtype == jnp.bfloat16 for x in kernels)
     emb = qparams["shared"]["embedding"]
     assert (head is not None) == bool(q.embed_bits) and (isinstance(emb, Codes) or emb.dtype == jnp.float32)
@@ -549,7 +549,7 @@ def _expected_resident_bytes(params: dict, q: QuantConfig) -> int:
     output column of a Linear kernel when per row, per vocabulary row of the embedding), an fp32
     copy of the table as LM head when only the lookups are quantized, everything else fp32."""
     total = 0
-    for path, leaf in hf.flatten(params):
+    for path, leaf in hf_layout.flatten(params):
         size = int(np.size(leaf))
         linear = path[-1] == "kernel" and path[0] in ("encoder", "decoder") and "layers" in path[1]
         if linear and q.weight_bits:
@@ -570,7 +570,7 @@ def test_resident_bytes(talker, q):
     cfg, params, _, _ = talker
     if q.elastic:  # step sizes ride along in the trainable tree (their values do not matter here)
         params = dict(params, **{ELASTIC: jax.tree.map(lambda s: np.float32(0.5),
-                                                        hf.abstract_trainable(cfg, q)[ELASTIC])})
+                                                        modeling.abstract_trainable(cfg, q)[ELASTIC])})
     _, qparams = quantized_student(cfg, q, params)
     fp32 = sum(np.asarray(x).nbytes for x in jax.tree.leaves(params))
     got = resident_bytes(qparams)

@@ -422,3 +422,20 @@ def test_teacher_vocab_smaller_than_the_tokenizer_fails_before_tokenizing(tmp_pa
         pipeline.run(spec, str(tmp_path / "work"))
     assert calls == []
     assert not (tmp_path / "work" / "checkpoints").exists()
+
+
+def test_a_bad_row_fails_by_name_before_the_tokenizer_trains_on_it(tmp_path, shared_data):
+    """The demo config trains its tokenizer on the training rows: those are read through
+    `data_source` first, so a row without the target is the named row error, not a KeyError."""
+    from configs import demo
+    from dq_jax import pipeline
+    from train.settings import spec_from_config
+    rows = [json.loads(line) for line in (shared_data / "xsum" / "validation.jsonl").read_text().splitlines()[:8]]
+    del rows[5]["summary"]
+    good = _jsonl(tmp_path / "good.jsonl", rows[:4])
+    bad = _jsonl(tmp_path / "bad.jsonl", rows)
+    c = demo.get_config()
+    c.data.update(synthetic="", train_files=bad, validation_files=good, test_files=good)
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: line 6 has no 'summary' column")):
+        pipeline.run(spec_from_config(c), str(tmp_path / "work"))
+    assert not (tmp_path / "work" / "tokenizer" / "tokenizer.json").exists()

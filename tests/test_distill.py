@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dq_jax import distill, hf, modeling
+from dq_jax import distill, hf, hf_layout, modeling
 from dq_jax.distill import DistillConfig, distill_loss, init_student, layer_map, resolve_map
 from tests.hf_models import make_hf_model, padded_batch, torch_forward
 
@@ -71,7 +71,7 @@ def teacher(tmp_path_factory):
 
 
 def _paths(tree):
-    return sorted(p for p, _ in hf.flatten(tree))
+    return sorted(p for p, _ in hf_layout.flatten(tree))
 
 
 def _teacher_path(path, maps):
@@ -86,15 +86,15 @@ def test_init_student_copies_mapped_layers_and_the_rest(teacher):
     scfg, sparams = init_student(cfg, params, 2, 3, decoder_map=DEC_MAP)
     assert (scfg.encoder_layers, scfg.decoder_layers) == (2, 3)
     assert scfg == cfg.replace(encoder_layers=2, decoder_layers=3)
-    assert _paths(sparams) == _paths(hf.abstract_params(scfg))
+    assert _paths(sparams) == _paths(modeling.abstract_params(scfg))
     hf.check_params(scfg, sparams)
     np.testing.assert_array_equal(sparams["encoder"]["layers_1"]["fc1"]["kernel"],
                                   params["encoder"]["layers_3"]["fc1"]["kernel"])
     np.testing.assert_array_equal(sparams["decoder"]["layers_2"]["encoder_attn"]["k_proj"]["kernel"],
                                   params["decoder"]["layers_3"]["encoder_attn"]["k_proj"]["kernel"])
     maps = {"encoder": ENC_MAP, "decoder": DEC_MAP}
-    teacher_leaves = dict(hf.flatten(params))
-    for path, leaf in hf.flatten(sparams):
+    teacher_leaves = dict(hf_layout.flatten(params))
+    for path, leaf in hf_layout.flatten(sparams):
         np.testing.assert_array_equal(leaf, teacher_leaves[_teacher_path(path, maps)], err_msg=str(path))
     assert sparams["shared"]["embedding"] is params["shared"]["embedding"]
     assert sparams["final_logits_bias"] is params["final_logits_bias"]
@@ -104,7 +104,7 @@ def test_init_student_copies_mapped_layers_and_the_rest(teacher):
 def test_init_student_keeps_jax_leaves_and_mbart_final_norms():
     model = make_hf_model("mbart", encoder_layers=3, decoder_layers=3)
     cfg = modeling.ModelConfig.from_hf_dict(model.config.to_dict())
-    params = jax.tree.map(jnp.asarray, hf.state_dict_to_params(
+    params = jax.tree.map(jnp.asarray, hf_layout.state_dict_to_params(
         {k: v.detach().numpy() for k, v in model.state_dict().items()}))
     scfg, sparams = init_student(cfg, params, 1, 2)
     hf.check_params(scfg, sparams)

@@ -16,7 +16,7 @@ import pytest
 from tests import dist_worker
 from dq_jax import distributed, sharding, train_step
 from dq_jax.checkpoint import StageCheckpoints
-from dq_jax.hf import flatten
+from dq_jax.hf_layout import flatten
 
 REPO = Path(__file__).resolve().parents[1]
 

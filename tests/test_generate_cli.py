@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dq_jax import demo_task, export, hf, inference
+from dq_jax import demo_task, hf, hf_layout, inference, packed
 from dq_jax.codes import Codes
 from dq_jax.generate import GenerationConfig, generate
 from dq_jax.modeling import Seq2SeqLM
@@ -47,7 +47,7 @@ def run(tmp_path_factory):
 
 
 def _leaves(tree):
-    return dict(hf.flatten(tree))  # Codes are leaves: flatten walks dicts only
+    return dict(hf_layout.flatten(tree))  # Codes are leaves: flatten walks dicts only
 
 
 @pytest.mark.parametrize("quant", [QUANT, QuantConfig(8, 4, 8, weight_granularity="row"),
@@ -56,8 +56,9 @@ def _leaves(tree):
                          ids=["2-2-8", "8-4-8-row", "2-2-tied-head", "1-1-8", "4-3-8", "tbt-2-2-8"])
 def test_packed_codes_equal_the_quantized_students(run, quant, tmp_path):
     cfg, params = run["cfg"], run["params"]
-    path = export.write_packed(cfg, params, quant, str(tmp_path / "s.safetensors"))
-    cfg2, quant2, got, _ = inference.packed_codes(path)
+    path = packed.write(cfg, params, quant, str(tmp_path / "s.safetensors"))
+    cfg2, header, got = packed.read_codes(path)
+    quant2 = header.quant
     model, want = quantized_student(cfg, quant, params)
     assert quant2 == quant and cfg2 == model.cfg
     got, want = _leaves(got), _leaves(want)
@@ -81,8 +82,8 @@ def test_the_packed_file_loads_without_dequantizing(run, monkeypatch):
     """The fp32 weights of quantized tensors are never built: the dequantizing readers are not called."""
     def boom(*a, **k):
         raise AssertionError("the packed loader dequantized the file")
-    monkeypatch.setattr(export, "read_packed", boom)
-    monkeypatch.setattr(export, "load_packed", boom)
+    monkeypatch.setattr(packed, "read_state_dict", boom)
+    monkeypatch.setattr(packed, "load", boom)
     student = inference.load(run["packed"])
     assert student.kind == inference.PACKED and student.generation == run["gen"]
     assert student.model.quant.compute == "codes"

@@ -10,7 +10,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from dq_jax import hf, modeling
+from dq_jax import hf, hf_layout, modeling
 from tests.hf_models import CONFIGS, make_hf_model, padded_batch, torch_forward
 
 
@@ -88,10 +88,10 @@ def test_full_size_param_count_matches_hf(model_type, cfg_cls):
     with torch.device("meta"):
         torch_model = transformers.AutoModelForSeq2SeqLM.from_config(hf_cfg)
     cfg = modeling.ModelConfig.from_hf_dict(hf_cfg.to_dict())
-    abstract = hf.abstract_params(cfg)
+    abstract = modeling.abstract_params(cfg)
     ours = {}
-    for path, leaf in hf.flatten(abstract):
-        name, transposed = hf.flax_to_hf_name(path)
+    for path, leaf in hf_layout.flatten(abstract):
+        name, transposed = hf_layout.flax_to_hf_name(path)
         ours[name] = tuple(leaf.shape)[::-1] if transposed else tuple(leaf.shape)
     theirs = {k: tuple(v.shape) for k, v in torch_model.state_dict().items()
               if k not in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",

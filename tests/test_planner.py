@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import demo
-from dq_jax import distill, planner, sharding, train_step, trainer
+from dq_jax import distill, planner, sharding, stages, train_step
 from dq_jax.model_config import ModelConfig
 from dq_jax.modeling import Seq2SeqLM
 from tests.hf_models import distill_batch
@@ -66,7 +66,7 @@ def test_argument_bytes_match_the_real_sharded_state_and_batch(teacher_dir, mesh
     t_params = jax.device_get(jax.jit(Seq2SeqLM(TEACHER).init)(jax.random.key(0), ids, decoder_input_ids=ids)["params"])
     _, s_params = distill.init_student(TEACHER, t_params, 1, 1)
     m = sharding.make_mesh(mesh)
-    tx = train_step.make_optimizer(trainer.optim_config(spec.train, 1000), s_params)
+    tx = train_step.make_optimizer(train_step.OptimConfig.of(spec.train, 1000), s_params)
     state, _ = train_step.init_state(s_params, tx, jax.random.PRNGKey(spec.seed), m)
     teacher = jax.device_put(t_params, sharding.param_shardings(t_params, m))
     batch = train_step.shard_batch(distill_batch(TEACHER.vocab_size, ACCUM, BATCH, SRC, TGT), m)
@@ -91,10 +91,10 @@ def test_too_small_device_memory_exits_with_advice(teacher_dir):
 
 
 def test_stages_that_do_not_run_are_skipped(teacher_dir):
-    assert planner.stages_to_plan(_spec(teacher_dir)) == (("teacher", "distill"), ())
-    assert planner.stages_to_plan(_spec(teacher_dir, stages="distill,eval")) == (
+    assert stages.trained_stages(_spec(teacher_dir)) == (("teacher", "distill"), ())
+    assert stages.trained_stages(_spec(teacher_dir, stages="distill,eval")) == (
         ("distill",), (("teacher", "not in stages"),))
-    names, skipped = planner.stages_to_plan(_spec(teacher_dir, **{"teacher.finetune": False}))
+    names, skipped = stages.trained_stages(_spec(teacher_dir, **{"teacher.finetune": False}))
     assert names == ("distill",) and skipped[0][0] == "teacher" and "finetune=False" in skipped[0][1]
     p = planner.plan(_spec(teacher_dir, stages="eval,export"))  # nothing trains: nothing compiles
     assert p.stages == () and {s for s, _ in p.skipped} == {"teacher", "distill"}
@@ -104,7 +104,7 @@ def test_known_hub_teacher_falls_back_to_its_standard_shapes(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     c = demo.get_config()
     c.teacher.path, c.teacher.scratch, c.teacher.tokenizer = "facebook/bart-base", "", ""
-    shape = planner.teacher_shape(spec_from_config(c))
+    shape = stages.teacher_shape(spec_from_config(c))
     assert (shape.cfg.d_model, shape.cfg.encoder_layers, shape.cfg.vocab_size) == (768, 6, 50265)
     assert "standard 'base'" in shape.source
 
@@ -112,7 +112,7 @@ def test_known_hub_teacher_falls_back_to_its_standard_shapes(monkeypatch):
 def test_advice_names_the_numbers():
     stage = planner.StagePlan("distill", (2, 4, 1), 2, 16, 128, 32, "none", 1.0, 1e9, argument_bytes=3 << 30,
                               output_bytes=2 << 30, alias_bytes=2 << 30, temp_bytes=10 << 30, code_bytes=0)
-    p = planner.Plan(planner.TeacherShape(TEACHER, "test"), TEACHER, (stage,), (), stage.mesh, "cpu", 8, 8 << 30)
+    p = planner.Plan(stages.TeacherShape(TEACHER, "test"), TEACHER, (stage,), (), stage.mesh, "cpu", 8, 8 << 30)
     assert p.too_big == (stage,) and stage.total_bytes == 13 << 30 and stage.rows_per_device == 2
     text = "\n".join(planner.advice(p, stage))
     assert "needs 13.00 GiB per device, 5.00 GiB more than the 8.00 GiB" in text

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dq_jax import hf, policy, quant
+from dq_jax import hf_layout, modeling, policy, quant
 from dq_jax.codes import Codes
 from dq_jax.model_config import ModelConfig
 from dq_jax.policy import ActRole, Role
@@ -14,11 +14,11 @@ from dq_jax.quant_config import QuantConfig
 
 
 def _roles(params) -> dict[tuple[str, ...], policy.ParamInfo]:
-    return {path: policy.classify(path, len(leaf.shape)) for path, leaf in hf.flatten(params)}
+    return {path: policy.classify(path, len(leaf.shape)) for path, leaf in hf_layout.flatten(params)}
 
 
 def test_every_bart_base_parameter_has_its_role_and_axes():
-    infos = _roles(hf.abstract_params(ModelConfig()))
+    infos = _roles(modeling.abstract_params(ModelConfig()))
     by_role: dict[Role, int] = {}
     for info in infos.values():
         by_role[info.role] = by_role.get(info.role, 0) + 1

@@ -23,8 +23,8 @@ def _logits(cfg, params, quant, *batch):
 
 def test_param_tree_is_the_teachers(teacher):
     cfg, params = teacher
-    fp = hf.abstract_params(cfg)
-    q = hf.abstract_params(cfg, QuantConfig(2, 2, 8))
+    fp = modeling.abstract_params(cfg)
+    q = modeling.abstract_params(cfg, QuantConfig(2, 2, 8))
     assert jax.tree.structure(fp) == jax.tree.structure(q)
     assert jax.tree.map(lambda a: a.shape, fp) == jax.tree.map(lambda a: a.shape, q)
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from configs import demo
-from dq_jax import data, pipeline
+from dq_jax import data, pipeline, stages
 from train.settings import spec_from_config
 from train.sweeps import plan
 from train.sweeps.grid import Point
@@ -20,6 +20,10 @@ def _split(n: int) -> data.Tokenized:
                                              pa.array([f"ref {i}" for i in range(n // 2, n)])]))
     return data.Tokenized(data.TokenColumn.from_lists([[0, i + 10, 2] for i in range(n)]),
                           data.TokenColumn.from_lists([[0, 7, 2]] * n), refs)
+
+
+def _rows(spec):
+    return stages.TrainRows(spec.student.train_fraction, spec.student.seed)
 
 
 def _spec(**student):
@@ -62,7 +66,7 @@ def test_take_is_a_view_of_the_chosen_rows():
 def test_training_batches_read_only_the_subset():
     spec = _spec(train_fraction=0.25, seed=4)
     full = _split(64)
-    split, record = pipeline.student_train_split(spec, full)
+    split, record = pipeline.student_train_split(spec, _rows(spec), full)
     rows = data.fraction_rows(64, 0.25, 4)
     assert record == {"fraction": 0.25, "seed": 4, "examples": 16, "of": 64,
                       "rows_sha256": hashlib.sha256(rows.astype("<i8").tobytes()).hexdigest()}
@@ -77,7 +81,7 @@ def test_the_whole_split_by_default_and_the_seed_follows_the_run_seed():
     spec = _spec()
     assert (spec.student.train_fraction, spec.student.seed) == (1.0, 0)
     full = _split(32)
-    split, record = pipeline.student_train_split(spec, full)
+    split, record = pipeline.student_train_split(spec, _rows(spec), full)
     assert split is full and record["examples"] == record["of"] == 32
     c = demo.get_config()
     c.seed = 7
@@ -95,7 +99,7 @@ def test_a_fraction_smaller_than_one_batch_fails_before_training():
     spec = _spec(train_fraction=0.1)  # demo: batch 16
     with pytest.raises(ValueError, match=r"^student.train_fraction=0.1 keeps 10 of the 100 training examples, fewer "
                                          r"than one batch of 16 \(train.batch_size x train.grad_accum\)"):
-        pipeline.student_train_split(spec, _split(100))
+        pipeline.student_train_split(spec, _rows(spec), _split(100))
 
 
 def test_students_with_other_fractions_and_seeds_share_one_teacher(tmp_path):

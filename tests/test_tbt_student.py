@@ -12,7 +12,7 @@ import pytest
 from safetensors import safe_open
 
 from configs import common, demo, xsum
-from dq_jax import distill, export, hf, modeling, policy, quant, sharding, train_step
+from dq_jax import distill, export, hf, hf_layout, modeling, packed, policy, quant, sharding, train_step
 from dq_jax.quant_config import ELASTIC, QuantConfig
 from tests.hf_models import make_hf_model, padded_batch
 
@@ -47,7 +47,7 @@ def test_elastic_step_sizes_initialize_from_the_first_batch(teacher):
     ids, am, dids, _ = _batch(cfg.vocab_size)
     model = modeling.Seq2SeqLM(cfg, QuantConfig(2, 2, 2, method="tbt"))
     p = modeling.init_elastic(model, params, ids, am, dids)
-    alphas = dict(hf.flatten(p[ELASTIC]))
+    alphas = dict(hf_layout.flatten(p[ELASTIC]))
     # every Linear input (6 per encoder layer, 10 per decoder layer) and q, k, probs, v of
     # every attention (1 per encoder layer, 2 per decoder layer)
     assert len(alphas) == 2 * (6 + 4) + 2 * (10 + 8)
@@ -110,8 +110,8 @@ def test_step_sizes_train_replicated_and_checkpointable(teacher):
                                    mesh, st_sh, t_sh)
     new, metrics = step(state, jax.device_put(params, t_sh), train_step.shard_batch(batch, mesh))
     assert np.isfinite(metrics["loss"]) and float(metrics["finite"]) == 1.0
-    before = dict(hf.flatten(jax.device_get(sparams[ELASTIC])))
-    after = dict(hf.flatten(jax.device_get(new.params[ELASTIC])))
+    before = dict(hf_layout.flatten(jax.device_get(sparams[ELASTIC])))
+    after = dict(hf_layout.flatten(jax.device_get(new.params[ELASTIC])))
     moved = [k for k in before if before[k] != after[k]]
     assert len(moved) > len(before) // 2  # learned, and by Adam (no weight decay on step sizes)
     assert all(after[k] > 0 for k in after)
@@ -123,7 +123,7 @@ def test_packed_w1a1_stores_1_bit_codes_and_step_sizes(teacher, tmp_path):
     q = QuantConfig(1, 1, 1, method="tbt", quantize_lm_head=True)
     model = modeling.Seq2SeqLM(cfg, q)
     p = modeling.init_elastic(model, params, ids, am, dids)
-    path = export.write_packed(cfg, p, q, str(tmp_path / "w1a1.safetensors"))
+    path = packed.write(cfg, p, q, str(tmp_path / "w1a1.safetensors"))
     with safe_open(path, framework="np") as f:
         meta = json.loads(f.metadata()["quantized"])
         kernel_codes = f.get_tensor("model.encoder.layers.0.fc1.weight.codes")
@@ -133,11 +133,11 @@ def test_packed_w1a1_stores_1_bit_codes_and_step_sizes(teacher, tmp_path):
     assert meta["model.encoder.layers.0.fc1.weight"] == {"shape": [out_dim, in_dim], "bits": 1, "kind": "tbt_binary"}
     assert kernel_codes.dtype == np.uint8 and kernel_codes.size == -(-out_dim * in_dim // 8)  # 8 per byte
     assert meta["model.shared.weight"]["bits"] == 1
-    alphas = dict(hf.flatten(p[ELASTIC]))
+    alphas = dict(hf_layout.flatten(p[ELASTIC]))
     assert len(stored) == len(alphas)
     for k, v in alphas.items():
         assert stored["elastic." + ".".join(k)] == v
-    cfg2, q2, loaded = export.load_packed(path)
+    cfg2, q2, loaded = packed.load(path)
     assert q2 == q
     ours = model.apply(modeling.variables(p), ids, am, dids, dam).logits
     # the loaded weights are already quantized: run them with the activation quantizers only

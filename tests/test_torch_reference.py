@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dq_jax import hf, modeling, quant
+from dq_jax import hf, hf_layout, modeling, quant
 from tests import torch_reference as tr
 from dq_jax.quant_config import QuantConfig
 from tests.hf_models import make_hf_model, padded_batch, torch_forward
@@ -333,10 +333,10 @@ def gradient_errors(bits, tmp_path, name="bart", seed=0):
     q = QuantConfig(weight_bits=bits[0], embed_bits=bits[1], act_bits=bits[2])
     jloss, grads = jax.jit(jax.value_and_grad(jax_loss(cfg, q, ids, am, dids, dam, labels)))(params)
     np.testing.assert_allclose(float(jloss), loss.item(), rtol=1e-5)
-    flat = dict(hf.flatten(jax.tree.map(np.asarray, grads)))
+    flat = dict(hf_layout.flatten(jax.tree.map(np.asarray, grads)))
     errors = {}
     for name, p in model.named_parameters():
-        path, transposed = hf.hf_to_flax_name(name)
+        path, transposed = hf_layout.hf_to_flax_name(name)
         want = flat.pop(path)
         got = p.grad.numpy().T if transposed else p.grad.numpy()
         assert got.shape == want.shape, name

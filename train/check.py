@@ -45,7 +45,7 @@ def main(argv=None):
 
     rows = []
     base = ModelConfig()
-    base_shapes = {L: hf.abstract_params(base.replace(encoder_layers=L[0], decoder_layers=L[1]))
+    base_shapes = {L: modeling.abstract_params(base.replace(encoder_layers=L[0], decoder_layers=L[1]))
                    for L in ((6, 6),)}
     teacher_mib = size.paper_size_mib(base_shapes[(6, 6)], None, None)
     for name, q in [("fp32", None), ("8-8-8", QuantConfig(8, 8, 8)), ("2-2-8", QuantConfig(2, 2, 8))]:

@@ -90,7 +90,7 @@ def _get(c: ml_collections.ConfigDict, key: str):
     return c
 
 
-def check_ranges(c: ml_collections.ConfigDict, stages: tuple[str, ...]) -> None:
+def check_ranges(c: ml_collections.ConfigDict) -> None:
     """Every `RANGES` value, then the limits that tie two values together."""
     for key, (is_kind, kind), (ok, bound), names in RANGES:
         value = _get(c, key)
@@ -108,11 +108,3 @@ def check_ranges(c: ml_collections.ConfigDict, stages: tuple[str, ...]) -> None:
     if c.eval.min_length >= c.eval.max_length:
         raise ValueError(f"eval.min_length={c.eval.min_length} is out of range: it must be less than "
                          f"eval.max_length={c.eval.max_length}.")
-    # A stage that trains needs a length; checked only where it trains (teacher: scratch, or
-    # an HF teacher with teacher.finetune), so an unused section's zeros are no error.
-    trains = {"train": "distill" in stages,
-              "teacher": "teacher" in stages and (c.teacher.finetune or not c.teacher.path)}
-    for section, used in trains.items():
-        if used and c[section].steps == 0 and c[section].epochs == 0:
-            raise ValueError(f"{section}.steps=0 and {section}.epochs=0 train nothing: set {section}.steps >= 1 "
-                             f"(it overrides epochs) or {section}.epochs >= 1.")

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from dq_jax import inference
-    from dq_jax.export import PackedFileError
+    from dq_jax.packed import PackedFileError
 
     def fail(message) -> int:
         print(f"error: {message}", file=sys.stderr)

@@ -17,6 +17,7 @@ from dq_jax.distributed import DistributedConfig
 from dq_jax.quant_config import QuantConfig
 from dq_jax.spec import (STAGES, SYNTHETIC_TASKS, DataSpec, DistillSpec, EvalSettings, RunSpec, StudentSpec,
                          TeacherSpec, TrainSettings)
+from dq_jax.stages import DISTILL, TEACHER, trained_stages
 from train.config_ranges import check_ranges
 
 DISTILL_MODES = ("dq_bart", "masked")
@@ -109,7 +110,7 @@ def _teacher(t: ml_collections.ConfigDict, stages: tuple[str, ...], train: Train
 
 def spec_from_config(c: ml_collections.ConfigDict) -> RunSpec:
     stages = _stages(c)
-    check_ranges(c, stages)
+    check_ranges(c)
     q = c.quant
     quant = _section(QuantConfig, q, weight_bits=_none_if_zero(q.weight_bits), embed_bits=_none_if_zero(q.embed_bits),
                      act_bits=_none_if_zero(q.act_bits))
@@ -122,10 +123,22 @@ def spec_from_config(c: ml_collections.ConfigDict) -> RunSpec:
                           seed=c.seed if c.student.seed == -1 else c.student.seed)
     data = _data(c.data)
     precision.compute_dtype(c.precision)  # a known precision
-    return RunSpec(seed=c.seed, stages=stages, mesh=tuple(c.mesh), precision=c.precision,
+    spec = RunSpec(seed=c.seed, stages=stages, mesh=tuple(c.mesh), precision=c.precision,
                    compilation_cache=c.compilation_cache, teacher=_teacher(c.teacher, stages, train),
                    student=student, quant=quant, distill=distill, data=data, train=train, eval=ev,
                    config_json=json.dumps(c.to_dict(), default=str))
+    _check_lengths(spec)
+    return spec
+
+
+def _check_lengths(spec: RunSpec) -> None:
+    """A stage that trains needs a length; checked only where it trains, so an unused section's
+    zeros are no error."""
+    trained = trained_stages(spec)[0]
+    for name, section, ts in ((DISTILL, "train", spec.train), (TEACHER, "teacher", spec.teacher.train)):
+        if name in trained and ts.steps == 0 and ts.epochs == 0:
+            raise ValueError(f"{section}.steps=0 and {section}.epochs=0 train nothing: set {section}.steps >= 1 "
+                             f"(it overrides epochs) or {section}.epochs >= 1.")
 
 
 def distributed_from_config(c: ml_collections.ConfigDict, environ=None) -> DistributedConfig:

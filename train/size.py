@@ -19,32 +19,31 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optional
 flags.mark_flags_as_required(["config"])
 
 def report(spec) -> dict:
-    from dq_jax import distill, hf, planner, size
+    from dq_jax import packed, size
+    from dq_jax.evaluation import generation_config
+    from dq_jax.modeling import abstract_params, abstract_trainable
     from dq_jax.quant_config import QuantConfig, split_elastic
-    t_cfg = planner.teacher_shape(spec).cfg  # the one rule for a teacher's shapes without its weights
-    enc, dec = spec.student.layers
-    distill.layer_map(t_cfg.encoder_layers, enc, side="encoder")
-    distill.layer_map(t_cfg.decoder_layers, dec, side="decoder")
-    s_cfg = t_cfg.replace(encoder_layers=enc, decoder_layers=dec)
-    s_trainable = hf.abstract_trainable(s_cfg, spec.quant)  # + TBT's activation step sizes
-    t_abs, s_abs = hf.abstract_params(t_cfg), split_elastic(s_trainable)[0]
-    tok = size.tokenizer_bytes(spec.teacher.path if os.path.isdir(spec.teacher.path or "") else None)
-    rows = []
-    for who, shapes, trainable, q in (("teacher", t_abs, t_abs, QuantConfig()),
-                                      ("student", s_abs, s_trainable, spec.quant)):
+    from dq_jax.stages import derive, teacher_shape
+    t_cfg = teacher_shape(spec).cfg  # the one rule for a teacher's shapes without its weights
+    s_cfg = derive(spec, t_cfg).student  # the student the run would build, explicit layer maps included
+    s_trainable = abstract_trainable(s_cfg, spec.quant)  # + TBT's activation step sizes
+    t_abs, s_abs = abstract_params(t_cfg), split_elastic(s_trainable)[0]
+    tokenizer_dir = spec.teacher.path if os.path.isdir(spec.teacher.path or "") else None
+    rows, totals = [], {}
+    for who, cfg, shapes, trainable, q in (("teacher", t_cfg, t_abs, t_abs, QuantConfig()),
+                                           ("student", s_cfg, s_abs, s_trainable, spec.quant)):
         paper = {c.name: c for c in size.paper_components(shapes, q.weight_bits, q.embed_bits)}
-        packed = {r["component"]: r for r in size.packed_components(trainable, q)}
-        for name in list(paper) + [n for n in packed if n not in paper]:
-            p, k = paper.get(name), packed.get(name)
+        stored = {r["component"]: r for r in packed.components(cfg, trainable, q)}
+        for name in list(paper) + [n for n in stored if n not in paper]:
+            p, k = paper.get(name), stored.get(name)
             rows.append({"model": who, "component": name, "elements": (p.elements if p else k["elements"]),
                          "paper bits": p.bits if p else "-", "paper MiB": round(p.mib, 3) if p else 0.0,
                          "packed bits": k["bits"] if k else "-", "packed MiB": round(k["mib"], 3) if k else 0.0})
-    t_paper = size.paper_size_mib(t_abs, None, None)
-    s_paper = size.paper_size_mib(s_abs, spec.quant.weight_bits, spec.quant.embed_bits)
-    t_packed = size.packed_size_bytes(t_abs, QuantConfig(), tok) / size.MIB
-    s_packed = size.packed_size_bytes(s_trainable, spec.quant, tok) / size.MIB
-    totals = {"teacher_paper_mib": t_paper, "student_paper_mib": s_paper, "paper_ratio": t_paper / s_paper,
-              "teacher_packed_mib": t_packed, "student_packed_mib": s_packed, "packed_ratio": t_packed / s_packed}
+        totals[f"{who}_paper_mib"] = size.paper_size_mib(shapes, q.weight_bits, q.embed_bits)
+        totals[f"{who}_packed_mib"] = packed.file_bytes(cfg, trainable, q, tokenizer_dir, generation_config(
+            cfg, spec.eval).to_hf_dict(), spec.precision) / size.MIB
+    totals["paper_ratio"] = totals["teacher_paper_mib"] / totals["student_paper_mib"]
+    totals["packed_ratio"] = totals["teacher_packed_mib"] / totals["student_packed_mib"]
     return {"rows": rows, "totals": totals}
 
 

@@ -14,6 +14,7 @@ from typing import Iterable, Mapping, Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from dq_jax.stages import TEACHER, trained_stages
 from train.settings import spec_from_config
 from train.sweeps.grid import (RESERVED, TEACHER_DIR, Point, SweepError, cross, expand_grid, named_points,
                                parse_axis, parse_set, point_name, value_text)
@@ -95,12 +96,6 @@ def select_points(config_arg: str, grids: Sequence[str] = (), set_texts: Sequenc
     return cross(points, expand_grid(grids), f"--sweep {sweep}") if grids else points
 
 
-def _trains_teacher(c) -> bool:
-    stages = {s.strip() for s in c.stages.split(",")}
-    return "teacher" in stages and bool((c.teacher.path and c.teacher.finetune) or
-                                        (not c.teacher.path and c.teacher.scratch))
-
-
 def _bits_text(b) -> str:
     return "32" if b in (None, 0, "") else str(b)
 
@@ -173,17 +168,17 @@ def plan_sweep(config_arg: str, workdir: str, points: Sequence[Point], sets: Map
     teachers: dict[str, Point] = {}
 
     def checked(name: str, argv: list[str]):
+        """The point's config and spec, built and checked as `train.main` would."""
         try:
             c = build_config(config_arg, _overrides_of(argv))
-            spec_from_config(c)
-            return c
+            return c, spec_from_config(c)
         except (SweepError, ValueError) as e:
             raise SweepError(f"point {name!r}: {e}") from None
 
     for p in points:
-        own = checked(p.name, point_command(config_arg, workdir, p, None, sets))
+        own, spec = checked(p.name, point_command(config_arg, workdir, p, None, sets))
         teacher = None
-        if _trains_teacher(own):
+        if TEACHER in trained_stages(spec)[0]:
             t_over = {k: v for k, v in p.overrides.items() if _affects_teacher(k)}
             t_name = TEACHER_DIR if not t_over else f"{TEACHER_DIR}_{point_name(t_over)}"
             if t_name not in teachers:
@@ -194,7 +189,7 @@ def plan_sweep(config_arg: str, workdir: str, points: Sequence[Point], sets: Map
                 plan.commands[t_name] = argv
             teacher = t_name
         argv = point_command(config_arg, workdir, p, os.path.join(workdir, teacher) if teacher else None, sets)
-        plan.summaries[p.name] = summarize(checked(p.name, argv) if teacher else own)
+        plan.summaries[p.name] = summarize(checked(p.name, argv)[0] if teacher else own)
         plan.commands[p.name], plan.teacher_of[p.name] = argv, teacher
     plan.teachers = list(teachers.values())
     return plan
