@@ -19,8 +19,8 @@ import sys
 import time
 from typing import Callable, Mapping
 
-from dq_jax.model_sizes import model_config
-from dq_jax.table import format_table
+from dq_jax.model.sizes import model_config
+from dq_jax.utils.table import format_table
 
 PRESETS = {
     # a few seconds per measurement on 2 CPU cores
@@ -118,7 +118,7 @@ def speedups(ours: Mapping[str, float | None], peers: Mapping[str, float | None]
 
 def compute_unavailable(compute: str) -> str | None:
     """Why `QuantConfig(compute=...)` cannot be asked for in this checkout, or None if it can."""
-    from dq_jax.quant_config import QuantConfig
+    from dq_jax.quant.config import QuantConfig
     if compute == "fake" or "compute" in {f.name for f in dataclasses.fields(QuantConfig)}:
         return None
     return "QuantConfig has no `compute` field yet"
@@ -127,7 +127,7 @@ def compute_unavailable(compute: str) -> str | None:
 def quant_config(bits: tuple, compute: str):
     """`QuantConfig(*bits)` computing in `compute` mode; `compute=` is passed only when the field
     exists, so "fake" works on checkouts without it."""
-    from dq_jax.quant_config import QuantConfig
+    from dq_jax.quant.config import QuantConfig
     why = compute_unavailable(compute)
     if why:
         raise RuntimeError(why)

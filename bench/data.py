@@ -64,7 +64,7 @@ import sys
 import tempfile
 import time
 
-from dq_jax.table import format_table
+from dq_jax.utils.table import format_table
 
 from bench.common import ROOT, WorkerError, cpu, cpu_line, peak_rss_mib, reply, run_worker, speedups, worker_env, write_json
 
@@ -158,7 +158,7 @@ def dump_head(source, target, keep, path: str, n: int = AGREE_ROWS) -> None:
 
 def worker_today(corpus: str, old_path: str, tokenizer_path: str, ids_out: str) -> dict:
     old = import_old(old_path)
-    from dq_jax import hf
+    from dq_jax.model import hf
     tokenizer = hf.load_tokenizer(tokenizer_path)
     cfg = old.DataConfig(train_files=(corpus,), max_source_length=MAX_SOURCE, max_target_length=MAX_TARGET)
     t0 = time.perf_counter()
@@ -189,8 +189,10 @@ def _timed(phases: dict, name: str, fn):
 def worker_new(corpus: str, cache_dir: str, tokenizer_path: str, num_proc: int, ids_out: str | None) -> dict:
     import datasets  # noqa: F401  start-up, outside the timed step
     import pyarrow  # noqa: F401
-    from dq_jax import data_source, hf, token_cache
-    from dq_jax.data import DataConfig
+    from dq_jax.data import source as data_source
+    from dq_jax.model import hf
+    from dq_jax.data import token_cache
+    from dq_jax.data.batches import DataConfig
     tokenizer = hf.load_tokenizer(tokenizer_path)
     cfg = DataConfig(train_files=(corpus,), cache_dir=cache_dir, max_source_length=MAX_SOURCE,
                      max_target_length=MAX_TARGET, num_proc=num_proc)

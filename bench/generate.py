@@ -20,7 +20,7 @@ int8 codes. A control row, `fake/fp32
 activations): it should reproduce HF's sequences, which shows that the 2-2-8 rows' differences
 from HF come from their 8-bit activations, not from the export.
 
-Peers, on `dq_jax.export.export_hf`'s directory for the same student (fake-quantized fp32
+Peers, on `dq_jax.export.hf_dir.export_hf`'s directory for the same student (fake-quantized fp32
 weights; PyTorch BART has no activation quantizers, so the peers compute with full-precision
 activations and their sequences may differ from ours where 8-bit activations flip a choice):
 - `hf/fp32`: `BartForConditionalGeneration.generate`;
@@ -80,7 +80,7 @@ import numpy as np
 
 from bench.common import (PRESETS, WorkerError, compute_unavailable, cpu, cpu_line, quant_config, reply,
                           run_worker, speedups, timeit, worker_env, write_json)
-from dq_jax.table import format_table
+from dq_jax.utils.table import format_table
 
 QUANT = (2, 2, 8)
 OURS = ("fake/fp32", "codes/fp32", "codes/bf16")
@@ -137,9 +137,11 @@ def prepare(preset_name: str, d: str, gen_overrides: dict) -> dict:
     """Teacher -> student (fp32 master, for our workers) -> its HF export -> CTranslate2 models."""
     import torch
     import transformers
-    from dq_jax import distill, export, hf
-    from dq_jax.generate import GenerationConfig
-    from dq_jax.quant_config import QuantConfig
+    from dq_jax.training import distill
+    from dq_jax.export import hf_dir as export
+    from dq_jax.model import hf
+    from dq_jax.inference.generate import GenerationConfig
+    from dq_jax.quant.config import QuantConfig
     p = PRESETS[preset_name]
     torch.manual_seed(0)
     hf_cfg = transformers.BartConfig(**dict(p["model"].to_hf_dict(), init_std=INIT_STD))
@@ -171,7 +173,7 @@ def prepare(preset_name: str, d: str, gen_overrides: dict) -> dict:
 
 
 def _inputs(d: str):
-    from dq_jax.generate import GenerationConfig
+    from dq_jax.inference.generate import GenerationConfig
     b = np.load(f"{d}/batch.npz")
     with open(f"{d}/gen.json") as f:
         return b["input_ids"], b["attention_mask"], GenerationConfig(**json.load(f))
@@ -212,10 +214,10 @@ def _matmul_floor(model, params, cfg, ids, am, sequences, gen) -> dict:
 def worker_jax(d: str, mode: str, repeat: int) -> dict:
     import jax
     import jax.numpy as jnp
-    from dq_jax import hf
-    from dq_jax.generate import generate
-    from dq_jax.modeling import Seq2SeqLM
-    from dq_jax.quantized_model import quantized_student
+    from dq_jax.model import hf
+    from dq_jax.inference.generate import generate
+    from dq_jax.model.modeling import Seq2SeqLM
+    from dq_jax.inference.quantized_model import quantized_student
     ids, am, gen = _inputs(d)
     cfg, params = hf.load_pretrained(f"{d}/student")
     params = jax.device_put(params)

@@ -15,8 +15,8 @@ import numpy as np
 
 from bench.common import PRESETS, print_table, timeit, write_json
 
-from dq_jax.modeling import Seq2SeqLM
-from dq_jax.quant_config import QuantConfig
+from dq_jax.model.modeling import Seq2SeqLM
+from dq_jax.quant.config import QuantConfig
 
 SETTINGS = [("fp32", None), ("8-8-8", QuantConfig(8, 8, 8)), ("2-2-8", QuantConfig(2, 2, 8)),
             ("2-2-fp", QuantConfig(2, 2, None)), ("fp-fp-8", QuantConfig(None, None, 8))]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from dq_jax.table import format_table
+from dq_jax.utils.table import format_table
 
 from bench.common import PRESETS, WorkerError, cpu, cpu_line, reply, run_worker, speedups, worker_env, write_json
 
@@ -46,9 +46,11 @@ def _setup(preset_name: str, batch: int, mode: str):
     abstract batch, student cfg, teacher cfg, tx) at these shapes; nothing allocated."""
     import jax
     import jax.numpy as jnp
-    from dq_jax import distill, modeling, sharding, train_step
-    from dq_jax.modeling import Seq2SeqLM
-    from dq_jax.quant_config import QuantConfig
+    from dq_jax.training import distill, train_step
+    from dq_jax.model import modeling
+    from dq_jax.parallel import sharding
+    from dq_jax.model.modeling import Seq2SeqLM
+    from dq_jax.quant.config import QuantConfig
     p = PRESETS[preset_name]
     tcfg = p["model"]
     enc, dec = p["student_layers"]
@@ -88,8 +90,8 @@ def worker_time(preset: str, batch: int, mode: str, steps: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from dq_jax import distill, train_step
-    from dq_jax.modeling import Seq2SeqLM
+    from dq_jax.training import distill, train_step
+    from dq_jax.model.modeling import Seq2SeqLM
     from bench.train_step import _batch
     step, mesh, st_sh, t_sh, state_abs, t_abs, batch_abs, scfg, tcfg, tx = _setup(preset, batch, mode)
     ids = jnp.zeros((1, 2), jnp.int32)

@@ -41,7 +41,7 @@ import os
 import tempfile
 import time
 
-from dq_jax.table import format_table
+from dq_jax.utils.table import format_table
 
 from bench.common import (PRESETS, WorkerError, compute_unavailable, cpu, cpu_line,
                           quant_config, reply, run_worker, speedups, timeit, worker_env, write_json)
@@ -69,7 +69,8 @@ def prepare(preset_name: str, out: str) -> None:
     import numpy as np
     import torch
     import transformers
-    from dq_jax import distill, hf
+    from dq_jax.training import distill
+    from dq_jax.model import hf
     preset = PRESETS[preset_name]
     cfg = preset["model"]
     torch.manual_seed(0)
@@ -104,8 +105,10 @@ def worker_jax(d: str, steps: int, mode: str) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from dq_jax import distill, hf, sharding, train_step
-    from dq_jax.modeling import Seq2SeqLM
+    from dq_jax.training import distill, train_step
+    from dq_jax.model import hf
+    from dq_jax.parallel import sharding
+    from dq_jax.model.modeling import Seq2SeqLM
     compute, precision = mode.split("/")
     dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
     tcfg, tparams = hf.load_pretrained(f"{d}/teacher")
@@ -158,7 +161,7 @@ def worker_torch(d: str, steps: int, mode: str, threads: int) -> dict:
     import numpy as np
     import torch
     import transformers
-    from dq_jax import distill
+    from dq_jax.training import distill
     from tests.torch_reference import quantize_model
     torch.set_num_threads(threads)
     teacher = transformers.BartForConditionalGeneration.from_pretrained(f"{d}/teacher",

@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = (1, 1, 1)  # (data, fsdp, tensor); -1 in one place takes the remaining devices
     # fp32 | bf16: bf16 runs the float matmuls (teacher, student where an operand is not
     # quantized) in bf16 with fp32 accumulation; weights, optimizer, loss, softmax, norms and
-    # quantizer scales stay fp32 (dq_jax/precision.py)
+    # quantizer scales stay fp32 (dq_jax/model/precision.py)
     c.precision = "fp32"
     # JAX's persistent compilation cache, so reruns and sweep points reuse compiled steps
     # ("": $DQ_JAX_CACHE/compilation, else ~/.cache/dq_jax/compilation; "off": none)
@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.teacher = ml_collections.ConfigDict(dict(
         path="",  # HF directory or hub id; empty with `scratch` set: train one here
-        scratch="",  # a size from dq_jax.model_sizes.SCRATCH, trained from scratch
+        scratch="",  # a size from dq_jax.model.sizes.SCRATCH, trained from scratch
         tokenizer="",  # defaults to teacher.path
         finetune=True,  # run the teacher stage on an HF teacher (False: use it as is)
         learning_rate=3e-5, steps=0, epochs=3))  # steps 0: teacher.epochs epochs

@@ -2,7 +2,7 @@
 
     python -m train.main --config configs/demo.py --workdir runs/demo
 
-Generates the demo summarization task (dq_jax.demo_task) and trains a byte-level BPE
+Generates the demo summarization task (dq_jax.data.demo_task) and trains a byte-level BPE
 tokenizer on it, trains a small teacher from scratch, distills a 2-2-8 student of the same
 depth, scores both on the test split with ROUGE and reports sizes. Variants as everywhere,
 e.g. `configs/demo.py:wbits=8,ebits=8,abits=8` or `:layers=3-1`.

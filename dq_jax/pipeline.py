@@ -18,20 +18,27 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from dq_jax import data as data_lib
-from dq_jax import (data_source, demo_task, distill, distributed, hf, model_sizes, packed, sharding, size, token_cache,
-                    workdir_lock)
-from dq_jax.checkpoint import StageCheckpoints
-from dq_jax.evaluation import evaluate, generation_config
-from dq_jax.metrics_log import MetricsLog, Record
-from dq_jax.model_config import ModelConfig
-from dq_jax.modeling import Seq2SeqLM, abstract_params, abstract_trainable
-from dq_jax.quant_config import split_elastic
+from dq_jax.data import batches as data_lib
+from dq_jax.data import source as data_source
+from dq_jax.data import demo_task, token_cache
+from dq_jax.training import distill
+from dq_jax.parallel import distributed, sharding
+from dq_jax.model import hf
+from dq_jax.model import sizes as model_sizes
+from dq_jax.export import packed
+from dq_jax import size
+from dq_jax.utils import workdir_lock
+from dq_jax.training.checkpoint import StageCheckpoints
+from dq_jax.inference.evaluation import evaluate, generation_config
+from dq_jax.training.metrics_log import MetricsLog, Record
+from dq_jax.model.config import ModelConfig
+from dq_jax.model.modeling import Seq2SeqLM, abstract_params, abstract_trainable
+from dq_jax.quant.config import split_elastic
 from dq_jax.spec import RunSpec
-from dq_jax.stage import Stage, StageData, Teacher
+from dq_jax.training.stage import Stage, StageData, Teacher
 from dq_jax.stages import DISTILL, TEACHER, RunStage, RunStages, TrainRows, build_model, derive
-from dq_jax.student_dir import STUDENT_META, export_workdir, load_student, save_student
-from dq_jax.trainer import train_stage
+from dq_jax.export.workdir import STUDENT_META, export_workdir, load_student, save_student
+from dq_jax.training.trainer import train_stage
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from dq_jax import data as data_lib
-from dq_jax import sharding, train_step
-from dq_jax.model_config import ModelConfig
-from dq_jax.modeling import abstract_params, abstract_trainable
+from dq_jax.data import batches as data_lib
+from dq_jax.parallel import sharding
+from dq_jax.training import train_step
+from dq_jax.model.config import ModelConfig
+from dq_jax.model.modeling import abstract_params, abstract_trainable
 from dq_jax.spec import RunSpec
 from dq_jax.stages import RunStage, TeacherShape, derive, teacher_shape
 

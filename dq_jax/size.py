@@ -1,5 +1,5 @@
 """Model size by the paper's convention (METHOD.md, "Model size"), from shapes only. What the
-packed file really stores is `dq_jax.packed.components` and `file_bytes`.
+packed file really stores is `dq_jax.export.packed.components` and `file_bytes`.
 
 Components: Linear weights of encoder/decoder layers (W bits), the token embedding counted
 once (E bits), everything else in fp32: biases, LayerNorms, positional embeddings,
@@ -12,8 +12,8 @@ import dataclasses
 
 import numpy as np
 
-from dq_jax.hf_layout import flatten
-from dq_jax.policy import Role, component_of
+from dq_jax.model.hf_layout import flatten
+from dq_jax.quant.policy import Role, component_of
 
 MIB = 2 ** 20
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from dq_jax.data import DataConfig
-from dq_jax.evaluation import EvalSettings
-from dq_jax.quant_config import QuantConfig
-from dq_jax.stage import TrainSettings
+from dq_jax.data.batches import DataConfig
+from dq_jax.inference.evaluation import EvalSettings
+from dq_jax.quant.config import QuantConfig
+from dq_jax.training.stage import TrainSettings
 
 STAGES = ("teacher", "distill", "eval", "export")
 SYNTHETIC_TASKS = ("demo",)  # what `data.synthetic` can generate into the workdir
@@ -21,7 +21,7 @@ SYNTHETIC_TASKS = ("demo",)  # what `data.synthetic` can generate into the workd
 @dataclasses.dataclass(frozen=True)
 class TeacherSpec:
     path: str  # HF directory or hub id; "" when `scratch` names a size to train here
-    scratch: str  # a `dq_jax.model_sizes.SCRATCH` size, or ""
+    scratch: str  # a `dq_jax.model.sizes.SCRATCH` size, or ""
     tokenizer: str  # a directory, "" (= path) or "train" (train one on the data)
     finetune: bool  # run the teacher stage on an HF teacher (False: use it as is)
     train: TrainSettings  # the student's settings with the teacher's learning rate and length
@@ -59,7 +59,7 @@ class RunSpec:
     seed: int
     stages: tuple[str, ...]
     mesh: tuple[int, int, int]  # (data, fsdp, tensor); one -1 takes the remaining devices
-    precision: str  # fp32 | bf16 (dq_jax.precision)
+    precision: str  # fp32 | bf16 (dq_jax.model.precision)
     teacher: TeacherSpec
     student: StudentSpec
     quant: QuantConfig

@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from dq_jax import demo_task, distill, hf, model_sizes, precision
-from dq_jax.model_config import ModelConfig
-from dq_jax.modeling import Seq2SeqLM
-from dq_jax.quant_config import QuantConfig
+from dq_jax.data import demo_task
+from dq_jax.training import distill
+from dq_jax.model import hf, precision
+from dq_jax.model import sizes as model_sizes
+from dq_jax.model.config import ModelConfig
+from dq_jax.model.modeling import Seq2SeqLM
+from dq_jax.quant.config import QuantConfig
 from dq_jax.spec import RunSpec
-from dq_jax.stage import TrainSettings
+from dq_jax.training.stage import TrainSettings
 
 TEACHER, DISTILL = "teacher", "distill"
 

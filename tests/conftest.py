@@ -38,7 +38,7 @@ def mbart_tok(shared_data, tmp_path_factory):
     import transformers
     from transformers.convert_slow_tokenizer import import_protobuf
 
-    from dq_jax import hf
+    from dq_jax.model import hf
     model = import_protobuf().ModelProto()
     model.ParseFromString((shared_data / "tokenizers" / "sentencepiece" / "en.wiki.bpe.vs100000.model").read_bytes())
     assert [p.piece for p in model.pieces[:3]] == ["<unk>", "<s>", "</s>"]

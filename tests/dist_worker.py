@@ -22,7 +22,7 @@ BATCH, SRC, TGT = 8, 12, 8
 
 
 def teacher_config():
-    from dq_jax.model_config import ModelConfig
+    from dq_jax.model.config import ModelConfig
     return ModelConfig(vocab_size=128, d_model=32, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
                        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=32)
 
@@ -46,9 +46,10 @@ def setup(mesh_shape=MESH):
     """(student, teacher, dcfg, tx, mesh, state, state shardings, teacher params on the mesh)."""
     import jax
     import jax.numpy as jnp
-    from dq_jax import distill, sharding, train_step
-    from dq_jax.modeling import Seq2SeqLM
-    from dq_jax.quant_config import QuantConfig
+    from dq_jax.training import distill, train_step
+    from dq_jax.parallel import sharding
+    from dq_jax.model.modeling import Seq2SeqLM
+    from dq_jax.quant.config import QuantConfig
     cfg = teacher_config()
     ids = jnp.zeros((1, 4), jnp.int32)
     # initialized on the CPU of this process alone: every process computes the same numbers
@@ -70,7 +71,7 @@ def setup(mesh_shape=MESH):
 
 def local_rows(batch: dict, mesh) -> dict:
     import jax
-    from dq_jax import sharding
+    from dq_jax.parallel import sharding
     if jax.process_count() == 1:
         return batch
     rows = sharding.process_rows(mesh, BATCH)
@@ -79,7 +80,7 @@ def local_rows(batch: dict, mesh) -> dict:
 
 def run(steps=STEPS, start=0, die_after=None, state=None, mesh_shape=MESH):
     import jax
-    from dq_jax import train_step
+    from dq_jax.training import train_step
     step_fn, mesh, fresh, st_sh, teacher = setup(mesh_shape)
     state = fresh if state is None else state
     losses = []
@@ -97,11 +98,11 @@ def main():
     die_after = int(sys.argv[sys.argv.index("--die-after") + 1]) if "--die-after" in sys.argv else None
     import jax
     jax.config.update("jax_num_cpu_devices", 4)
-    from dq_jax import distributed
+    from dq_jax.parallel import distributed
     distributed.initialize(distributed.DistributedConfig(coordinator_address=f"127.0.0.1:{port}",
                                                          num_processes=nproc, process_id=pid, heartbeat_timeout=5))
-    from dq_jax.checkpoint import StageCheckpoints
-    from dq_jax.hf_layout import flatten
+    from dq_jax.training.checkpoint import StageCheckpoints
+    from dq_jax.model.hf_layout import flatten
     state, losses, _, _ = run(die_after=None if pid != 1 else die_after)
     ckpts = StageCheckpoints(os.path.join(out, "checkpoints"))
     ckpts.save(STEPS, state, {"data": {"epoch": 0, "position": STEPS}, "best": None}, force=True)

@@ -1,4 +1,4 @@
-"""Byte-level BPE through `tiktoken` (dq_jax.byte_level_bpe): the same ids as the tokenizer on
+"""Byte-level BPE through `tiktoken` (dq_jax.data.byte_level_bpe): the same ids as the tokenizer on
 every shared corpus, on every Unicode code point and on random token concatenations, texts with
 special tokens left to the tokenizer, and only plain byte-level BPE tokenizers accepted."""
 
@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from dq_jax import hf, token_cache
-from dq_jax.byte_level_bpe import ByteLevelBPE, IdRows
+from dq_jax.model import hf
+from dq_jax.data import token_cache
+from dq_jax.data.byte_level_bpe import ByteLevelBPE, IdRows
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,7 @@ def test_a_trained_byte_level_bpe_gets_its_own_ids(tmp_path, shared_data):
     """The demo's tokenizer (byte-level BPE trained by `tokenizers`, 1000 tokens) goes through
     `tiktoken` too: the same ids on its own texts and on XSum's, where its few merges leave
     long words split many ways."""
-    from dq_jax import demo_task
+    from dq_jax.data import demo_task
     paths = demo_task.write_splits(str(tmp_path / "data"), sizes={"train": 300, "validation": 20, "test": 20})
     demo_tok = hf.load_tokenizer(demo_task.train_tokenizer([paths["train"]], str(tmp_path / "tok"), vocab_size=1000))
     encoder = token_cache.Encoder.of(demo_tok)

@@ -23,15 +23,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dq_jax import distill, hf, hf_layout, modeling, policy, quant, sharding, train_step
-from dq_jax.codes import Codes
-from dq_jax.codes_matmul import Operand, codes_einsum, codes_product
-from dq_jax.generate import GenerationConfig, generate
-from dq_jax.layers import ActQuant
-from dq_jax.model_config import ModelConfig
-from dq_jax.policy import ActRole, Role
-from dq_jax.quant_config import ELASTIC, QuantConfig
-from dq_jax.quantized_model import quantized_student, resident_bytes
+from dq_jax.training import distill, train_step
+from dq_jax.model import hf, hf_layout, modeling
+from dq_jax.quant import policy
+from dq_jax import quant
+from dq_jax.parallel import sharding
+from dq_jax.quant.codes import Codes
+from dq_jax.model.codes_matmul import Operand, codes_einsum, codes_product
+from dq_jax.inference.generate import GenerationConfig, generate
+from dq_jax.model.layers import ActQuant
+from dq_jax.model.config import ModelConfig
+from dq_jax.quant.policy import ActRole, Role
+from dq_jax.quant.config import ELASTIC, QuantConfig
+from dq_jax.inference.quantized_model import quantized_student, resident_bytes
 from tests.hf_models import distill_batch, make_hf_model, make_talker, padded_batch
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dq_jax import compilation_cache, user_cache
+from dq_jax.utils import compilation_cache, user_cache
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("--config.teacher.steps=2", "--config.train.steps=2", "--config.train.batch_size=8",

@@ -135,7 +135,7 @@ def test_bool_in_mesh_is_rejected():
 
 
 def test_min_length_must_be_below_max_length():
-    for min_length in (41, 40):  # generation needs min_length < max_length (dq_jax/generate.py)
+    for min_length in (41, 40):  # generation needs min_length < max_length (dq_jax/inference/generate.py)
         with pytest.raises(ValueError, match=re.escape(f"eval.min_length={min_length} is out of range: it must be "
                                                        "less than eval.max_length=40")):
             spec_from_config(_config(eval__max_length=40, eval__min_length=min_length))

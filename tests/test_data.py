@@ -6,8 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from dq_jax import data, data_source, token_cache
-from dq_jax.hf import load_tokenizer
+from dq_jax.data import batches as data
+from dq_jax.data import source as data_source
+from dq_jax.data import token_cache
+from dq_jax.model.hf import load_tokenizer
 
 
 @pytest.fixture(scope="module")

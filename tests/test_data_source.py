@@ -1,4 +1,4 @@
-"""Where rows come from (dq_jax.data_source): every bad row named, empty rows dropped, the hub's
+"""Where rows come from (dq_jax.data.source): every bad row named, empty rows dropped, the hub's
 parquet fallback, and the checks a run makes before it downloads or tokenizes anything."""
 
 import csv
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from dq_jax import data_source
-from dq_jax.data import DataConfig
+from dq_jax.data import source as data_source
+from dq_jax.data.batches import DataConfig
 
 
 def _rows(n: int, start: int = 0) -> list[dict]:
@@ -96,7 +96,7 @@ def test_empty_sources_and_targets_are_dropped_and_counted(tmp_path, caplog):
     rows[3]["document"] = " \n\t "
     rows[8]["summary"] = "  "
     path = _jsonl(tmp_path / "gaps.jsonl", rows)
-    with caplog.at_level("WARNING", logger="dq_jax.data_source"):
+    with caplog.at_level("WARNING", logger="dq_jax.data.source"):
         got = _load(path)
     assert got == [r for i, r in enumerate(rows) if i not in (1, 3, 8)]
     drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
@@ -309,7 +309,7 @@ def test_hub_script_dataset_falls_back_to_the_parquet_conversion(monkeypatch, ca
     fake = FakeHub(RuntimeError(SCRIPT_ERROR))
     monkeypatch.setattr(datasets, "load_dataset", fake)
     cfg = DataConfig(name="EdinburghNLP/xsum", subset=subset)
-    with caplog.at_level("WARNING", logger="dq_jax.data_source"):
+    with caplog.at_level("WARNING", logger="dq_jax.data.source"):
         ds, where = data_source.load_split(cfg, "validation")
     assert len(fake.calls) == 2
     assert fake.calls[0] == (("EdinburghNLP/xsum", subset), {"split": "validation", "revision": None})
@@ -380,7 +380,8 @@ def _spec(**overrides):
 def test_missing_local_file_fails_before_any_download(tmp_path, monkeypatch, shared_data):
     import datasets
     import huggingface_hub
-    from dq_jax import hf, pipeline
+    from dq_jax.model import hf
+    from dq_jax import pipeline
     calls = []
     _forbid(monkeypatch, calls, (huggingface_hub, "snapshot_download"), (hf, "resolve"), (datasets, "load_dataset"),
             (hf, "load_tokenizer"))
@@ -404,7 +405,9 @@ def test_missing_local_file_fails_before_any_download(tmp_path, monkeypatch, sha
 
 def test_teacher_vocab_smaller_than_the_tokenizer_fails_before_tokenizing(tmp_path, monkeypatch, shared_data):
     import datasets
-    from dq_jax import hf, pipeline, token_cache
+    from dq_jax.model import hf
+    from dq_jax import pipeline
+    from dq_jax.data import token_cache
     from tests.hf_models import make_hf_model
     teacher = tmp_path / "teacher"
     make_hf_model("bart", vocab_size=1000).save_pretrained(teacher)

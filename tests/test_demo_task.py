@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dq_jax import demo_task
-from dq_jax.metrics import split_sentences
+from dq_jax.data import demo_task
+from dq_jax.inference.metrics import split_sentences
 
 SIZES = {"train": 400, "validation": 50, "test": 100}
 VOCAB = 500  # small enough that 400 examples surely provide the merges

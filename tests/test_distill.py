@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dq_jax import distill, hf, hf_layout, modeling
-from dq_jax.distill import DistillConfig, distill_loss, init_student, layer_map, resolve_map
+from dq_jax.training import distill
+from dq_jax.model import hf, hf_layout, modeling
+from dq_jax.training.distill import DistillConfig, distill_loss, init_student, layer_map, resolve_map
 from tests.hf_models import make_hf_model, padded_batch, torch_forward
 
 ENC_MAP, DEC_MAP = (0, 3), (0, 1, 3)  # 4-layer teacher -> 2-3 student; neither is the identity
@@ -147,7 +148,7 @@ def pair(teacher, tmp_path_factory):
 
 
 def _torch_reference(s, t, batch, mode, w_logit, w_inter):
-    """The METHOD.md formulas in torch (float64), independent of dq_jax.distill."""
+    """The METHOD.md formulas in torch (float64), independent of dq_jax.training.distill."""
     d = lambda x: x.double()
     labels = torch.tensor(batch["labels"])
     out = {"task": F.cross_entropy(d(s.logits).flatten(0, 1), labels.flatten(), ignore_index=-100)}

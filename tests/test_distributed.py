@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from tests import dist_worker
-from dq_jax import distributed, sharding, train_step
-from dq_jax.checkpoint import StageCheckpoints
-from dq_jax.hf_layout import flatten
+from dq_jax.parallel import distributed, sharding
+from dq_jax.training import train_step
+from dq_jax.training.checkpoint import StageCheckpoints
+from dq_jax.model.hf_layout import flatten
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,11 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from dq_jax import export, hf, hf_layout, modeling, packed
-from dq_jax.model_config import ModelConfig
-from dq_jax.quant_config import QuantConfig
+from dq_jax.export import hf_dir as export
+from dq_jax.model import hf, hf_layout, modeling
+from dq_jax.export import packed
+from dq_jax.model.config import ModelConfig
+from dq_jax.quant.config import QuantConfig
 from tests.hf_models import make_hf_model, padded_batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +110,7 @@ def test_packed_to_hf_uses_numpy_only_and_equals_the_hf_export(student, tmp_path
     (tok_dir / "tokenizer_config.json").write_text('{"model_max_length": 1024}')
     export.export_hf(cfg, params, q, str(tmp_path / "hf"), str(tok_dir), {"num_beams": 6})
     path = packed.write(cfg, params, q, str(tmp_path / "s.safetensors"), str(tok_dir), {"num_beams": 6})
-    code = ("import sys; from dq_jax import packed; "
+    code = ("import sys; from dq_jax.export import packed; "
             f"packed.to_hf({path!r}, {str(tmp_path / 'from_packed')!r}); "
             "assert 'jax' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -9,10 +9,10 @@ from transformers.generation import logits_process as hf_lp
 import jax
 import jax.numpy as jnp
 
-from dq_jax import hf, modeling
-from dq_jax.model_config import ModelConfig
-from dq_jax.generate import GenerationConfig, decode_texts, generate, process_logits
-from dq_jax.quant_config import QuantConfig
+from dq_jax.model import hf, modeling
+from dq_jax.model.config import ModelConfig
+from dq_jax.inference.generate import GenerationConfig, decode_texts, generate, process_logits
+from dq_jax.quant.config import QuantConfig
 from tests.hf_models import make_talker
 
 MAX_LEN, MIN_LEN, NGRAM = 20, 5, 3

@@ -10,13 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dq_jax import demo_task, hf, hf_layout, inference, packed
-from dq_jax.codes import Codes
-from dq_jax.generate import GenerationConfig, generate
-from dq_jax.modeling import Seq2SeqLM
-from dq_jax.quant_config import QuantConfig
-from dq_jax.quantized_model import quantized_student
-from dq_jax.student_dir import export_workdir, save_student
+from dq_jax.data import demo_task
+from dq_jax.model import hf, hf_layout
+from dq_jax.inference import loading as inference
+from dq_jax.export import packed
+from dq_jax.quant.codes import Codes
+from dq_jax.inference.generate import GenerationConfig, generate
+from dq_jax.model.modeling import Seq2SeqLM
+from dq_jax.quant.config import QuantConfig
+from dq_jax.inference.quantized_model import quantized_student
+from dq_jax.export.workdir import export_workdir, save_student
 from tests.hf_models import make_hf_model
 from train import generate as generate_cli
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dq_jax import trainer
-from dq_jax.metrics_log import MetricsLog, Record
+from dq_jax.training import trainer
+from dq_jax.training.metrics_log import MetricsLog, Record
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
 import pytest
 import sacrebleu
 
-from dq_jax import metrics
+from dq_jax.inference import metrics
 
 
 def test_identical_strings_score_100_on_every_rouge():

@@ -10,7 +10,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from dq_jax import hf, hf_layout, modeling
+from dq_jax.model import hf, hf_layout, modeling
 from tests.hf_models import CONFIGS, make_hf_model, padded_batch, torch_forward
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dq_jax.packing import pack, packed_nbytes, unpack
+from dq_jax.quant.packing import pack, packed_nbytes, unpack
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RANGES = {1: (-1, 1), 2: (-2, 1), 4: (-8, 7), 8: (-128, 127)}
@@ -135,7 +135,7 @@ def test_float_codes_raise():
 def test_imports_without_jax():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    code = "import sys; import dq_jax.packing; assert 'jax' not in sys.modules, 'jax imported'"
+    code = "import sys; import dq_jax.quant.packing; assert 'jax' not in sys.modules, 'jax imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

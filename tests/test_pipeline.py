@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import transformers
 
-from dq_jax import data
+from dq_jax.data import batches as data
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,11 @@ import jax.numpy as jnp
 import pytest
 
 from configs import demo
-from dq_jax import distill, planner, sharding, stages, train_step
-from dq_jax.model_config import ModelConfig
-from dq_jax.modeling import Seq2SeqLM
+from dq_jax.training import distill, train_step
+from dq_jax import planner, stages
+from dq_jax.parallel import sharding
+from dq_jax.model.config import ModelConfig
+from dq_jax.model.modeling import Seq2SeqLM
 from tests.hf_models import distill_batch
 from train.settings import spec_from_config
 

@@ -6,11 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dq_jax import hf_layout, modeling, policy, quant
-from dq_jax.codes import Codes
-from dq_jax.model_config import ModelConfig
-from dq_jax.policy import ActRole, Role
-from dq_jax.quant_config import QuantConfig
+from dq_jax.model import hf_layout, modeling
+from dq_jax.quant import policy
+from dq_jax import quant
+from dq_jax.quant.codes import Codes
+from dq_jax.model.config import ModelConfig
+from dq_jax.quant.policy import ActRole, Role
+from dq_jax.quant.config import QuantConfig
 
 
 def _roles(params) -> dict[tuple[str, ...], policy.ParamInfo]:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from configs import demo
-from dq_jax import modeling, precision
-from dq_jax.model_config import ModelConfig
-from dq_jax.quant_config import QuantConfig
+from dq_jax.model import modeling, precision
+from dq_jax.model.config import ModelConfig
+from dq_jax.quant.config import QuantConfig
 from train.settings import spec_from_config
 
 

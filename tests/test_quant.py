@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dq_jax import packing, quant
+from dq_jax.quant import packing
+from dq_jax import quant
 
 PROPS = settings(max_examples=50, deadline=None)
 SHAPE = (3, 6)  # most tests share it, so compiled quantizers are reused

@@ -16,8 +16,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dq_jax import sharding
-from dq_jax.checkpoint import CheckpointError, StageCheckpoints
+from dq_jax.parallel import sharding
+from dq_jax.training.checkpoint import CheckpointError, StageCheckpoints
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -295,7 +295,7 @@ def test_soak_five_kills_at_random_points_end_like_an_uninterrupted_run(tmp_path
 
 
 def test_ctrl_c_and_sigterm_become_a_stop_request_between_steps():
-    from dq_jax.stop_signals import StopRequests
+    from dq_jax.utils.stop_signals import StopRequests
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs in the background
     with StopRequests().installed() as stop:
         assert not stop

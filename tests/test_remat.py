@@ -1,4 +1,4 @@
-"""Rematerialization (`Seq2SeqLM(remat=...)`, `dq_jax.remat`): the same params, losses, gradients
+"""Rematerialization (`Seq2SeqLM(remat=...)`, `dq_jax.model.remat`): the same params, losses, gradients
 and generations as without it, and less compiled memory."""
 
 import contextlib
@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
-from dq_jax import distill, modeling, remat, sharding, train_step
-from dq_jax.generate import GenerationConfig, generate
-from dq_jax.model_config import ModelConfig
-from dq_jax.model_sizes import model_config
-from dq_jax.modeling import Seq2SeqLM
-from dq_jax.quant_config import QuantConfig
+from dq_jax.training import distill, train_step
+from dq_jax.model import modeling, remat
+from dq_jax.parallel import sharding
+from dq_jax.inference.generate import GenerationConfig, generate
+from dq_jax.model.config import ModelConfig
+from dq_jax.model.sizes import model_config
+from dq_jax.model.modeling import Seq2SeqLM
+from dq_jax.quant.config import QuantConfig
 from tests.hf_models import distill_batch
 
 TEACHER = ModelConfig(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
@@ -160,7 +162,7 @@ def test_generation_runs_unchanged(setup):
 
 
 def test_dots_saves_projections_not_attention_scores(setup):
-    """What each policy keeps for the backward of the layers (see `dq_jax.remat`)."""
+    """What each policy keeps for the backward of the layers (see `dq_jax.model.remat`)."""
     _, s_cfg, s_params, _, batch = setup
     b, s = batch["input_ids"].shape
     scores = (b, TEACHER.encoder_attention_heads, s, s)

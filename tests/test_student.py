@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dq_jax import hf, modeling
-from dq_jax.quant_config import QuantConfig
+from dq_jax.model import hf, modeling
+from dq_jax.quant.config import QuantConfig
 from tests.hf_models import make_hf_model, padded_batch
 
 

@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 
 from configs import demo
-from dq_jax import data, pipeline, stages
+from dq_jax.data import batches as data
+from dq_jax import pipeline, stages
 from train.settings import spec_from_config
 from train.sweeps import plan
 from train.sweeps.grid import Point

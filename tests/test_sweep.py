@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dq_jax import workdir_lock
+from dq_jax.utils import workdir_lock
 from train import sweep
 from train.sweeps import grid, plan, plot, report, runner
 from train.sweeps.grid import Point

@@ -12,8 +12,14 @@ import pytest
 from safetensors import safe_open
 
 from configs import common, demo, xsum
-from dq_jax import distill, export, hf, hf_layout, modeling, packed, policy, quant, sharding, train_step
-from dq_jax.quant_config import ELASTIC, QuantConfig
+from dq_jax.training import distill, train_step
+from dq_jax.export import hf_dir as export
+from dq_jax.model import hf, hf_layout, modeling
+from dq_jax.export import packed
+from dq_jax.quant import policy
+from dq_jax import quant
+from dq_jax.parallel import sharding
+from dq_jax.quant.config import ELASTIC, QuantConfig
 from tests.hf_models import make_hf_model, padded_batch
 
 

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dq_jax import throughput
-from dq_jax.throughput import Peak, StepFlops, StepTimer, Throughput, device_peak, known_peak, lowered_flops
+from dq_jax.training import throughput
+from dq_jax.training.throughput import Peak, StepFlops, StepTimer, Throughput, device_peak, known_peak, lowered_flops
 
 
 def test_flops_of_a_jitted_matmul_are_2mnk():

@@ -1,4 +1,4 @@
-"""The tokenization cache (dq_jax.token_cache): hits and misses, the tokenizer's own ids with
+"""The tokenization cache (dq_jax.data.token_cache): hits and misses, the tokenizer's own ids with
 its special suffix kept on truncation, half-written entries, and parallel tokenization."""
 
 import dataclasses
@@ -9,9 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from dq_jax import data_source, hf, token_cache
-from dq_jax.byte_level_bpe import IdRows
-from dq_jax.data import DataConfig
+from dq_jax.data import source as data_source
+from dq_jax.model import hf
+from dq_jax.data import token_cache
+from dq_jax.data.byte_level_bpe import IdRows
+from dq_jax.data.batches import DataConfig
 
 HIT = "tokenization cache hit"
 
@@ -45,7 +47,7 @@ def _cfg(tmp_path, *files, **kw) -> DataConfig:
 def _run(cfg, tokenizer, caplog, split="train"):
     """(Tokenized, whether it came from the cache)."""
     caplog.clear()
-    with caplog.at_level("INFO", logger="dq_jax.token_cache"):
+    with caplog.at_level("INFO", logger="dq_jax.data.token_cache"):
         out = token_cache.tokenized_split(cfg, split, tokenizer)
     return out, any(HIT in r.getMessage() for r in caplog.records)
 

@@ -1,6 +1,6 @@
 import pytest
 
-from dq_jax import hf
+from dq_jax.model import hf
 
 
 def test_real_bart_tokenizer_loads_from_local_directory(shared_data):

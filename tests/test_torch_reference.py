@@ -16,9 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dq_jax import hf, hf_layout, modeling, quant
+from dq_jax.model import hf, hf_layout, modeling
+from dq_jax import quant
 from tests import torch_reference as tr
-from dq_jax.quant_config import QuantConfig
+from dq_jax.quant.config import QuantConfig
 from tests.hf_models import make_hf_model, padded_batch, torch_forward
 
 

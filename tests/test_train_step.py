@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from dq_jax import distill, sharding, train_step
-from dq_jax.model_config import ModelConfig
-from dq_jax.modeling import Seq2SeqLM
-from dq_jax.quant_config import QuantConfig
+from dq_jax.training import distill, train_step
+from dq_jax.parallel import sharding
+from dq_jax.model.config import ModelConfig
+from dq_jax.model.modeling import Seq2SeqLM
+from dq_jax.quant.config import QuantConfig
 from tests.hf_models import distill_batch
 
 TEACHER = ModelConfig(vocab_size=128, d_model=32, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,

@@ -2,7 +2,7 @@
 
 The oracle of our quantized student's numbers and gradients in the tests, and the PyTorch
 training step `bench.train_step` compares speed against. Which tensors are quantized, and with
-which quantizer, comes from `dq_jax.policy` (the one quantization policy); how each quantizer
+which quantizer, comes from `dq_jax.quant.policy` (the one quantization policy); how each quantizer
 computes is written here independently.
 
 It follows the reference code (HF BART with `QuantizeLinear` layers and quantized attention):
@@ -22,7 +22,7 @@ the two students come only from such reduction orders, matmuls included.
   (after dropout) and the values before `P V`; queries are scaled before the matmul as in the
   reference (HF 5.x scales the scores afterwards); the probabilities it returns (for
   `output_attentions`, i.e. distillation) are taken before dropout and quantization, like
-  `dq_jax.layers.Attention`'s (HF's eager attention returns them after dropout);
+  `dq_jax.model.layers.Attention`'s (HF's eager attention returns them after dropout);
 - the token embedding lookups return per-row quantized rows (then HF's `embed_scale`);
 - the LM head stays tied to the full-precision embedding; positional embeddings, LayerNorms,
   biases and `final_logits_bias` stay full precision.
@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_utils import AttentionInterface
 
-from dq_jax import policy
-from dq_jax.policy import ActRole, Role
-from dq_jax.quant_config import QuantConfig
+from dq_jax.quant import policy
+from dq_jax.quant.policy import ActRole, Role
+from dq_jax.quant.config import QuantConfig
 
 DEFAULT_CLIP = 2.5
 # Below this a scale marks an all-zero group (as in dq_jax.quant): code 0, finite scale.
@@ -194,7 +194,7 @@ def activation(x: torch.Tensor, bits: int, clip: float = DEFAULT_CLIP,
     return symmetric(x, bits, clip, dims=dims)
 
 
-# The PyTorch quantizer of each `dq_jax.policy` weight kind: (x, rule, per_row) -> q.
+# The PyTorch quantizer of each `dq_jax.quant.policy` weight kind: (x, rule, per_row) -> q.
 _WEIGHT_KINDS = {
     "symmetric": lambda w, r, per_row: symmetric(w, r.bits, r.clip, per_row),
     "ternary": lambda w, r, per_row: ternary(w, r.clip, per_row),
@@ -288,7 +288,7 @@ def quantized_attention(module, query, key, value, attention_mask, scaling=None,
 
     query/key/value `[B, H, T|S, Dh]`; returns (out `[B, T, H, Dh]`, probs `[B, H, T, S]`).
     The probabilities returned (for `output_attentions` and distillation) are the ones before
-    dropout and quantization, like `dq_jax.layers.Attention`'s."""
+    dropout and quantization, like `dq_jax.model.layers.Attention`'s."""
     spec = getattr(module, "dq_spec", _AttentionSpec())
     if scaling is None:
         scaling = query.size(-1) ** -0.5

@@ -2,7 +2,7 @@
 
     python -m train.check --workdir runs/check
 
-Builds a small random BART with `transformers`, saves it, loads it through `dq_jax.hf`,
+Builds a small random BART with `transformers`, saves it, loads it through `dq_jax.model.hf`,
 compares logits with PyTorch, then runs fake-quantized students (8-8-8, 2-2-8) from the same
 weights and prints their logit drift and their size by the paper's convention at BART-base
 shapes. Writes the table to WORKDIR/check.json.
@@ -23,9 +23,10 @@ def main(argv=None):
     import torch
     import transformers
 
-    from dq_jax import hf, modeling, size
-    from dq_jax.model_config import ModelConfig
-    from dq_jax.quant_config import QuantConfig
+    from dq_jax.model import hf, modeling
+    from dq_jax import size
+    from dq_jax.model.config import ModelConfig
+    from dq_jax.quant.config import QuantConfig
 
     os.makedirs(args.workdir, exist_ok=True)
     torch.manual_seed(0)

@@ -32,7 +32,7 @@ def _above(low):
 _ANY = (lambda v: True), ""
 _MESH_SIZE = (lambda v: v >= 1 or v == -1), ">= 1, or -1 (the devices the other axes leave)"
 # Sources and targets are cut to the max length keeping their special tokens (BART: <s> ... </s>,
-# mBART: ... </s> lang_code; dq_jax/token_cache.py): 3 holds the two specials and one token of
+# mBART: ... </s> lang_code; dq_jax/data/token_cache.py): 3 holds the two specials and one token of
 # text. Shorter, a cut row is specials only, or (below 2) longer than the length it is stored as.
 _SPECIALS_AND_TEXT = _at_least(3, "two special tokens and one of text")
 

@@ -4,8 +4,8 @@
 
 `hf`: a directory `BartForConditionalGeneration.from_pretrained` (or mBART's) loads, holding
 the fake-quantized weights. `packed`: one safetensors file with the integer codes packed at
-their bit-width, scales, fp32 tensors, configs and tokenizer (`dq_jax.export.load_packed`;
-`dq_jax.export.packed_to_hf` turns it into an HF directory with numpy only).
+their bit-width, scales, fp32 tensors, configs and tokenizer (`dq_jax.export.hf_dir.load_packed`;
+`dq_jax.export.hf_dir.packed_to_hf` turns it into an HF directory with numpy only).
 """
 
 import argparse
@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     ap.add_argument("--format", required=True, choices=["hf", "packed"])
     ap.add_argument("--out", default=None, help="default: WORKDIR/export/hf or WORKDIR/export/student.packed.safetensors")
     args = ap.parse_args(argv)
-    from dq_jax.student_dir import export_workdir
+    from dq_jax.export.workdir import export_workdir
     try:
         out = export_workdir(args.workdir, args.format, args.out)
     except (FileNotFoundError, ValueError) as e:

@@ -39,8 +39,8 @@ def main(argv=None) -> int:
                     help="products on integer codes (default) or on dequantized weights")
     args = ap.parse_args(argv)
 
-    from dq_jax import inference
-    from dq_jax.packed import PackedFileError
+    from dq_jax.inference import loading as inference
+    from dq_jax.export.packed import PackedFileError
 
     def fail(message) -> int:
         print(f"error: {message}", file=sys.stderr)

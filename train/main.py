@@ -22,7 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from dq_jax import distributed
+    from dq_jax.parallel import distributed
     from train.settings import distributed_from_config, spec_from_config
     try:
         spec = spec_from_config(_CONFIG.value)  # every config check happens here, before any work
@@ -40,10 +40,11 @@ def main(argv):
                         handlers=[logging.FileHandler(os.path.join(_WORKDIR.value, log_name)),
                                   logging.StreamHandler(sys.stderr)], force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every file it writes
-    from dq_jax import compilation_cache, pipeline
-    from dq_jax.checkpoint import CheckpointError
-    from dq_jax.trainer import Interrupted, NonFiniteLossError
-    from dq_jax.workdir_lock import Busy
+    from dq_jax.utils import compilation_cache
+    from dq_jax import pipeline
+    from dq_jax.training.checkpoint import CheckpointError
+    from dq_jax.training.trainer import Interrupted, NonFiniteLossError
+    from dq_jax.utils.workdir_lock import Busy
     from train.report import print_results
     logger = logging.getLogger("train.main")
     compilation_cache.enable(spec.compilation_cache)

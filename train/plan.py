@@ -51,7 +51,7 @@ def rows(p) -> tuple[list[dict], str]:
 
 def report(p, spec, markdown: bool = False) -> str:
     from dq_jax.planner import size_text
-    from dq_jax.table import format_table
+    from dq_jax.utils.table import format_table
     t, s, q = p.teacher.cfg, p.student, spec.quant
     memory = (f"{size_text(p.device_memory_bytes)} per device" if p.device_memory_bytes is not None
               else "unknown per device (pass --device_memory_gib to check the fit)")

@@ -1,7 +1,7 @@
 """The table a run prints at the end: quality, size and compression of teacher and student."""
 
-from dq_jax.metrics import TASK_METRICS
-from dq_jax.table import format_table
+from dq_jax.inference.metrics import TASK_METRICS
+from dq_jax.utils.table import format_table
 
 _HEADERS = {"mib": "MiB (paper)", "ratio": "ratio (paper)", "packed": "MiB (packed file)", "p_ratio": "ratio (packed)"}
 

@@ -12,9 +12,10 @@ import json
 
 import ml_collections
 
-from dq_jax import model_sizes, precision, remat
-from dq_jax.distributed import DistributedConfig
-from dq_jax.quant_config import QuantConfig
+from dq_jax.model import sizes as model_sizes
+from dq_jax.model import precision, remat
+from dq_jax.parallel.distributed import DistributedConfig
+from dq_jax.quant.config import QuantConfig
 from dq_jax.spec import (STAGES, SYNTHETIC_TASKS, DataSpec, DistillSpec, EvalSettings, RunSpec, StudentSpec,
                          TeacherSpec, TrainSettings)
 from dq_jax.stages import DISTILL, TEACHER, trained_stages

@@ -19,10 +19,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optional
 flags.mark_flags_as_required(["config"])
 
 def report(spec) -> dict:
-    from dq_jax import packed, size
-    from dq_jax.evaluation import generation_config
-    from dq_jax.modeling import abstract_params, abstract_trainable
-    from dq_jax.quant_config import QuantConfig, split_elastic
+    from dq_jax.export import packed
+    from dq_jax import size
+    from dq_jax.inference.evaluation import generation_config
+    from dq_jax.model.modeling import abstract_params, abstract_trainable
+    from dq_jax.quant.config import QuantConfig, split_elastic
     from dq_jax.stages import derive, teacher_shape
     t_cfg = teacher_shape(spec).cfg  # the one rule for a teacher's shapes without its weights
     s_cfg = derive(spec, t_cfg).student  # the student the run would build, explicit layer maps included
@@ -55,7 +56,7 @@ def main(argv):
         out = report(spec_from_config(_CONFIG.value))
     except ValueError as e:
         sys.exit(f"error: {e}")
-    from dq_jax.table import format_table
+    from dq_jax.utils.table import format_table
     print(format_table(out["rows"], fmt=lambda _k, v: str(v)))
     t = out["totals"]
     print(f"\npaper convention : teacher {t['teacher_paper_mib']:.1f} MiB, student {t['student_paper_mib']:.1f} MiB, "

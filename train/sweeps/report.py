@@ -8,7 +8,7 @@ import json
 import os
 from typing import Iterable
 
-from dq_jax.table import format_table
+from dq_jax.utils.table import format_table
 from train.sweeps.grid import TEACHER_DIR
 from train.sweeps.plot import plot_tradeoff
 from train.sweeps.state import is_finished, load_sweep, read_json
@@ -55,9 +55,9 @@ def _teacher_layers(dirs: Iterable[str]) -> str | None:
 
 def collect_rows(workdir: str) -> tuple[list[dict], list[str], str]:
     """One row per teacher and per point (sweep.json order): (rows, test metric keys, eval metric)."""
-    # imported here: dq_jax.metrics loads the ROUGE and BLEU scorers (about a second), which
+    # imported here: dq_jax.inference.metrics loads the ROUGE and BLEU scorers (about a second), which
     # planning and --print-commands, importing this module through the runner, do not need
-    from dq_jax.metrics import TASK_METRICS
+    from dq_jax.inference.metrics import TASK_METRICS
     sweep = load_sweep(workdir)
     runs = sweep.get("runs", {})
     results = {p["name"]: read_json(os.path.join(workdir, p["name"], "results.json")) for p in sweep["points"]}

@@ -16,8 +16,8 @@ from typing import Mapping, Sequence
 
 from tqdm import tqdm
 
-from dq_jax import workdir_lock
-from dq_jax.stop_signals import StopRequests
+from dq_jax.utils import workdir_lock
+from dq_jax.utils.stop_signals import StopRequests
 from train.sweeps.grid import Point, SweepError
 from train.sweeps.plan import REPO, Plan, child_path, plan_sweep
 from train.sweeps.report import write_report

@@ -1,0 +1,31 @@
+"""Quantization: what a student quantizes (`config`), the one policy that says how each tensor is
+quantized (`policy`), the quantizers (`dq_bart`), integer codes (`codes`) and bit packing
+(`packing`).
+
+The quantizers are also importable from here (`quant.symmetric(x, bits)`, `quant.ternary`, ...);
+they resolve on first use, so numpy-only readers of packed files can import `dq_jax.quant.packing`
+and `dq_jax.quant.config` without JAX.
+"""
+
+import importlib
+
+_QUANTIZERS = (
+    "symmetric", "ternary", "binary", "mse", "activation", "symmetric_codes", "ternary_codes", "binary_codes",
+    "mse_codes", "dequantize", "ste_clip", "tbt_ternary", "tbt_binary", "tbt_ternary_codes", "tbt_binary_codes",
+    "elastic", "elastic_init", "elastic_levels", "elastic_codes",
+)
+_PUBLIC = {**{name: "dq_jax.quant.dq_bart" for name in _QUANTIZERS}, "pack": "dq_jax.quant.packing",
+           "unpack": "dq_jax.quant.packing", "packed_nbytes": "dq_jax.quant.packing", "Codes": "dq_jax.quant.codes"}
+
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'dq_jax.quant' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
+
+
+def __dir__():
+    return sorted([*globals(), *_PUBLIC])
