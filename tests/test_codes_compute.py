@@ -29,8 +29,9 @@ from dq_jax.quant import policy
 from dq_jax import quant
 from dq_jax.parallel import sharding
 from dq_jax.quant.codes import Codes
-from dq_jax.model.codes_matmul import Operand, codes_einsum, codes_product
-from dq_jax.inference.generate import GenerationConfig, generate
+from dq_jax.model.codes_matmul import codes_einsum, codes_product
+from dq_jax.inference.generation_config import GenerationConfig
+from dq_jax.inference.generate import generate
 from dq_jax.model.layers import ActQuant
 from dq_jax.model.config import ModelConfig
 from dq_jax.quant.policy import ActRole, Role
@@ -190,7 +191,7 @@ def test_one_bit_products_keep_their_exact_zeros():
     w = jnp.asarray(rng.randn(32, 16), jnp.float32)
     ra, rw = policy.act_rule(ActRole.LINEAR_INPUT, q), policy.weight_rule(Role.LINEAR, q)
     alpha = jnp.float32(0.37)
-    y = np.asarray(codes_einsum("...i,io->...o", x, w, Operand(ra), Operand(rw), alpha))
+    y = np.asarray(codes_einsum("...i,io->...o", x, w, ra, rw, alpha))
     exact = _exact("...i,io->...o", ra.codes(x, alpha), rw.codes(w))
     assert (exact == 0).mean() > 0.05  # a meaningful test: many exact zeros
     np.testing.assert_array_equal(y == 0, exact == 0)
@@ -205,7 +206,7 @@ def test_one_bit_products_keep_their_exact_zeros():
 def _check_einsum(subscripts, a, b, rule_a, rule_b, alpha_a=None, alpha_b=None):
     """codes_einsum vs einsum(fake(a), fake(b)): forward within 1e-6 and the gradients of
     sum(sin(y)) w.r.t. a, b and the step sizes within 1e-5 (relative, norm-wise)."""
-    oa, ob = Operand(rule_a), Operand(rule_b)
+    oa, ob = rule_a, rule_b
     argnums = (0, 1) + ((2,) if alpha_a is not None else ()) + ((3,) if alpha_b is not None else ())
 
     def fake(a, b, alpha_a, alpha_b):
@@ -311,9 +312,8 @@ def test_codes_einsum_on_weights_quantized_ahead():
     x, w = _inputs()
     q = QuantConfig(2, act_bits=8, act_scale="example")
     ra, rw = policy.act_rule(ActRole.LINEAR_INPUT, q), policy.weight_rule(Role.LINEAR, q)
-    ahead = codes_einsum("...i,io->...o", x, rw.codes(w), Operand(ra), Operand(rw))
-    np.testing.assert_array_equal(np.asarray(ahead), np.asarray(codes_einsum("...i,io->...o", x, w, Operand(ra),
-                                                                             Operand(rw))))
+    ahead = codes_einsum("...i,io->...o", x, rw.codes(w), ra, rw)
+    np.testing.assert_array_equal(np.asarray(ahead), np.asarray(codes_einsum("...i,io->...o", x, w, ra, rw)))
 
 
 def test_gradient_through_weights_quantized_ahead():
@@ -323,7 +323,7 @@ def test_gradient_through_weights_quantized_ahead():
     q = QuantConfig(2, act_bits=8)
     ra, rw = policy.act_rule(ActRole.LINEAR_INPUT, q), policy.weight_rule(Role.LINEAR, q)
     codes_w = rw.codes(w)
-    got = jax.grad(lambda x: jnp.sum(jnp.sin(codes_einsum("...i,io->...o", x, codes_w, Operand(ra), Operand(rw)))))(x)
+    got = jax.grad(lambda x: jnp.sum(jnp.sin(codes_einsum("...i,io->...o", x, codes_w, ra, rw))))(x)
     want = jax.grad(lambda x: jnp.sum(jnp.sin(jnp.einsum("...i,io->...o", ra.fake(x), codes_w.dequantize()))))(x)
     assert _rel(got, want) <= 1e-5, (float(jnp.abs(got).max()), float(jnp.abs(want).max()))
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from dq_jax.model import hf, hf_layout, modeling
 from dq_jax import quant
+from dq_jax.quant import dq_bart
 from tests import torch_reference as tr
 from dq_jax.quant.config import QuantConfig
 from tests.hf_models import make_hf_model, padded_batch, torch_forward
@@ -158,7 +159,7 @@ def max_diffs(out, ref):
 class _Tape:
     """Pins the reference's activation codes to ours, call by call.
 
-    `record` wraps `dq_jax.quant.activation` during an eager (un-jitted) forward of our model
+    `record` wraps `dq_jax.quant.dq_bart.activation` during an eager (un-jitted) forward of our model
     and keeps every (input, output). `replay` then stands in for `torch_reference.activation`:
     the k-th call checks that its input matches our k-th input, quantizes it itself, checks
     that every code differing from ours sits on a rounding boundary crossed between the two
@@ -247,9 +248,9 @@ def compare(torch_model, cfg, params, setting, seed, monkeypatch):
     (w, e, a), act_scale, granularity = SETTINGS[setting]
     ids, am, dids, dam = padded_batch(cfg.vocab_size, seed=seed)
     tape = _Tape()
-    monkeypatch.setattr(quant, "activation", tape.record(quant.activation))
+    monkeypatch.setattr(dq_bart, "activation", tape.record(dq_bart.activation))
     q = QuantConfig(weight_bits=w, embed_bits=e, act_bits=a, act_scale=act_scale,
-                    weight_granularity=granularity)
+                    weight_granularity=granularity, compute="fake")  # the reference quantizes, then multiplies
     out = modeling.Seq2SeqLM(cfg, quant=q).apply({"params": params}, ids, am, dids, dam,
                                                  output_hidden_states=True, output_attentions=True)
     monkeypatch.undo()
@@ -331,7 +332,7 @@ def gradient_errors(bits, tmp_path, name="bart", seed=0):
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.tensor(labels).reshape(-1),
                            ignore_index=-100)
     loss.backward()
-    q = QuantConfig(weight_bits=bits[0], embed_bits=bits[1], act_bits=bits[2])
+    q = QuantConfig(weight_bits=bits[0], embed_bits=bits[1], act_bits=bits[2], compute="fake")
     jloss, grads = jax.jit(jax.value_and_grad(jax_loss(cfg, q, ids, am, dids, dam, labels)))(params)
     np.testing.assert_allclose(float(jloss), loss.item(), rtol=1e-5)
     flat = dict(hf_layout.flatten(jax.tree.map(np.asarray, grads)))

@@ -106,7 +106,7 @@ def _dequantize(codes, scales, dtype):
 def _symmetric_q(x, n, clip, dims):
     xc = x.float().clamp(-clip, clip)
     m = xc.abs().amax(dim=dims, keepdim=True)
-    # The step is `m / n` pushed to a fixed point of `s -> n * s / n` (dq_jax.quant._stable_step);
+    # The step is `m / n` pushed to a fixed point of `s -> n * s / n` (dq_jax.quant.dq_bart._stable_step);
     # torch runs each op eagerly in float32, so this is the same arithmetic.
     step = (n * (m / n)) / n
     ok = step >= _MIN_SCALE

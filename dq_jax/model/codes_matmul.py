@@ -19,7 +19,6 @@ through each operand's fake quantizer (clip masks, LSQ step-size gradients).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -31,21 +30,9 @@ from dq_jax.model import precision
 from dq_jax.quant.codes import Codes
 from dq_jax.quant.policy import ActRule, WeightRule
 
+Rule = ActRule | WeightRule
+
 _INT32_LIMIT = 2 ** 31
-
-
-@dataclasses.dataclass(frozen=True)
-class Operand:
-    """How one operand is quantized: an activation rule (elastic ones take a step size) or a
-    weight rule."""
-
-    rule: ActRule | WeightRule
-
-    def codes(self, x, alpha=None) -> Codes:
-        return self.rule.codes(x, alpha) if isinstance(self.rule, ActRule) else self.rule.codes(x)
-
-    def fake(self, x, alpha=None):
-        return self.rule.fake(x, alpha) if isinstance(self.rule, ActRule) else self.rule.fake(x)
 
 
 def _letters(spec: str, ndim: int) -> list[str | None]:
@@ -75,11 +62,12 @@ def codes_product(subscripts: str, a: Codes, b: Codes, dtype=jnp.float32) -> jax
     return y.astype(dtype)
 
 
-def codes_einsum(subscripts: str, a, b, qa: Operand, qb: Operand, alpha_a=None, alpha_b=None,
+def codes_einsum(subscripts: str, a, b, qa: Rule, qb: Rule, alpha_a=None, alpha_b=None,
                  dtype=jnp.float32) -> jax.Array:
-    """`einsum(subscripts, qa.fake(a), qb.fake(b))` computed on the codes, with the fake
-    quantizers' gradients. `b` may already be `Codes` (weights quantized once, e.g. for
-    generation); it then gets no gradient."""
+    """`einsum(subscripts, qa.fake(a, alpha_a), qb.fake(b, alpha_b))` computed on the codes, with
+    the fake quantizers' gradients. `qa` and `qb` are activation or weight rules (`policy`), both
+    called as `rule.fake(x, alpha)` and `rule.codes(x, alpha)`. `b` may already be `Codes`
+    (weights quantized once, e.g. for generation); it then gets no gradient."""
     if isinstance(b, Codes):
         return _codes_times_codes(subscripts, qa, dtype, a, b, alpha_a)
     return _codes_einsum(subscripts, qa, qb, dtype, a, b, alpha_a, alpha_b)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from dq_jax.model.kv_cache import KVCache
 from dq_jax.model import precision
 from dq_jax.quant.codes import Codes
-from dq_jax.model.codes_matmul import Operand, codes_einsum
+from dq_jax.model.codes_matmul import codes_einsum
 from dq_jax.quant.policy import ActRole, ActRule, Role, act_rule, tied_lm_head_rule, weight_rule
 from dq_jax.quant.config import ELASTIC, QuantConfig
 
@@ -92,7 +92,7 @@ class QDense(nn.Module):
         rule = weight_rule(Role.LINEAR, self.quant)
         act = ActQuant(self.quant, self.input_role, name="act")
         if _on_codes(self.quant, rule, act.rule):
-            y = codes_einsum("...i,io->...o", x, kernel, Operand(act.rule), Operand(rule), act.step_size(x),
+            y = codes_einsum("...i,io->...o", x, kernel, act.rule, rule, act.step_size(x),
                              dtype=self.dtype)
         else:
             kernel = _weight(kernel, rule)
@@ -197,7 +197,7 @@ class Attention(nn.Module):
         if _on_codes(self.quant, act_a.rule, act_b.rule):
             alpha_a = act_a.step_size(a)
             alpha_b = None if isinstance(b, Codes) else act_b.step_size(b)
-            return codes_einsum(subscripts, a, b, Operand(act_a.rule), Operand(act_b.rule), alpha_a, alpha_b,
+            return codes_einsum(subscripts, a, b, act_a.rule, act_b.rule, alpha_a, alpha_b,
                                 dtype=self.dtype)
         if isinstance(b, Codes):
             b = b.dequantize(self.dtype)

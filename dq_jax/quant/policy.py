@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Callable
 
 from dq_jax.quant.config import ELASTIC, QuantConfig
 
@@ -140,30 +139,21 @@ class WeightRule:
         return {"ternary": 2, "binary": 1, "tbt_ternary": 2, "tbt_binary": 1}.get(self.kind,
                                                                                  CONTAINER_BITS[self.bits])
 
-    def codes(self, w):
-        """`w` -> `Codes`, exactly as training quantizes it."""
-        return getattr(_quant(), f"{self.kind}_codes")(w, *_ARGS[self.kind](self))
+    def codes(self, w, alpha=None):
+        """`w` -> `Codes`, exactly as training quantizes it. (`alpha` is an elastic activation's
+        step size: a weight's quantizer takes the signature of an activation's and ignores it.)"""
+        return _quantizers().WEIGHTS[self.kind][1](w, self.bits, self.clip, self.reduce_axes, self.mse_steps)
 
-    def fake(self, w):
+    def fake(self, w, alpha=None):
         """`w` -> its fake-quantized value (w's dtype) with the straight-through gradient."""
-        return getattr(_quant(), self.kind)(w, *_ARGS[self.kind](self))
+        return _quantizers().WEIGHTS[self.kind][0](w, self.bits, self.clip, self.reduce_axes, self.mse_steps)
 
 
-def _quant():
-    from dq_jax import quant  # numpy-only readers of packed files import this module without JAX
-    return quant
-
-
-# The quantizer families: kind -> the rule's arguments after the tensor, for `quant.<kind>`
-# (fake quantizer) and `quant.<kind>_codes`.
-_ARGS: dict[str, Callable[[WeightRule], tuple]] = {
-    "symmetric": lambda r: (r.bits, r.clip, r.reduce_axes),
-    "mse": lambda r: (r.bits, r.clip, r.reduce_axes, r.mse_steps),
-    "ternary": lambda r: (r.clip, r.reduce_axes),
-    "binary": lambda r: (r.clip, r.reduce_axes),
-    "tbt_ternary": lambda r: (r.reduce_axes,),  # TBT's statistics-based weights are never clipped
-    "tbt_binary": lambda r: (r.reduce_axes,),
-}
+def _quantizers():
+    """The JAX quantizers, imported on first use: numpy-only readers of packed files import this
+    module for the rules and storage bits alone."""
+    from dq_jax.quant import registry
+    return registry
 
 
 def weight_rule(role: Role, quant: QuantConfig | None) -> WeightRule | None:
@@ -233,21 +223,22 @@ class ActRule:
 
     def fake(self, x, alpha=None):
         """`x [B, ...]` -> its fake-quantized value; `alpha` is the elastic step size."""
-        quant = _quant()
+        from dq_jax.quant import dq_bart, elastic_activations as elastic  # JAX: see `_quantizers`
         if not self.elastic:
-            return quant.activation(x, self.bits, self.clip, per_example=self.per_example)
-        return quant.elastic(x, alpha, self.bits, self.signed, self.reduce_axes(x.ndim))
+            return dq_bart.activation(x, self.bits, self.clip, per_example=self.per_example)
+        return elastic.elastic(x, alpha, self.bits, self.signed, self.reduce_axes(x.ndim))
 
     def codes(self, x, alpha=None):
         """`x [B, ...]` -> `Codes` whose `dequantize` is `fake(x, alpha)` bit for bit."""
-        quant = _quant()
+        from dq_jax.quant import dq_bart, elastic_activations as elastic  # JAX: see `_quantizers`
         if not self.elastic:
-            return quant.symmetric_codes(x, self.bits, self.clip, self.reduce_axes(x.ndim))
-        return quant.elastic_codes(x, alpha, self.bits, self.signed, self.reduce_axes(x.ndim))
+            return dq_bart.symmetric_codes(x, self.bits, self.clip, self.reduce_axes(x.ndim))
+        return elastic.elastic_codes(x, alpha, self.bits, self.signed, self.reduce_axes(x.ndim))
 
     def init_step_size(self, x):
         """TBT's data-dependent initial step size from the first activations `x`."""
-        return _quant().elastic_init(x, self.bits, self.signed)
+        from dq_jax.quant import elastic_activations as elastic  # JAX: see `_quantizers`
+        return elastic.elastic_init(x, self.bits, self.signed)
 
 
 def act_rule(role: ActRole, quant: QuantConfig | None) -> ActRule | None:
