@@ -10,7 +10,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from dq_jax.model import hf, hf_layout, modeling
+from dq_jax.model import hf, hf_layout, modeling, pytorch_bin
 from tests.hf_models import CONFIGS, make_hf_model, padded_batch, torch_forward
 
 
@@ -72,6 +72,27 @@ def test_pytorch_bin_checkpoint_loads(tmp_path):
     np.testing.assert_array_equal(params["shared"]["embedding"], torch_model.model.shared.weight.detach().numpy())
     np.testing.assert_array_equal(params["decoder"]["layers_1"]["fc2"]["kernel"],
                                   torch_model.model.decoder.layers[1].fc2.weight.detach().numpy().T)
+
+
+def test_pytorch_bin_is_read_without_torch_or_its_pickle_code(tmp_path):
+    """`pytorch_model.bin` through numpy: every dtype a state dict holds, bf16 as fp32, views with
+    offsets and strides, scalars; a pickle that names anything else is refused, torch never imported."""
+    import subprocess
+    import sys
+    state = {"f": torch.randn(3, 4), "h": torch.randn(2, 3).half(), "b": torch.randn(5).to(torch.bfloat16),
+             "t": torch.randn(4, 6).t(), "slice": torch.arange(20.0)[5:11], "i": torch.arange(7),
+             "s": torch.tensor(2.5), "m": torch.tensor([True, False])}
+    torch.save(state, tmp_path / "state.bin")
+    got = pytorch_bin.load_state_dict(str(tmp_path / "state.bin"))
+    for k, v in state.items():
+        want = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+        assert got[k].dtype == want.dtype and np.array_equal(got[k], want), k
+    torch.save({"w": torch.nn.Linear(2, 2)}, tmp_path / "module.bin")  # pickles a class: not a state dict
+    with pytest.raises(Exception, match="not part of a plain state dict"):
+        pytorch_bin.load_state_dict(str(tmp_path / "module.bin"))
+    code = (f"import sys; from dq_jax.model import pytorch_bin; pytorch_bin.load_state_dict({str(tmp_path / 'state.bin')!r}); "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize("model_type,cfg_cls", [("bart", transformers.BartConfig),

@@ -1,6 +1,6 @@
 """Hugging Face checkpoints and tokenizers <-> (ModelConfig, plain nested-dict Flax params).
 
-Reading and writing safetensors needs numpy only; `pytorch_model.bin` needs torch. How names
+Reading and writing needs numpy only, `pytorch_model.bin` included (`pytorch_bin`). How names
 map is `dq_jax.model.hf_layout`; loaded params are checked against the model's shapes.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from dq_jax.model.hf_layout import TOKENIZER_FILES, flatten, params_to_state_dict, state_dict_to_params
+from dq_jax.model import pytorch_bin
 from dq_jax.model.config import ModelConfig
 from dq_jax.model.modeling import abstract_params
 
@@ -50,14 +51,8 @@ def load_state_dict(directory: str) -> dict[str, np.ndarray]:
             sd.update(load_file(f))
         return sd
     binary = os.path.join(directory, "pytorch_model.bin")
-    if os.path.exists(binary):
-        try:
-            import torch
-        except ImportError as e:
-            raise ImportError(f"{binary} is a PyTorch pickle and needs torch to read; install torch or "
-                              "convert the checkpoint to safetensors.") from e
-        sd = torch.load(binary, map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in sd.items()}
+    if os.path.exists(binary):  # read with numpy: no torch, and no code from the pickle runs
+        return pytorch_bin.load_state_dict(binary)
     raise FileNotFoundError(f"No weights in {directory}: expected one of {_WEIGHTS}.")
 
 
