@@ -191,8 +191,8 @@ def worker_new(corpus: str, cache_dir: str, tokenizer_path: str, num_proc: int, 
     import pyarrow  # noqa: F401
     from dq_jax.data import source as data_source
     from dq_jax.model import hf
-    from dq_jax.data import token_cache
-    from dq_jax.data.batches import DataConfig
+    from dq_jax.data import token_cache, tokenization
+    from dq_jax.data.config import DataConfig
     tokenizer = hf.load_tokenizer(tokenizer_path)
     cfg = DataConfig(train_files=(corpus,), cache_dir=cache_dir, max_source_length=MAX_SOURCE,
                      max_target_length=MAX_TARGET, num_proc=num_proc)
@@ -202,12 +202,12 @@ def worker_new(corpus: str, cache_dir: str, tokenizer_path: str, num_proc: int, 
     data_source.file_digest = _timed(phases, "hash files", data_source.file_digest)
     data_source.load_split = _timed(phases, "load_split", data_source.load_split)
     token_cache._build = _timed(phases, "build", token_cache._build)
-    tokenize = token_cache._tokenize
+    tokenize = token_cache.tokenize
 
     def tokenize_recording(ds, *a, **k):  # how many processes tokenize_split gives this split
-        procs.append(token_cache.processes(cfg, len(ds)))
+        procs.append(tokenization.processes(cfg, len(ds)))
         return tokenize(ds, *a, **k)
-    token_cache._tokenize = _timed(phases, "tokenize", tokenize_recording)
+    token_cache.tokenize = _timed(phases, "tokenize", tokenize_recording)
     datasets.Dataset.save_to_disk = _timed(phases, "save_to_disk", datasets.Dataset.save_to_disk)
     t0 = time.perf_counter()
     data = token_cache.tokenized_split(cfg, "train", tokenizer)

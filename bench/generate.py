@@ -140,7 +140,7 @@ def prepare(preset_name: str, d: str, gen_overrides: dict) -> dict:
     from dq_jax.training import distill
     from dq_jax.export import hf_dir as export
     from dq_jax.model import hf
-    from dq_jax.inference.generate import GenerationConfig
+    from dq_jax.inference.generation_config import GenerationConfig
     from dq_jax.quant.config import QuantConfig
     p = PRESETS[preset_name]
     torch.manual_seed(0)
@@ -173,7 +173,7 @@ def prepare(preset_name: str, d: str, gen_overrides: dict) -> dict:
 
 
 def _inputs(d: str):
-    from dq_jax.inference.generate import GenerationConfig
+    from dq_jax.inference.generation_config import GenerationConfig
     b = np.load(f"{d}/batch.npz")
     with open(f"{d}/gen.json") as f:
         return b["input_ids"], b["attention_mask"], GenerationConfig(**json.load(f))
@@ -215,6 +215,7 @@ def worker_jax(d: str, mode: str, repeat: int) -> dict:
     import jax
     import jax.numpy as jnp
     from dq_jax.model import hf
+    from dq_jax.inference.generation_config import GenerationConfig
     from dq_jax.inference.generate import generate
     from dq_jax.model.modeling import Seq2SeqLM
     from dq_jax.inference.quantized_model import quantized_student

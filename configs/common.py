@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from dq_jax.quant.config import QuantConfig
+
 VARIANT_KEYS = {
     "wbits": "quant.weight_bits",
     "ebits": "quant.embed_bits",
@@ -73,10 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
         weight_clip=2.5, act_clip=2.5,
         mse_steps=5,  # scale search steps of method=mse
         # products of two quantized operands: "codes" multiplies the integer codes exactly
-        # (int8 x int8 -> int32), "fake" dequantizes and multiplies in float (the reference).
-        # codes is the default because it is the faster one wherever measured: XLA:CPU's int8
-        # dots beat its fp32 ones with VNNI and far more with AMX (README, "Compute on codes")
-        compute="codes"))
+        # (int8 x int8 -> int32), "fake" dequantizes and multiplies in float (the reference);
+        # the default is QuantConfig's (dq_jax/quant/config.py says why)
+        compute=QuantConfig.compute))
 
     c.distill = ml_collections.ConfigDict(dict(
         mode="dq_bart",

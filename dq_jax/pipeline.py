@@ -19,6 +19,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from dq_jax.data import batches as data_lib
+
+from dq_jax.data.config import DataConfig, SPLITS
+
+from dq_jax.data.columns import Tokenized
 from dq_jax.data import source as data_source
 from dq_jax.data import demo_task, token_cache
 from dq_jax.training import distill
@@ -37,7 +41,8 @@ from dq_jax.quant.config import split_elastic
 from dq_jax.spec import RunSpec
 from dq_jax.training.stage import Stage, StageData, Teacher
 from dq_jax.stages import DISTILL, TEACHER, RunStage, RunStages, TrainRows, build_model, derive
-from dq_jax.export.workdir import STUDENT_META, export_workdir, load_student, save_student
+from dq_jax.export import workdir as run_dir
+from dq_jax.export.workdir import export_workdir, load_student, save_student
 from dq_jax.training.trainer import train_stage
 
 
@@ -50,13 +55,13 @@ class _Job:
     mesh: Mesh
     metrics: MetricsLog
     tokenizer: Any
-    data: data_lib.DataConfig
-    splits: dict[str, data_lib.Tokenized]  # by data_lib.SPLITS name
+    data: DataConfig
+    splits: dict[str, Tokenized]  # by SPLITS name
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
 
-    def stage_data(self, cfg: ModelConfig, train: data_lib.Tokenized | None = None) -> StageData:
+    def stage_data(self, cfg: ModelConfig, train: Tokenized | None = None) -> StageData:
         return StageData(self.splits["train"] if train is None else train, self.splits["validation"],
                          self.batching(cfg))
 
@@ -64,7 +69,7 @@ class _Job:
         return data_lib.Batching(self.data, cfg.pad_token_id, cfg.decoder_start_token_id, cfg.model_type)
 
     def stage(self, rs: RunStage, init_params: dict, teacher_params: dict | None,
-              train_split: data_lib.Tokenized) -> Stage:
+              train_split: Tokenized) -> Stage:
         model = rs.trained_model()
         teacher = None if rs.teacher is None else Teacher(rs.teacher_model(), teacher_params)
         return Stage(name=rs.name, workdir=self.workdir, train=rs.train, eval=self.spec.eval, model=model,
@@ -72,8 +77,11 @@ class _Job:
                      data=self.stage_data(model.cfg, train_split), tokenizer=self.tokenizer, mesh=self.mesh,
                      seed=rs.seed, metrics=self.metrics)
 
-    def finished(self, product: str) -> bool:
-        return os.path.exists(self.path(product, "config.json"))
+    def finished_teacher(self) -> bool:
+        return run_dir.finished_teacher(self.workdir)
+
+    def finished_student(self) -> bool:
+        return run_dir.finished_student(self.path(run_dir.STUDENT_DIR)) is not None
 
     def best_dev(self, stage: str) -> dict | None:
         """The best dev score in a stage's checkpoints (None when that stage trained nothing here)."""
@@ -102,7 +110,7 @@ def _workdir_lock(workdir: str):
                              "it to finish or choose another --workdir.")
 
 
-def _prepare_data(spec: RunSpec, workdir: str) -> data_lib.DataConfig:
+def _prepare_data(spec: RunSpec, workdir: str) -> DataConfig:
     if spec.data.synthetic == "demo":
         files = distributed.main_first(lambda: demo_task.write_splits(os.path.join(workdir, "data"), seed=spec.seed),
                                        "demo data")
@@ -111,7 +119,7 @@ def _prepare_data(spec: RunSpec, workdir: str) -> data_lib.DataConfig:
     return spec.data
 
 
-def _tokenizer(spec: RunSpec, workdir: str, data_cfg: data_lib.DataConfig):
+def _tokenizer(spec: RunSpec, workdir: str, data_cfg: DataConfig):
     path = spec.teacher.tokenizer_source
     if path == "train":
         path = distributed.main_first(
@@ -135,8 +143,7 @@ def _init_params(cfg: ModelConfig, seed: int) -> dict:
 def _check_teacher_vocab(spec: RunSpec, workdir: str, tok) -> None:
     """Every id the tokenizer can produce must index the teacher's embedding: JAX would clamp an
     out-of-range id silently. Reads the teacher's config only (no weights)."""
-    trained = os.path.join(workdir, "teacher_hf")
-    where = trained if os.path.exists(os.path.join(trained, "config.json")) else spec.teacher.path
+    where = run_dir.teacher_dir(workdir) if run_dir.finished_teacher(workdir) else spec.teacher.path
     if not where:
         return  # a scratch teacher is sized from this tokenizer
     vocab = hf.load_model_config(hf.resolve(where, weights=False)).vocab_size
@@ -150,10 +157,10 @@ def _teacher_source(job: _Job, results: dict) -> tuple[ModelConfig, dict]:
     """The teacher as this run starts from it: a finished teacher stage's, else the HF teacher,
     else a scratch size freshly initialized (train/settings.py checked that one of them is set)."""
     spec = job.spec
-    if job.finished("teacher_hf"):
+    if job.finished_teacher():
         if (best := job.best_dev("teacher")) is not None:
             results["teacher_dev"] = best
-        return hf.load_pretrained(job.path("teacher_hf"))
+        return hf.load_pretrained(run_dir.teacher_dir(job.workdir))
     if spec.teacher.path:
         return hf.load_pretrained(spec.teacher.path)
     t_cfg = _scratch_config(spec.teacher.scratch, job.tokenizer)
@@ -164,19 +171,19 @@ def _teacher(job: _Job, stages: RunStages, t_params: dict, results: dict) -> dic
     """The teacher's params after its stage (trained here unless an earlier run finished it),
     saved to `teacher_hf/`."""
     rs = stages.get(TEACHER)
-    if job.finished("teacher_hf"):
+    if job.finished_teacher():
         return t_params
     if rs is not None:
         out = train_stage(job.stage(rs, t_params, None, job.splits["train"]))
         t_params, results["teacher_dev"] = out.params, out.best
     if distributed.is_main():
-        hf.save_pretrained(stages.teacher, t_params, job.path("teacher_hf"))
-        job.tokenizer.save_pretrained(job.path("teacher_hf"))  # with tokenizer_config.json: special tokens known
+        hf.save_pretrained(stages.teacher, t_params, run_dir.teacher_dir(job.workdir))
+        job.tokenizer.save_pretrained(run_dir.teacher_dir(job.workdir))  # with tokenizer_config.json: special tokens known
     distributed.sync("teacher saved")
     return t_params
 
 
-def student_train_split(spec: RunSpec, rows: TrainRows, train: data_lib.Tokenized) -> tuple[data_lib.Tokenized, dict]:
+def student_train_split(spec: RunSpec, rows: TrainRows, train: Tokenized) -> tuple[Tokenized, dict]:
     """The rows of the training split the student trains on and their record for results.json:
     fraction, seed, how many of how many, and the SHA-256 of the row indices (int64,
     little-endian), which names the subset."""
@@ -191,27 +198,27 @@ def student_train_split(spec: RunSpec, rows: TrainRows, train: data_lib.Tokenize
     return (train if len(idx) == len(train) else train.take(idx)), record
 
 
-def _student(job: _Job, stages: RunStages, t_params: dict, train_split: data_lib.Tokenized,
+def _student(job: _Job, stages: RunStages, t_params: dict, train_split: Tokenized,
              results: dict) -> tuple[Seq2SeqLM, dict]:
     """The student model and its params: distilled here on `train_split`, or as an earlier run
     left them."""
-    spec, student_dir = job.spec, job.path("student_hf")
+    spec, student_dir = job.spec, job.path(run_dir.STUDENT_DIR)
     rs = stages.get(DISTILL)
     s_cfg = stages.student
     _, s_init = distill.init_student(stages.teacher, t_params, s_cfg.encoder_layers, s_cfg.decoder_layers,
                                      spec.student.encoder_map, spec.student.decoder_map)
     student = build_model(s_cfg, spec.quant, spec.precision)
-    if job.finished("student_hf"):
+    if job.finished_student():
         if (best := job.best_dev(DISTILL)) is not None:
             results["student_dev"] = best
     elif rs is not None:
         out = train_stage(job.stage(rs, s_init, t_params, train_split))
         results["student_dev"] = out.best
         if distributed.is_main():
-            save_student(s_cfg, out.params, spec.quant, student_dir, job.path("teacher_hf"),
+            save_student(s_cfg, out.params, spec.quant, student_dir, run_dir.teacher_dir(job.workdir),
                          generation_config(s_cfg, spec.eval).to_hf_dict(), spec.precision)
         distributed.sync("student saved")
-    return student, (load_student(student_dir)[1] if job.finished("student_hf") else s_init)
+    return student, (load_student(student_dir)[1] if job.finished_student() else s_init)
 
 
 def _test(job: _Job, models: tuple[tuple[str, Seq2SeqLM, dict], ...], results: dict) -> None:
@@ -252,24 +259,25 @@ def _run(spec: RunSpec, workdir: str) -> dict:
     tok = _tokenizer(spec, workdir, data_cfg)
     _check_teacher_vocab(spec, workdir, tok)  # before data downloads, tokenization and teacher weights
     splits = {s: distributed.main_first(lambda s=s: token_cache.tokenized_split(data_cfg, s, tok), f"tokenize {s}")
-              for s in data_lib.SPLITS}
+              for s in SPLITS}
     job = _Job(spec, workdir, mesh, metrics, tok, data_cfg, splits)
     results: dict = {"workdir": os.path.abspath(workdir)}
     t_cfg, t_params = _teacher_source(job, results)
     stages = derive(spec, t_cfg)  # a student the teacher cannot give fails here, before any training
     # before the teacher trains: a fraction too small for one batch fails now, not an hour later
     student_split, student_data = student_train_split(spec, stages.student_rows, splits["train"])
-    if DISTILL in spec.stages or job.finished("student_hf"):  # a run with a student says what it saw
+    if DISTILL in spec.stages or job.finished_student():  # a run with a student says what it saw
         results["student_train_data"] = student_data
     t_params = _teacher(job, stages, t_params, results)
     student, s_params = _student(job, stages, t_params, student_split, results)
     if "eval" in spec.stages:
         teacher = build_model(stages.teacher, None, spec.precision)
         _test(job, (("teacher", teacher, t_params), ("student", student, s_params)), results)
-    if "export" in spec.stages and os.path.exists(job.path("student_hf", STUDENT_META)) and distributed.is_main():
+    if "export" in spec.stages and job.finished_student() and distributed.is_main():
         results["export"] = {fmt: export_workdir(workdir, fmt) for fmt in ("hf", "packed")}
-        results["export"]["teacher_safetensors_bytes"] = os.path.getsize(job.path("teacher_hf", "model.safetensors"))
-    results["size"] = _sizes(spec, stages, job.path("teacher_hf"))
+        teacher_file = os.path.join(run_dir.teacher_dir(workdir), "model.safetensors")
+        results["export"]["teacher_safetensors_bytes"] = os.path.getsize(teacher_file)
+    results["size"] = _sizes(spec, stages, run_dir.teacher_dir(job.workdir))
     results["precision"] = spec.precision
     results["config"] = json.loads(spec.config_json)
     if distributed.is_main():

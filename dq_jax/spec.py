@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from dq_jax.data.batches import DataConfig
+from dq_jax.data.config import DataConfig
 from dq_jax.inference.evaluation import EvalSettings
 from dq_jax.quant.config import QuantConfig
 from dq_jax.training.stage import TrainSettings

@@ -143,24 +143,3 @@ def _scratch_vocab(spec: RunSpec, default: int) -> tuple[int, str]:
         return len(hf.load_tokenizer(source, "mbart" if spec.data.src_lang else "bart")), f"tokenizer {source}"
     except (OSError, ValueError):  # a hub tokenizer offline
         return default, f"tokenizer {source} unreachable: the size's default"
-
-
-def stages_to_plan(spec: RunSpec) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """The training stages this run would run (as the pipeline decides), and why the others not."""
-    planned, skipped = [], []
-    if "teacher" not in spec.stages:
-        skipped.append(("teacher", "not in stages"))
-    elif spec.teacher.path and not spec.teacher.finetune:
-        skipped.append(("teacher", "teacher.finetune=False: the teacher is used as it is"))
-    else:
-        planned.append("teacher")
-    if "distill" in spec.stages:
-        planned.append("distill")
-    else:
-        skipped.append(("distill", "not in stages"))
-    return tuple(planned), tuple(skipped)
-
-
-def _model(spec: RunSpec, cfg: ModelConfig, quant: QuantConfig | None = None, remat: str = "none") -> Seq2SeqLM:
-    """A model as the pipeline builds it (`_Job.model`); `remat` for the model a stage trains."""
-    return Seq2SeqLM(cfg, quant, dtype=precision.compute_dtype(spec.precision), remat=remat)

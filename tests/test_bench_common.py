@@ -60,7 +60,7 @@ def test_speedups_are_peer_time_over_ours_for_measured_pairs():
 
 def test_quant_config_passes_compute_only_when_the_field_exists():
     from dq_jax.quant.config import QuantConfig
-    assert common.quant_config((2, 2, 8), "fake") == QuantConfig(2, 2, 8)
+    assert common.quant_config((2, 2, 8), "fake") == QuantConfig(2, 2, 8, compute="fake")
     has_field = "compute" in {f.name for f in dataclasses.fields(QuantConfig)}
     assert (common.compute_unavailable("codes") is None) == has_field
     if has_field:

@@ -4,7 +4,7 @@ import numpy as np
 
 from bench import data as bench_data
 from bench.common import worker_env
-from dq_jax.data.batches import TokenColumn
+from dq_jax.data.columns import TokenColumn
 
 
 def test_build_corpus_cycles_the_source(tmp_path, shared_data):

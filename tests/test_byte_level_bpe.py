@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dq_jax.model import hf
-from dq_jax.data import token_cache
+from dq_jax.data import tokenization
 from dq_jax.data.byte_level_bpe import ByteLevelBPE, IdRows
 
 
@@ -120,10 +120,10 @@ def test_random_token_concatenations_merge_as_the_tokenizer_merges_them(tok, bpe
 
 def test_texts_with_special_tokens_are_left_to_the_tokenizer(tok):
     texts = ["plain text", "a <mask> in it", "</s>ends", "<s>", "no special < s > here", ""]
-    encoder = token_cache.Encoder.of(tok)
+    encoder = tokenization.Encoder.of(tok)
     assert encoder.bpe.handled(texts).tolist() == [True, False, False, False, True, True]
     for target in (False, True):
-        assert _rows(encoder.ids(texts, target)) == _rows(token_cache._token_ids(tok, texts, target))
+        assert _rows(encoder.ids(texts, target)) == _rows(tokenization._token_ids(tok, texts, target))
     assert _rows(encoder.ids(texts, False))[1] == tok("a <mask> in it")["input_ids"]
 
 
@@ -152,7 +152,7 @@ def test_only_plain_byte_level_bpe_is_accepted(tok):
 
 def test_a_sentencepiece_tokenizer_is_not_accepted(mbart_tok):
     assert ByteLevelBPE.from_tokenizer(mbart_tok) is None
-    assert token_cache.Encoder.of(mbart_tok).bpe is None
+    assert tokenization.Encoder.of(mbart_tok).bpe is None
 
 
 def test_pickled_encoder_encodes_the_same(tok, bpe, shared_data):
@@ -179,11 +179,11 @@ def test_a_trained_byte_level_bpe_gets_its_own_ids(tmp_path, shared_data):
     from dq_jax.data import demo_task
     paths = demo_task.write_splits(str(tmp_path / "data"), sizes={"train": 300, "validation": 20, "test": 20})
     demo_tok = hf.load_tokenizer(demo_task.train_tokenizer([paths["train"]], str(tmp_path / "tok"), vocab_size=1000))
-    encoder = token_cache.Encoder.of(demo_tok)
+    encoder = tokenization.Encoder.of(demo_tok)
     assert encoder.bpe is not None and encoder.frames == (([0], [2]), ([0], [2]))
     texts = [s for line in open(paths["train"]) for s in _strings(json.loads(line))]
     texts += [json.loads(line)["document"] for line in
               (shared_data / "xsum" / "validation.jsonl").read_text().splitlines()[:300]]
     texts += ["a <mask> here", ""]
     for target in (False, True):
-        assert _rows(encoder.ids(texts, target)) == _rows(token_cache._token_ids(demo_tok, texts, target))
+        assert _rows(encoder.ids(texts, target)) == _rows(tokenization._token_ids(demo_tok, texts, target))

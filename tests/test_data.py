@@ -7,6 +7,10 @@ import numpy as np
 import pytest
 
 from dq_jax.data import batches as data
+
+from dq_jax.data.config import DataConfig
+
+from dq_jax.data.columns import TokenColumn, Tokenized
 from dq_jax.data import source as data_source
 from dq_jax.data import token_cache
 from dq_jax.model.hf import load_tokenizer
@@ -17,7 +21,7 @@ def tok(shared_data):
     return load_tokenizer(str(shared_data / "tokenizers" / "bart-base_roberta-base"))
 
 
-def load_rows(cfg: data.DataConfig, split: str) -> list[dict]:
+def load_rows(cfg: DataConfig, split: str) -> list[dict]:
     return data_source.load_split(cfg, split)[0].to_list()
 
 
@@ -28,12 +32,12 @@ def xsum_file(shared_data):
 
 @pytest.fixture(scope="module")
 def xsum_rows(xsum_file):
-    return load_rows(data.DataConfig(validation_files=(xsum_file,), max_examples=64), "validation")
+    return load_rows(DataConfig(validation_files=(xsum_file,), max_examples=64), "validation")
 
 
-def tokenized(tok, cfg: data.DataConfig, tmp_path, xsum_file, n: int = 64, start: int = 0) -> data.Tokenized:
+def tokenized(tok, cfg: DataConfig, tmp_path, xsum_file, n: int = 64, start: int = 0) -> Tokenized:
     """The first `n` rows of XSum's validation file after `start`, through the tokenization cache."""
-    rows = load_rows(data.DataConfig(validation_files=(xsum_file,), max_examples=start + n), "validation")[start:]
+    rows = load_rows(DataConfig(validation_files=(xsum_file,), max_examples=start + n), "validation")[start:]
     path = tmp_path / f"rows_{start}_{n}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = dataclasses.replace(cfg, train_files=(str(path),), cache_dir=str(tmp_path / "cache"))
@@ -53,28 +57,28 @@ def test_reads_jsonl_csv_and_parquet_alike(tmp_path, xsum_rows):
         w.writerows(rows)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
     for ext in ("jsonl", "json", "csv", "parquet"):
-        cfg = data.DataConfig(train_files=(str(tmp_path / f"a.{ext}"),))
+        cfg = DataConfig(train_files=(str(tmp_path / f"a.{ext}"),))
         assert load_rows(cfg, "train") == rows, ext
 
 
 def test_clear_errors(tmp_path, shared_data):
     xsum = str(shared_data / "xsum" / "validation.jsonl")
     with pytest.raises(FileNotFoundError, match="nope.jsonl does not exist"):
-        load_rows(data.DataConfig(train_files=(str(tmp_path / "nope.jsonl"),)), "train")
+        load_rows(DataConfig(train_files=(str(tmp_path / "nope.jsonl"),)), "train")
     with pytest.raises(ValueError, match=r"Column 'article' not found in .*validation.jsonl; it has \['document', 'id', 'summary'\]"):
-        load_rows(data.DataConfig(train_files=(xsum,), source_column="article"), "train")
+        load_rows(DataConfig(train_files=(xsum,), source_column="article"), "train")
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="The train split .*empty.jsonl.* is empty"):
-        load_rows(data.DataConfig(train_files=(str(tmp_path / "empty.jsonl"),)), "train")
+        load_rows(DataConfig(train_files=(str(tmp_path / "empty.jsonl"),)), "train")
     (tmp_path / "latin1.jsonl").write_bytes('{"document": "caf\xe9", "summary": "x"}'.encode("latin-1"))
     with pytest.raises(ValueError, match="latin1.jsonl is not valid UTF-8"):
-        load_rows(data.DataConfig(train_files=(str(tmp_path / "latin1.jsonl"),)), "train")
+        load_rows(DataConfig(train_files=(str(tmp_path / "latin1.jsonl"),)), "train")
     with pytest.raises(ValueError, match="No data for split 'test'"):
-        load_rows(data.DataConfig(train_files=(xsum,)), "test")
+        load_rows(DataConfig(train_files=(xsum,)), "test")
 
 
 def test_tokenize_counts_truncation_and_keeps_eos(tok, xsum_rows, xsum_file, tmp_path, caplog):
-    cfg = data.DataConfig(max_source_length=64, max_target_length=16)
+    cfg = DataConfig(max_source_length=64, max_target_length=16)
     with caplog.at_level("INFO"):
         t = tokenized(tok, cfg, tmp_path, xsum_file)
     full = [len(tok(r["document"]).input_ids) for r in xsum_rows]
@@ -89,14 +93,14 @@ def test_tokenize_counts_truncation_and_keeps_eos(tok, xsum_rows, xsum_file, tmp
 
 def test_all_sources_truncated_is_reported(tok, xsum_file, tmp_path, caplog):
     with caplog.at_level("WARNING"):
-        tokenized(tok, data.DataConfig(max_source_length=8), tmp_path, xsum_file, n=8, start=1)
+        tokenized(tok, DataConfig(max_source_length=8), tmp_path, xsum_file, n=8, start=1)
     assert "all 8 sources are longer than max_source_length=8" in caplog.text
 
 
 def test_collate_buckets_and_labels():
-    t = data.Tokenized(data.TokenColumn.from_lists([[0, 5, 6, 2], [0, 7, 2]]),
-                       data.TokenColumn.from_lists([[0, 9, 2], [0, 8, 8, 8, 2]]), [])
-    b = data.collate(t, np.array([0, 1]), data.DataConfig(min_bucket=4, max_source_length=64), pad=1, start=2,
+    t = Tokenized(TokenColumn.from_lists([[0, 5, 6, 2], [0, 7, 2]]),
+                       TokenColumn.from_lists([[0, 9, 2], [0, 8, 8, 8, 2]]), [])
+    b = data.collate(t, np.array([0, 1]), DataConfig(min_bucket=4, max_source_length=64), pad=1, start=2,
                      model_type="bart")
     np.testing.assert_array_equal(b["input_ids"], [[0, 5, 6, 2], [0, 7, 2, 1]])
     np.testing.assert_array_equal(b["attention_mask"], [[1, 1, 1, 1], [1, 1, 1, 0]])
@@ -112,7 +116,7 @@ def test_mbart_shift_moves_the_language_code_to_the_front():
 
 
 def test_iterator_is_deterministic_and_resumes(tok, xsum_file, tmp_path):
-    cfg = data.DataConfig(max_source_length=128, max_target_length=32)
+    cfg = DataConfig(max_source_length=128, max_target_length=32)
     t = tokenized(tok, cfg, tmp_path, xsum_file)
     make = lambda state=None: data.TrainIterator(t, cfg, batch_size=4, accum=2, seed=3, pad=1, start=2,
                                                  model_type="bart", state=state)

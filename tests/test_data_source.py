@@ -8,7 +8,7 @@ import re
 import pytest
 
 from dq_jax.data import source as data_source
-from dq_jax.data.batches import DataConfig
+from dq_jax.data.config import DataConfig
 
 
 def _rows(n: int, start: int = 0) -> list[dict]:

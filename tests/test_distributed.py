@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests import dist_worker
-from dq_jax.parallel import distributed, sharding
+from dq_jax.parallel import sharding
 from dq_jax.training import train_step
 from dq_jax.training.checkpoint import StageCheckpoints
 from dq_jax.model.hf_layout import flatten
@@ -95,20 +95,27 @@ def test_a_dead_process_stops_the_others_within_the_heartbeat_timeout(tmp_path):
 
 
 def test_distributed_config_reads_the_environment_and_checks_it():
+    from configs import demo
+    from train.settings import distributed_from_config
+
+    def settings(environ, **section):
+        c = demo.get_config()
+        c.distributed.update(section)
+        return distributed_from_config(c, environ)
+
     env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
-    c = distributed.DistributedConfig().with_env(env)
+    c = settings(env)
     assert (c.coordinator_address, c.num_processes, c.process_id, c.enabled) == ("10.0.0.1:1234", 4, 3, True)
-    c.check()
     # the config wins over the environment
-    assert distributed.DistributedConfig(num_processes=2).with_env(env).num_processes == 2
-    assert not distributed.DistributedConfig().with_env({}).enabled
+    assert settings(env, num_processes=2, process_id=1).num_processes == 2
+    assert not settings({}).enabled
     with pytest.raises(ValueError, match="process_id=4 .* must be in 0..3"):
-        distributed.DistributedConfig("h:1", 4, 4).check()
+        settings({}, coordinator_address="h:1", num_processes=4, process_id=4)
     with pytest.raises(ValueError, match="needs distributed.num_processes"):
-        distributed.DistributedConfig("h:1").check()
+        settings({}, coordinator_address="h:1")
     with pytest.raises(ValueError, match="JAX_PROCESS_ID='x' must be an integer"):
-        distributed.DistributedConfig().with_env({"JAX_PROCESS_ID": "x"})
-    distributed.DistributedConfig(auto=True).check()  # Slurm / Open MPI / TPU detect the rest
+        settings({"JAX_PROCESS_ID": "x"})
+    assert settings({}, auto=True).enabled  # Slurm / Open MPI / TPU detect the rest
 
 
 @pytest.mark.slow

@@ -127,7 +127,7 @@ def test_the_profiler_window_traces_exactly_the_chosen_steps(tmp_path, monkeypat
                                    (1, 4, [("start", 2, "P"), ("stop", 4)])):  # the stage ends at 4
         calls.clear()
         done = [first - 1]
-        window = trainer._Profiler("3,5", "P", first, total)
+        window = trainer._Profiler((3, 5), "P", first, total)
         for step in range(first, total + 1):
             window.before(step, state=np.zeros(1))
             done.append(step)  # the step ran

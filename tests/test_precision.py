@@ -55,8 +55,12 @@ def test_fp32_einsum_is_the_plain_one():
     a, b = jnp.ones((2, 4)), jnp.full((4, 3), 0.5)
     np.testing.assert_array_equal(precision.einsum("...i,io->...o", a, b), jnp.einsum("...i,io->...o", a, b))
     assert precision.compute_dtype("fp32") == jnp.float32 and precision.compute_dtype("bf16") == jnp.bfloat16
-    with pytest.raises(ValueError, match=r"precision='fp16'; choose one of \('fp32', 'bf16'\)"):
-        precision.compute_dtype("fp16")
+    from configs import demo
+    from train.settings import spec_from_config
+    c = demo.get_config()
+    c.precision = "fp16"  # the run's settings check the name
+    with pytest.raises(ValueError, match=r"precision='fp16'; choose one of \['fp32', 'bf16'\]"):
+        spec_from_config(c)
 
 
 @pytest.mark.slow

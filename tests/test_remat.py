@@ -14,7 +14,8 @@ from jax.ad_checkpoint import print_saved_residuals
 from dq_jax.training import distill, train_step
 from dq_jax.model import modeling, remat
 from dq_jax.parallel import sharding
-from dq_jax.inference.generate import GenerationConfig, generate
+from dq_jax.inference.generation_config import GenerationConfig
+from dq_jax.inference.generate import generate
 from dq_jax.model.config import ModelConfig
 from dq_jax.model.sizes import model_config
 from dq_jax.model.modeling import Seq2SeqLM
@@ -24,7 +25,7 @@ from tests.hf_models import distill_batch
 TEACHER = ModelConfig(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                       decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=32,
                       dropout=0.1, attention_dropout=0.1, activation_dropout=0.1)
-QUANTS = {"2-2-8": QuantConfig(2, 2, 8), "2-2-8 codes": QuantConfig(2, 2, 8, compute="codes"),
+QUANTS = {"2-2-8": QuantConfig(2, 2, 8, compute="fake"), "2-2-8 codes": QuantConfig(2, 2, 8, compute="codes"),
           "tbt 2-2-2": QuantConfig(2, 2, 2, method="tbt")}  # elastic: learned step sizes inside the remat region
 MODES = ("full", "dots")
 # Dropout keys for the compiled losses: masks from XLA's RngBitGenerator compile several times
@@ -57,8 +58,12 @@ def setup():
 
 def test_names_and_options():
     assert remat.REMAT == ("none", "full", "dots")
-    with pytest.raises(ValueError, match="remat='some'"):
-        remat.check("some")
+    from configs import demo
+    from train.settings import spec_from_config
+    c = demo.get_config()
+    c.train.remat = "some"  # the run's settings check the name; the model trusts them
+    with pytest.raises(ValueError, match=r"train.remat='some'; choose one of \['none', 'full', 'dots'\]"):
+        spec_from_config(c)
     assert remat.compiler_options("none", "cpu") == {} and remat.compiler_options("full", "gpu") == {}
     assert remat.compiler_options("dots", "cpu") == {"xla_disable_hlo_passes": remat.CPU_BARRIER_PASS}
 

@@ -9,18 +9,20 @@ import pytest
 
 from configs import demo
 from dq_jax.data import batches as data
+from dq_jax.data.config import DataConfig
+from dq_jax.data.columns import TextColumn, TokenColumn, Tokenized
 from dq_jax import pipeline, stages
 from train.settings import spec_from_config
 from train.sweeps import plan
 from train.sweeps.grid import Point
 
 
-def _split(n: int) -> data.Tokenized:
+def _split(n: int) -> Tokenized:
     """Row i's source is [0, i + 10, 2] (so a batch names its rows), its target [0, 7, 2]."""
-    refs = data.TextColumn(pa.chunked_array([pa.array([f"ref {i}" for i in range(n // 2)]),
+    refs = TextColumn(pa.chunked_array([pa.array([f"ref {i}" for i in range(n // 2)]),
                                              pa.array([f"ref {i}" for i in range(n // 2, n)])]))
-    return data.Tokenized(data.TokenColumn.from_lists([[0, i + 10, 2] for i in range(n)]),
-                          data.TokenColumn.from_lists([[0, 7, 2]] * n), refs)
+    return Tokenized(TokenColumn.from_lists([[0, i + 10, 2] for i in range(n)]),
+                          TokenColumn.from_lists([[0, 7, 2]] * n), refs)
 
 
 def _rows(spec):
@@ -44,9 +46,6 @@ def test_the_subset_is_fixed_by_the_seed_and_has_the_fraction_of_rows():
     np.testing.assert_array_equal(data.fraction_rows(7, 1.0, seed=3), np.arange(7))
     assert len(data.fraction_rows(7, 0.01, seed=0)) == 1  # at least one row
     assert len(data.fraction_rows(10, 0.25, seed=0)) == 2  # round(2.5) -> 2, numpy's round half to even
-    for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
-            data.fraction_rows(10, bad, seed=0)
 
 
 def test_take_is_a_view_of_the_chosen_rows():
@@ -71,7 +70,7 @@ def test_training_batches_read_only_the_subset():
     rows = data.fraction_rows(64, 0.25, 4)
     assert record == {"fraction": 0.25, "seed": 4, "examples": 16, "of": 64,
                       "rows_sha256": hashlib.sha256(rows.astype("<i8").tobytes()).hexdigest()}
-    it = data.TrainIterator(split, data.DataConfig(min_bucket=4), batch_size=4, accum=1, seed=4, pad=1, start=2,
+    it = data.TrainIterator(split, DataConfig(min_bucket=4), batch_size=4, accum=1, seed=4, pad=1, start=2,
                             model_type="bart")
     assert it.steps_per_epoch == 4
     seen = [int(v) - 10 for _ in range(it.steps_per_epoch) for v in next(it)["input_ids"][0, :, 1]]

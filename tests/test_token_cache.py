@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from dq_jax.data import source as data_source
+from dq_jax.data import tokenization
 from dq_jax.model import hf
 from dq_jax.data import token_cache
 from dq_jax.data.byte_level_bpe import IdRows
-from dq_jax.data.batches import DataConfig
+from dq_jax.data.config import DataConfig
 
 HIT = "tokenization cache hit"
 
@@ -121,7 +122,7 @@ def test_key_follows_content_lengths_and_tokenizer(tmp_path, tok, xsum, caplog, 
 def test_bart_ids_are_the_tokenizers_with_eos_kept(tmp_path, tok, xsum, caplog):
     rows = xsum[:64]
     out, _ = _run(_cfg(tmp_path, _write(tmp_path / "train.jsonl", rows)), tok, caplog)
-    assert token_cache.special_suffix(tok) == 1
+    assert tokenization.special_suffix(tok) == 1
     src = [tok(r["document"]).input_ids for r in rows]
     tgt = [tok(text_target=r["summary"]).input_ids for r in rows]
     assert out.truncated_source == sum(len(s) > 64 for s in src) > 0
@@ -139,7 +140,7 @@ def test_mbart_truncation_keeps_eos_and_the_language_code(tmp_path, mbart_tok, s
     cfg = _cfg(tmp_path, _write(tmp_path / "wmt.jsonl", rows), source_column="en", target_column="ro",
                src_lang="en_XX", tgt_lang="ro_RO", max_source_length=24, max_target_length=20)
     out, _ = _run(cfg, mbart_tok, caplog)
-    assert token_cache.special_suffix(mbart_tok) == 2
+    assert tokenization.special_suffix(mbart_tok) == 2
     eos, en, ro = mbart_tok.eos_token_id, *mbart_tok.convert_tokens_to_ids(["en_XX", "ro_RO"])
     src = [mbart_tok(r["en"]).input_ids for r in rows]
     tgt = [mbart_tok(text_target=r["ro"]).input_ids for r in rows]
@@ -172,44 +173,44 @@ _AWKWARD = [
 
 
 def test_long_texts_encoded_from_a_prefix_give_the_whole_texts_ids(tok, mbart_tok, xsum, shared_data):
-    """BART's byte-level BPE may encode a long text from a prefix (`token_cache.prefix_exact`):
+    """BART's byte-level BPE may encode a long text from a prefix (`tokenization.prefix_exact`):
     the truncated ids and the truncation flags equal those of the whole text, on real articles
     and on awkward texts, for sources and targets, with and without a second, whole encoding,
     through `tiktoken` and through the tokenizer."""
-    assert token_cache.prefix_exact(tok)
-    assert not token_cache.prefix_exact(mbart_tok)  # sentencepiece normalizer and Metaspace
+    assert tokenization.prefix_exact(tok)
+    assert not tokenization.prefix_exact(mbart_tok)  # sentencepiece normalizer and Metaspace
     cnn = [json.loads(line)["document"]
            for line in (shared_data / "cnn_dailymail" / "validation_stories_allennlp.jsonl").read_text().splitlines()]
     texts = [r["document"] for r in xsum[:200]] + cnn + _AWKWARD
-    suffix = token_cache.special_suffix(tok)
-    fast = token_cache.Encoder.of(tok)
+    suffix = tokenization.special_suffix(tok)
+    fast = tokenization.Encoder.of(tok)
     assert fast.bpe is not None and fast.cut_prefix
     cut_rows = again_rows = 0
     for max_len in (8, 16, 64, 1024):
-        limit = token_cache._CUT_CHARS_PER_TOKEN * max_len
+        limit = tokenization._CUT_CHARS_PER_TOKEN * max_len
         for target in (False, True):
-            a, cut_a = token_cache._truncated(token_cache._token_ids(tok, texts, target), max_len, suffix)
+            a, cut_a = tokenization._truncated(tokenization._token_ids(tok, texts, target), max_len, suffix)
             for encoder in (fast, dataclasses.replace(fast, bpe=None, frames=())):
-                b, cut_b = token_cache._truncated(encoder.kept_ids(texts, target, max_len), max_len, suffix)
+                b, cut_b = tokenization._truncated(encoder.kept_ids(texts, target, max_len), max_len, suffix)
                 assert a.to_pylist() == b.to_pylist() and cut_a.tolist() == cut_b.tolist(), (max_len, target)
-        cuts = [t for t in texts if token_cache._prefix_cut(t, limit) is not t]
+        cuts = [t for t in texts if tokenization._prefix_cut(t, limit) is not t]
         cut_rows += len(cuts)
-        again_rows += int((token_cache._token_ids(tok, [token_cache._prefix_cut(t, limit) for t in cuts],
+        again_rows += int((tokenization._token_ids(tok, [tokenization._prefix_cut(t, limit) for t in cuts],
                                                   False).lengths() <= max_len).sum())
     assert cut_rows > 200 and again_rows > 0  # both branches ran
 
 
 def test_truncation_keeps_the_head_and_the_special_suffix():
     rows = IdRows.from_lists([[0, 5, 6, 7, 8, 2], [0, 5, 2], [], [0, 9, 9, 9, 1, 2]])
-    ids, cut = token_cache._truncated(rows, 4, 2)
+    ids, cut = tokenization._truncated(rows, 4, 2)
     assert ids.to_pylist() == [[0, 5, 8, 2], [0, 5, 2], [], [0, 9, 1, 2]]
     assert cut.tolist() == [True, False, False, True]
-    ids, cut = token_cache._truncated(rows, 6, 1)
+    ids, cut = tokenization._truncated(rows, 6, 1)
     assert ids.to_pylist() == [[0, 5, 6, 7, 8, 2], [0, 5, 2], [], [0, 9, 9, 9, 1, 2]] and not cut.any()
 
 
 def test_prefix_cut_stops_before_a_space_after_a_non_space():
-    cut = token_cache._prefix_cut
+    cut = tokenization._prefix_cut
     assert cut("ab cd ef", 20) == "ab cd ef"
     assert cut("ab cd ef", 5) == "ab cd"  # the space at index 5 is kept out
     assert cut("ab cd ef", 4) == "ab"
@@ -274,8 +275,8 @@ def test_parallel_tokenization_equals_serial(tmp_path, tok, xsum, caplog, monkey
         def __init__(self, max_workers, mp_context):
             pools.append((max_workers, mp_context.get_start_method()))
             super().__init__(max_workers, mp_context=mp_context)
-    monkeypatch.setattr(token_cache.concurrent.futures, "ProcessPoolExecutor", Pool)
-    monkeypatch.setattr(token_cache, "_MIN_ROWS_PER_PROC", 2000)  # two workers for a small file
+    monkeypatch.setattr(tokenization.concurrent.futures, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(tokenization, "_MIN_ROWS_PER_PROC", 2000)  # two workers for a small file
     serial, _ = _run(_cfg(tmp_path, path, cache_dir=str(tmp_path / "serial"), num_proc=1), tok, caplog)
     parallel, _ = _run(_cfg(tmp_path, path, cache_dir=str(tmp_path / "parallel"), num_proc=2), tok, caplog)
     assert pools == [(2, "spawn")]  # only the parallel run, spawned (this process runs JAX's threads)

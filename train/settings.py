@@ -14,14 +14,14 @@ import ml_collections
 
 from dq_jax.model import sizes as model_sizes
 from dq_jax.model import precision, remat
-from dq_jax.parallel.distributed import DistributedConfig
+from dq_jax.parallel.distributed import ENV, DistributedConfig
 from dq_jax.quant.config import QuantConfig
 from dq_jax.spec import (STAGES, SYNTHETIC_TASKS, DataSpec, DistillSpec, EvalSettings, RunSpec, StudentSpec,
                          TeacherSpec, TrainSettings)
 from dq_jax.stages import DISTILL, TEACHER, trained_stages
+from dq_jax.training import distill as distill_lib
 from train.config_ranges import check_ranges
 
-DISTILL_MODES = ("dq_bart", "masked")
 
 
 def _files(value: str) -> tuple[str, ...]:
@@ -66,21 +66,26 @@ def _stages(c: ml_collections.ConfigDict) -> tuple[str, ...]:
 def _train(t: ml_collections.ConfigDict) -> TrainSettings:
     if t.remat not in remat.REMAT:
         raise ValueError(f"train.remat={t.remat!r}; choose one of {list(remat.REMAT)}.")
-    if t.profile_steps:
-        try:
-            start, end = (int(v) for v in t.profile_steps.split(","))
-        except ValueError as e:
-            raise ValueError(f"train.profile_steps={t.profile_steps!r}: write the first and last step to trace, "
-                             "e.g. '10,12'.") from e
-        if not 1 <= start <= end:
-            raise ValueError(f"train.profile_steps={t.profile_steps!r}: need 1 <= START <= END.")
-    return _section(TrainSettings, t)
+    return _section(TrainSettings, t, profile_steps=_profile_steps(t.profile_steps))
+
+
+def _profile_steps(value: str) -> tuple[int, int] | None:
+    """`train.profile_steps` "START,END" -> (START, END); "" -> None."""
+    if not value:
+        return None
+    try:
+        start, end = (int(v) for v in value.split(","))
+    except ValueError as e:
+        raise ValueError(f"train.profile_steps={value!r}: write the first and last step to trace, e.g. '10,12'.") from e
+    if not 1 <= start <= end:
+        raise ValueError(f"train.profile_steps={value!r}: need 1 <= START <= END.")
+    return start, end
 
 
 def _distill(d: ml_collections.ConfigDict) -> DistillSpec:
     weights = tuple(float(w) for w in d.weights)  # two numbers >= 0 (RANGES)
-    if d.mode not in DISTILL_MODES:
-        raise ValueError(f"distill.mode={d.mode!r}; choose 'dq_bart' or 'masked'.")
+    if d.mode not in distill_lib.MODES:
+        raise ValueError(f"distill.mode={d.mode!r}; choose one of {list(distill_lib.MODES)}.")
     return _section(DistillSpec, d, weights=weights)
 
 
@@ -123,7 +128,8 @@ def spec_from_config(c: ml_collections.ConfigDict) -> RunSpec:
                           train_fraction=float(c.student.train_fraction),
                           seed=c.seed if c.student.seed == -1 else c.student.seed)
     data = _data(c.data)
-    precision.compute_dtype(c.precision)  # a known precision
+    if c.precision not in precision.PRECISIONS:
+        raise ValueError(f"precision={c.precision!r}; choose one of {list(precision.PRECISIONS)}.")
     spec = RunSpec(seed=c.seed, stages=stages, mesh=tuple(c.mesh), precision=c.precision,
                    compilation_cache=c.compilation_cache, teacher=_teacher(c.teacher, stages, train),
                    student=student, quant=quant, distill=distill, data=data, train=train, eval=ev,
@@ -146,5 +152,12 @@ def distributed_from_config(c: ml_collections.ConfigDict, environ=None) -> Distr
     """The multi-process settings: the config's `distributed` section, with empty values taken
     from the JAX_* environment variables, checked."""
     dist = DistributedConfig(**c.distributed.to_dict()).with_env(environ)
-    dist.check()
+    if dist.enabled and not dist.auto:  # auto: Slurm, Open MPI or Cloud TPU give the rest
+        if dist.num_processes < 1:
+            raise ValueError(f"distributed.coordinator_address={dist.coordinator_address!r} needs "
+                             f"distributed.num_processes (or {ENV['num_processes']}) >= 1, or distributed.auto=True "
+                             "on Slurm, Open MPI or Cloud TPU.")
+        if not 0 <= dist.process_id < dist.num_processes:
+            raise ValueError(f"distributed.process_id={dist.process_id} (or {ENV['process_id']}) must be in "
+                             f"0..{dist.num_processes - 1} for {dist.num_processes} processes.")
     return dist

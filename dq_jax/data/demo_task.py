@@ -393,7 +393,7 @@ def write_splits(out_dir: str, sizes: dict[str, int] | None = None, seed: int = 
 def _texts(files: list[str], columns: tuple[str, str]):
     """Each row's source and target text, the rows read and checked by `data_source` (a bad row
     is an error naming its file, line and column)."""
-    from dq_jax.data.batches import DataConfig
+    from dq_jax.data.config import DataConfig
     from dq_jax.data.source import load_split
     rows, _ = load_split(DataConfig(train_files=tuple(files), source_column=columns[0], target_column=columns[1]),
                          "train")

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 
-from dq_jax.data.batches import SPLITS, DataConfig
+from dq_jax.data.config import DataConfig, SPLITS
 
 log = logging.getLogger(__name__)
 BUILDERS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}  # `datasets` packaged builders

@@ -22,6 +22,8 @@ from dq_jax.model.config import ModelConfig
 from dq_jax.quant.policy import param_rule
 from dq_jax.quant.config import QuantConfig
 
+META_FILE = "dq_jax.json"  # beside HF weights: the quant config and what HF's config.json cannot hold
+
 
 def fake_quantized_params(params: dict, quant: QuantConfig) -> dict:
     """Params with every quantized tensor replaced by `codes * scales` (numpy, fp32); elastic
@@ -48,6 +50,6 @@ def export_hf(cfg: ModelConfig, params: dict, quant: QuantConfig, out_dir: str, 
     note = ("PyTorch BART has no activation quantizers: this model computes with full-precision activations. "
             f"The student was trained with {quant.act_bits}-bit activations"
             + (" and the learned step sizes below." if elastic else "."))
-    with open(os.path.join(out_dir, "dq_jax.json"), "w") as f:
+    with open(os.path.join(out_dir, META_FILE), "w") as f:
         json.dump({"quant_config": dataclasses.asdict(quant), "activations": note, "elastic": elastic}, f, indent=2)
     return out_dir

@@ -1,8 +1,10 @@
-"""A run's finished student on disk (`WORKDIR/student_hf/`) and its exports.
+"""A run's workdir as the stages leave it: the teacher (`teacher_hf/`), the finished student
+(`student_hf/`) and its exports (`export/`). The one place these names are spelled and that
+decides what counts as finished.
 
-The student is kept as an HF directory of its fp32 master weights, plus `dq_jax.json`: the
-quant config, generation settings and any learned activation step sizes. Exports are made
-from that directory, so `train.export` works on any finished workdir.
+The student is kept as an HF directory of its fp32 master weights, plus `dq_jax.json`: the quant
+config, generation settings, the precision it trained in and any learned activation step sizes.
+Exports are made from that directory, so `train.export` works on any finished workdir.
 """
 
 from __future__ import annotations
@@ -11,56 +13,72 @@ import dataclasses
 import json
 import os
 
-from dq_jax.export import hf_dir as export
+from dq_jax.export import hf_dir, packed
 from dq_jax.model import hf
-from dq_jax.export import packed
-from dq_jax.model.hf_layout import join_step_sizes, split_step_sizes
 from dq_jax.model.config import ModelConfig
+from dq_jax.model.hf_layout import join_step_sizes, split_step_sizes
 from dq_jax.quant.config import QuantConfig
 
-STUDENT_META = "dq_jax.json"  # quant and generation config beside the student's fp32 weights
+TEACHER_DIR = "teacher_hf"  # the teacher a run trained or started from, with its tokenizer
+STUDENT_DIR = "student_hf"  # the finished student
+STUDENT_META = hf_dir.META_FILE  # beside the student's fp32 weights: what HF's config.json cannot hold
+EXPORTS = {"hf": os.path.join("export", "hf"), "packed": os.path.join("export", "student.packed.safetensors")}
 
 
-def save_student(cfg: ModelConfig, params: dict, quant: QuantConfig, student_dir: str, tokenizer_dir: str,
+def teacher_dir(workdir: str) -> str:
+    return os.path.join(workdir, TEACHER_DIR)
+
+
+def finished_teacher(workdir: str) -> bool:
+    return os.path.exists(os.path.join(teacher_dir(workdir), "config.json"))
+
+
+def finished_student(path: str) -> str | None:
+    """The finished student's directory of a workdir (or `path` itself if it is one): it holds
+    both its weights' config.json and `dq_jax.json`. None otherwise."""
+    for d in (os.path.join(path, STUDENT_DIR), path):
+        if os.path.exists(os.path.join(d, STUDENT_META)) and os.path.exists(os.path.join(d, "config.json")):
+            return d
+    return None
+
+
+def save_student(cfg: ModelConfig, params: dict, quant: QuantConfig, directory: str, tokenizer_dir: str,
                  generation_config: dict, precision: str = "fp32") -> None:
-    """fp32 master weights as an HF directory, plus the quant config, generation settings, the
-    precision it was trained in and learned activation step sizes in `dq_jax.json`."""
+    """fp32 master weights as an HF directory with the tokenizer's files, plus the quant config,
+    generation settings, the precision it was trained in and learned activation step sizes in
+    `dq_jax.json` (written last: a student without it is not finished)."""
     weights, elastic = split_step_sizes(params)
-    hf.save_pretrained(cfg, weights, student_dir, tokenizer_dir=tokenizer_dir)
-    with open(os.path.join(student_dir, STUDENT_META), "w") as f:
+    hf.save_pretrained(cfg, weights, directory, tokenizer_dir=tokenizer_dir)
+    with open(os.path.join(directory, STUDENT_META), "w") as f:
         json.dump({"quant_config": dataclasses.asdict(quant), "generation_config": generation_config,
                    "precision": precision, "elastic": elastic}, f, indent=2)
+
+
+def read_meta(student_dir: str) -> dict:
+    with open(os.path.join(student_dir, STUDENT_META)) as f:
+        return json.load(f)
 
 
 def load_student(student_dir: str) -> tuple[ModelConfig, dict]:
     """Inverse of `save_student`: (config, params with any `elastic` step sizes)."""
     cfg, params = hf.load_pretrained(student_dir)
-    meta_path = os.path.join(student_dir, STUDENT_META)
-    elastic = {}
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            elastic = json.load(f).get("elastic", {})
-    return cfg, join_step_sizes(params, elastic)
+    return cfg, join_step_sizes(params, read_meta(student_dir).get("elastic", {}))
 
 
 def export_workdir(workdir: str, fmt: str, out: str | None = None) -> dict:
     """Exports the finished student of `workdir` as `hf` (directory) or `packed` (one file);
     returns {"path", "bytes"}."""
-    student_dir = os.path.join(workdir, "student_hf")
-    meta_path = os.path.join(student_dir, STUDENT_META)
-    if not os.path.exists(meta_path):
+    directory = os.path.join(workdir, STUDENT_DIR)
+    if finished_student(directory) != directory:
+        meta_path = os.path.join(directory, STUDENT_META)
         raise FileNotFoundError(f"{workdir} has no finished student ({meta_path} is missing); run the distill "
                                 "stage first (python -m train.main ... --workdir the same directory).")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    cfg, params = load_student(student_dir)
+    meta = read_meta(directory)
+    cfg, params = load_student(directory)
     quant = QuantConfig.from_dict(meta["quant_config"])
+    out = out or os.path.join(workdir, EXPORTS[fmt])
     if fmt == "hf":
-        out = out or os.path.join(workdir, "export", "hf")
-        export.export_hf(cfg, params, quant, out, student_dir, meta["generation_config"])
+        hf_dir.export_hf(cfg, params, quant, out, directory, meta["generation_config"])
         return {"path": out, "bytes": os.path.getsize(os.path.join(out, "model.safetensors"))}
-    if fmt == "packed":
-        out = out or os.path.join(workdir, "export", "student.packed.safetensors")
-        packed.write(cfg, params, quant, out, student_dir, meta["generation_config"], meta.get("precision", "fp32"))
-        return {"path": out, "bytes": os.path.getsize(out)}
-    raise ValueError(f"--format {fmt!r}: choose 'hf' or 'packed'.")
+    packed.write(cfg, params, quant, out, directory, meta["generation_config"], meta.get("precision", "fp32"))
+    return {"path": out, "bytes": os.path.getsize(out)}

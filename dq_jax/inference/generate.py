@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
-from typing import Any
 
 import flax
 import jax
@@ -26,79 +23,10 @@ import numpy as np
 
 from dq_jax.quant.codes import Codes
 from dq_jax.model.kv_cache import DecoderCache
-from dq_jax.model.config import ModelConfig
 from dq_jax.model.modeling import Seq2SeqLM, variables
+from dq_jax.inference.generation_config import GenerationConfig
 
-EARLY_STOPPING = (True, False, "never")
 _NEG = -1.0e9  # HF's "very large negative" offset (not -inf: it must stay comparable)
-# ModelConfig.hf_extra keys that HF copies into a model's GenerationConfig (legacy config.json).
-_LEGACY_KEYS = ("num_beams", "max_length", "min_length", "length_penalty", "no_repeat_ngram_size",
-                "early_stopping")
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationConfig:
-    """Decoding settings, HF semantics. `max_length`/`min_length` count the decoder start token."""
-
-    num_beams: int = 1
-    max_length: int = 20
-    min_length: int = 0
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    early_stopping: bool | str = True
-    decoder_start_token_id: int = 2
-    pad_token_id: int = 1
-    eos_token_id: int = 2
-    forced_bos_token_id: int | None = None
-    forced_eos_token_id: int | None = None
-
-    def __post_init__(self):
-        def is_int(v):
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        if not (is_int(self.num_beams) and self.num_beams >= 1):
-            raise ValueError(f"num_beams must be an integer >= 1, got {self.num_beams!r}.")
-        if not (is_int(self.max_length) and self.max_length >= 2):
-            raise ValueError(f"max_length must be an integer >= 2 (start token + one token), got {self.max_length!r}.")
-        if not (is_int(self.min_length) and 0 <= self.min_length < self.max_length):
-            raise ValueError(f"min_length must be an integer in [0, max_length={self.max_length}), "
-                             f"got {self.min_length!r}.")
-        if not (isinstance(self.length_penalty, (int, float)) and math.isfinite(self.length_penalty)):
-            raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty!r}.")
-        if not (is_int(self.no_repeat_ngram_size) and self.no_repeat_ngram_size >= 0):
-            raise ValueError(f"no_repeat_ngram_size must be an integer >= 0, got {self.no_repeat_ngram_size!r}.")
-        if not (self.early_stopping is True or self.early_stopping is False or self.early_stopping == "never"):
-            raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {self.early_stopping!r}.")
-        for name in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
-            v = getattr(self, name)
-            if not (is_int(v) and v >= 0):
-                raise ValueError(f"{name} must be a non-negative integer, got {v!r}.")
-        for name in ("forced_bos_token_id", "forced_eos_token_id"):
-            v = getattr(self, name)
-            if v is not None and not (is_int(v) and v >= 0):
-                raise ValueError(f"{name} must be None or a non-negative integer, got {v!r}.")
-
-    def replace(self, **changes) -> "GenerationConfig":
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_model_config(cls, cfg: ModelConfig, **overrides) -> "GenerationConfig":
-        """Token ids from the model config (and legacy generation keys of its config.json, as HF
-        reads them), then `overrides`. A missing decoder start token falls back to BOS, as in HF."""
-        extra = json.loads(cfg.hf_extra)
-        kw: dict[str, Any] = {k: extra[k] for k in _LEGACY_KEYS if extra.get(k) is not None}
-        start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else cfg.bos_token_id
-        kw.update(decoder_start_token_id=start, pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id,
-                  forced_bos_token_id=cfg.forced_bos_token_id, forced_eos_token_id=cfg.forced_eos_token_id)
-        kw.update(overrides)
-        return cls(**kw)
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        """Keys of HF's generation_config.json (None-valued forced tokens left out)."""
-        d = dataclasses.asdict(self)
-        d["length_penalty"] = float(d["length_penalty"])
-        return {k: v for k, v in d.items() if v is not None}
-
 
 @flax.struct.dataclass
 class GenerateOutput:

@@ -135,14 +135,11 @@ class _Stack(_Part):
     def setup(self):
         c = self.cfg
         n = c.decoder_layers if self.decoder else c.encoder_layers
-        # `deterministic` (argument 7 of `_Layer.__call__`, self = 0) is a Python flag: static.
-        layer = remat_lib.wrap(_Layer, self.remat, static_argnums=(7,))
         self.embed_positions = nn.Embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model,
                                         embedding_init=nn.initializers.normal(c.init_std),
                                         param_dtype=self.param_dtype, dtype=self.dtype)
         self.layernorm_embedding = self._norm()
-        self.layers = [layer(c, self.decoder, self.quant, self.dtype, self.param_dtype)
-                       for _ in range(n)]
+        self.layers = [_Layer(c, self.decoder, self.quant, self.dtype, self.param_dtype) for _ in range(n)]
         if c.pre_layer_norm:
             self.layer_norm = self._norm()
         self.drop = nn.Dropout(c.dropout)
@@ -172,10 +169,10 @@ class _Stack(_Part):
         start = 0 if cache is None else cache.index
         h = self.embed_inputs(ids, start, deterministic)
         states, self_probs, cross_probs, written = [h], [], [], []
+        run = remat_lib.checkpointed(self.remat, lambda layer, *args: layer(*args, deterministic=deterministic))
         for i, layer in enumerate(self.layers):
             layer_enc, layer_cache = (enc, None) if cache is None else (cache.cross_attn[i], cache.self_attn[i])
-            # positional: remat's static `deterministic` must be argument 7
-            h, p_self, p_cross, layer_cache = layer(h, mask, layer_enc, enc_mask, layer_cache, start, deterministic)
+            h, p_self, p_cross, layer_cache = run(layer, h, mask, layer_enc, enc_mask, layer_cache, start)
             states.append(h)
             self_probs.append(p_self)
             cross_probs.append(p_cross)

@@ -22,8 +22,7 @@ _DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 def compute_dtype(precision: str):
-    if precision not in _DTYPES:
-        raise ValueError(f"precision={precision!r}; choose one of {PRECISIONS}.")
+    """The compute dtype of a precision name (`PRECISIONS`, checked by train/settings.py)."""
     return _DTYPES[precision]
 
 

@@ -49,26 +49,19 @@ CPU_BARRIER_PASS = "cse_barrier_expander"
 def compiler_options(name: str, backend: str | None = None) -> dict[str, str]:
     """XLA compiler options a jitted step whose model uses remat `name` needs on `backend`
     (default: JAX's default backend): on CPU with remat, keep the barriers; otherwise none."""
-    if check(name) == "none" or (backend or jax.default_backend()) != "cpu":
+    if name == "none" or (backend or jax.default_backend()) != "cpu":
         return {}
     return {"xla_disable_hlo_passes": CPU_BARRIER_PASS}
 
 
-def check(name: str) -> str:
-    if name not in REMAT:
-        raise ValueError(f"remat={name!r}; choose one of {list(REMAT)}.")
-    return name
-
-
-def wrap(cls: type[nn.Module], name: str, static_argnums: tuple[int, ...]) -> type[nn.Module]:
-    """`cls` (a Linen module class) under remat `name`; `cls` itself for `none`.
-
-    `static_argnums` count `self` as 0 (as `nn.remat` does): Python flags such as `deterministic`
-    must be static. The wrapped class keeps the parameter names of `cls` (the name comes from
-    the attribute or `name=` it is built with), so params load the same either way.
+def checkpointed(name: str, fn: Callable) -> Callable:
+    """`fn(module, *arrays)` under remat `name` (`fn` itself for `none`), as Linen's lifted
+    `nn.remat` of a function: the module's variables keep their names, so params load the same
+    either way. Python values such as `deterministic` are not arguments: `fn` closes over them,
+    so they stay static without positional bookkeeping.
     `prevent_cse=True`: the layers are not under a `scan` over layers (only the micro-batch scan,
     whose body holds forward and backward together), so without it XLA could merge the
     recomputation with the forward and keep the activations after all."""
-    if check(name) == "none":
-        return cls
-    return nn.remat(cls, policy=POLICIES[name], prevent_cse=True, static_argnums=static_argnums)
+    if name == "none":
+        return fn
+    return nn.remat(fn, policy=POLICIES[name], prevent_cse=True)

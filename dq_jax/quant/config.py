@@ -32,6 +32,8 @@ class QuantConfig:
     `compute`: how a product of two quantized operands is computed. `fake` dequantizes both and
     multiplies in float (the reference). `codes` multiplies their integer codes exactly and
     scales the result (`dq_jax.model.codes_matmul`); gradients are the same straight-through ones.
+    `codes` is the default, here and for every run and loaded student: it is the faster one
+    wherever measured (XLA:CPU's int8 dots beat its fp32 ones with VNNI, far more with AMX).
     """
 
     weight_bits: int | None = None
@@ -44,7 +46,7 @@ class QuantConfig:
     act_scale: str = "tensor"
     quantize_lm_head: bool = False
     mse_steps: int = 5
-    compute: str = "fake"
+    compute: str = "codes"
 
     def __post_init__(self):
         if self.method not in WEIGHT_METHODS:

@@ -11,6 +11,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dq_jax.data import batches as data_lib
+
+from dq_jax.data.columns import Tokenized
 from dq_jax.training.distill import DistillConfig
 from dq_jax.training.metrics_log import MetricsLog
 from dq_jax.model.modeling import Seq2SeqLM
@@ -33,7 +35,7 @@ class TrainSettings:
     eval_every: int  # 0: after each epoch
     checkpoint_every: int
     remat: str = "none"  # none | full | dots (dq_jax.model.remat)
-    profile_steps: str = ""  # "START,END": trace those steps (jax.profiler)
+    profile_steps: tuple[int, int] | None = None  # (START, END): trace those steps (jax.profiler)
     peak_tflops: float = 0.0  # per device; 0: known table or measured
     wandb_project: str = ""  # "": no W&B
 
@@ -42,8 +44,8 @@ class TrainSettings:
 class StageData:
     """A stage's tokenized train and dev splits and how its model's batches are built."""
 
-    train: data_lib.Tokenized
-    dev: data_lib.Tokenized
+    train: Tokenized
+    dev: Tokenized
     batching: data_lib.Batching
 
     def train_batches(self, ts: TrainSettings, seed: int, rows: np.ndarray | None = None) -> data_lib.TrainIterator:

@@ -96,9 +96,21 @@ def _forward(model: Seq2SeqLM, params, mb: dict, with_dec_mask: bool, need_inter
         deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """`fn(state, teacher_params, batch) -> (state, metrics)`, not yet jitted, and the XLA options
+    its student's remat needs when it is compiled (`dq_jax.model.remat.compiler_options`)."""
+
+    fn: Callable
+    compiler_options: dict[str, str]
+
+    def __call__(self, state, teacher_params, batch: dict):
+        return self.fn(state, teacher_params, batch)
+
+
 def make_train_step(student: Seq2SeqLM, teacher: Seq2SeqLM | None, dcfg: distill.DistillConfig,
-                    tx: optax.GradientTransformation) -> Callable:
-    """Returns `step(state, teacher_params, batch) -> (state, metrics)` (not yet jitted)."""
+                    tx: optax.GradientTransformation) -> TrainStep:
+    """The step of `student` against `teacher` (None: the task loss alone) with optimizer `tx`."""
     use_teacher = teacher is not None and dcfg.uses_teacher
     # The reference feeds no decoder padding mask; right padding never reaches real tokens
     # through the causal mask, but padded positions enter the unmasked dq_bart terms.
@@ -142,8 +154,7 @@ def make_train_step(student: Seq2SeqLM, teacher: Seq2SeqLM | None, dcfg: distill
                        tokens=jnp.sum(batch["decoder_attention_mask"]).astype(jnp.float32))
         return new_state, metrics
 
-    step.compiler_options = remat.compiler_options(student.remat)  # what `compile_step` must pass XLA
-    return step
+    return TrainStep(step, remat.compiler_options(student.remat))
 
 
 def init_state(params, tx: optax.GradientTransformation, rng: jax.Array, mesh: Mesh):
@@ -167,13 +178,13 @@ def batch_shardings(mesh: Mesh) -> dict:
     return {k: sharding.batch_sharding(mesh, 3, leading=1) for k in BATCH_KEYS}
 
 
-def compile_step(step: Callable, mesh: Mesh, state_sh, teacher_sh) -> Callable:
-    """jit with explicit in/out shardings; the old state is donated. A step from `make_train_step`
-    carries the XLA options its model's remat needs (`dq_jax.model.remat.compiler_options`)."""
+def compile_step(step: TrainStep, mesh: Mesh, state_sh, teacher_sh) -> Callable:
+    """`step` jitted with explicit in/out shardings and its compiler options; the old state is
+    donated."""
     replicated = NamedSharding(mesh, P())
-    return jax.jit(step, in_shardings=(state_sh, teacher_sh, batch_shardings(mesh)),
+    return jax.jit(step.fn, in_shardings=(state_sh, teacher_sh, batch_shardings(mesh)),
                    out_shardings=(state_sh, replicated), donate_argnums=(0,),
-                   compiler_options=getattr(step, "compiler_options", None) or None)
+                   compiler_options=step.compiler_options or None)
 
 
 def shard_batch(batch: dict, mesh: Mesh, global_batch_size: int | None = None) -> dict:
@@ -182,7 +193,6 @@ def shard_batch(batch: dict, mesh: Mesh, global_batch_size: int | None = None) -
     With several processes, `batch` holds this process's rows only (`sharding.process_rows`)
     and `global_batch_size` is B of the global batch."""
     size = global_batch_size or batch["input_ids"].shape[1]
-    sharding.check_batch(size, mesh)
     if jax.process_count() == 1:
         return {k: jax.device_put(batch[k], s) for k, s in batch_shardings(mesh).items()}
     return {k: jax.make_array_from_process_local_data(s, batch[k], (batch[k].shape[0], size, *batch[k].shape[2:]))

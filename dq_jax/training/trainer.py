@@ -57,14 +57,15 @@ class _Profiler:
     stopping: the trace holds those steps and no others. A stage resumed past START traces
     nothing (part of the window would mislead)."""
 
-    def __init__(self, steps: str, directory: str, first: int, total: int):
+    def __init__(self, steps: tuple[int, int] | None, directory: str, first: int, total: int):
         self.directory, self.window, self.tracing = directory, None, False
         if steps:
-            start, end = (int(v) for v in steps.split(","))
+            start, end = steps
             if first <= start <= total:
                 self.window = (start, min(end, total))
             else:
-                log.warning("train.profile_steps=%s: steps %d..%d of this stage run, no trace.", steps, first, total)
+                log.warning("train.profile_steps=%d,%d: steps %d..%d of this stage run, no trace.", start, end, first,
+                            total)
 
     def before(self, step: int, state) -> float:
         """Call before running `step` with the state of the one before; returns the seconds spent

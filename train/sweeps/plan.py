@@ -14,6 +14,7 @@ from typing import Iterable, Mapping, Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from dq_jax.export import workdir as run_dir
 from dq_jax.stages import TEACHER, trained_stages
 from train.settings import spec_from_config
 from train.sweeps.grid import (RESERVED, TEACHER_DIR, Point, SweepError, cross, expand_grid, named_points,
@@ -115,7 +116,7 @@ def point_command(config_arg: str, workdir: str, point: Point, shared_teacher_di
     overrides = {k: value_text(v) for k, v in dict(sets).items()}
     overrides.update(point.overrides)
     if shared_teacher_dir:
-        overrides.update({"teacher.path": os.path.join(shared_teacher_dir, "teacher_hf"), "teacher.scratch": "",
+        overrides.update({"teacher.path": os.path.join(shared_teacher_dir, run_dir.TEACHER_DIR), "teacher.scratch": "",
                           "teacher.tokenizer": "", "teacher.finetune": "False"})
     return [sys.executable, "-m", "train.main", "--config", config_arg,
             "--workdir", os.path.join(workdir, point.name), *(f"--config.{k}={v}" for k, v in overrides.items())]

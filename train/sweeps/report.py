@@ -8,6 +8,7 @@ import json
 import os
 from typing import Iterable
 
+from dq_jax.export import workdir as run_dir
 from dq_jax.utils.table import format_table
 from train.sweeps.grid import TEACHER_DIR
 from train.sweeps.plot import plot_tradeoff
@@ -47,7 +48,7 @@ def _status(workdir: str, name: str, runs: dict) -> str:
 
 def _teacher_layers(dirs: Iterable[str]) -> str | None:
     for d in dirs:
-        cfg = read_json(os.path.join(d, "teacher_hf", "config.json"))
+        cfg = read_json(os.path.join(d, run_dir.TEACHER_DIR, "config.json"))
         if cfg:
             return f"{cfg.get('encoder_layers')}-{cfg.get('decoder_layers')}"
     return None
