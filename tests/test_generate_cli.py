@@ -13,9 +13,11 @@ import pytest
 from dq_jax.data import demo_task
 from dq_jax.model import hf, hf_layout
 from dq_jax.inference import loading as inference
+from dq_jax.inference import text
 from dq_jax.export import packed
 from dq_jax.quant.codes import Codes
-from dq_jax.inference.generate import GenerationConfig, generate
+from dq_jax.inference.generation_config import GenerationConfig
+from dq_jax.inference.generate import generate
 from dq_jax.model.modeling import Seq2SeqLM
 from dq_jax.quant.config import QuantConfig
 from dq_jax.inference.quantized_model import quantized_student
@@ -108,7 +110,7 @@ def test_a_bf16_run_generates_in_bf16(run, tmp_path):
 
 def test_generation_from_the_packed_file_equals_the_training_student(run):
     student = inference.load(run["packed"])  # products on codes, as the command line runs it
-    encoded = inference.encode(student, run["lines"])
+    encoded = text.encode(student, run["lines"])
     assert encoded.ids[3] is None and encoded.truncated == 1  # the blank line; the long document:
     assert len(encoded.ids[5]) == 32 and encoded.ids[5][-1] == student.tokenizer.eos_token_id
     rows = [x for x in encoded.ids if x is not None]
@@ -127,7 +129,7 @@ def test_generation_from_the_packed_file_equals_the_training_student(run):
 
 def test_cli_on_a_workdir_and_on_a_packed_file(run, capsys):
     out_dir = run["dir"]
-    assert generate_cli.main(["--model", run["workdir"], "--input", run["docs"],
+    assert generate_cli.main(["train.generate", "--model", run["workdir"], "--input", run["docs"],
                               "--output", str(out_dir / "from_workdir.txt"), "--batch-size", "5"]) == 0
     captured = capsys.readouterr()
     assert captured.err.count("warning:") == 1
@@ -147,7 +149,7 @@ def test_cli_on_a_workdir_and_on_a_packed_file(run, capsys):
 
 
 def _error(capsys, argv):
-    rc = generate_cli.main(argv)
+    rc = generate_cli.main(["train.generate", *argv])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
     return err
@@ -173,3 +175,54 @@ def test_errors_come_before_any_work(run, tmp_path, capsys, monkeypatch):
     assert "no non-blank lines" in _error(capsys, ["--model", run["workdir"], "--input", str(tmp_path / "blank.txt"),
                                                    "--output", out])
     assert not (tmp_path / "out.txt").exists()
+
+
+def _no_load(*a, **k):
+    raise AssertionError("the model was read before the flags were checked")
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--batch-size=0", "error: --batch-size must be >= 1, got 0."),
+    ("--num-beams=0", "error: --num-beams must be >= 1, got 0."),
+    ("--num-beams=-2", "error: --num-beams must be >= 1, got -2."),
+    ("--max-length=1", "error: --max-length must be >= 2 (it counts the decoder start token: 2 is one generated "
+                       "token), got 1."),
+])
+def test_bad_generation_flags_fail_right_after_parsing(run, tmp_path, capsys, monkeypatch, flag, message):
+    monkeypatch.setattr(inference, "load", _no_load)
+    monkeypatch.setattr(inference, "model_kind", _no_load)
+    out = str(tmp_path / "out.txt")
+    for model in (run["packed"], str(tmp_path / "nope")):  # the flags are checked before the model is looked at
+        assert _error(capsys, ["--model", model, "--input", run["docs"], "--output", out, flag]) == message
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_max_length_must_leave_room_for_the_runs_min_length(run, tmp_path, capsys):
+    out = tmp_path / "out.txt"  # the run generates at least min_length=2 tokens, the start token included
+    assert "min_length" in _error(capsys, ["--model", run["packed"], "--input", run["docs"], "--output", str(out),
+                                           "--max-length", "2"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bogus"], "error: Unknown command line flag 'bogus' (--help lists the flags)."),
+    (["--batch-size", "two"], "error: flag --batch-size=two: invalid literal for int() with base 10: 'two'"),
+    (["--compute", "fp32"], "error: flag --compute=fp32: value should be one of <codes|fake>"),
+    (["docs.txt"], "error: unexpected arguments ['docs.txt']: every argument is a --flag (--help lists them)."),
+])
+def test_flag_mistakes_are_one_line_and_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        generate_cli.main(["train.generate", "--model", "m", "--input", "i", "--output", "o", *argv])
+    assert e.value.code == 2 and capsys.readouterr().err == message + "\n"
+    with pytest.raises(SystemExit) as e:
+        generate_cli.main(["train.generate", "--input", "i", "--output", "o"])
+    assert e.value.code == 2 and capsys.readouterr().err == "error: --model is required (--help lists the flags).\n"
+
+
+def test_help_lists_the_flags_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as e:
+        generate_cli.main(["train.generate", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("Generates with a finished student")
+    assert all(f"--{name}:" in out for name in ("model", "input", "output", "batch-size", "num-beams", "max-length",
+                                                  "compute"))

@@ -6,20 +6,29 @@ Builds a small random BART with `transformers`, saves it, loads it through `dq_j
 compares logits with PyTorch, then runs fake-quantized students (8-8-8, 2-2-8) from the same
 weights and prints their logit drift and their size by the paper's convention at BART-base
 shapes. Writes the table to WORKDIR/check.json.
+
+In-process: `main(["train.check", "--workdir", ...])`, the program name first as absl expects
+(`sys.argv`).
 """
 
-import argparse
 import json
 import os
+import sys
 
 import jax
 import numpy as np
+from absl import flags
+
+from train.flags import parse_flags
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default="runs/check")
-    args = parser.parse_args(argv)
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", "runs/check", "Where the check writes its model and check.json.", flag_values=fv)
+
+
+def main(argv: list[str]) -> int | None:
+    """Runs the check; `argv` is the whole command line, program name first (`sys.argv`)."""
+    args = parse_flags(argv, _define, __doc__)
     import torch
     import transformers
 
@@ -64,4 +73,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv))

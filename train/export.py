@@ -6,18 +6,29 @@
 the fake-quantized weights. `packed`: one safetensors file with the integer codes packed at
 their bit-width, scales, fp32 tensors, configs and tokenizer (`dq_jax.export.hf_dir.load_packed`;
 `dq_jax.export.hf_dir.packed_to_hf` turns it into an HF directory with numpy only).
+
+In-process: `main(["train.export", "--workdir", ..., "--format", ...])`, the program name first
+as absl expects (`sys.argv`).
 """
 
-import argparse
 import sys
 
+from absl import flags
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Export the student of a finished run.")
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--format", required=True, choices=["hf", "packed"])
-    ap.add_argument("--out", default=None, help="default: WORKDIR/export/hf or WORKDIR/export/student.packed.safetensors")
-    args = ap.parse_args(argv)
+from train.flags import parse_flags
+
+
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "The finished run's directory.", flag_values=fv, required=True)
+    flags.DEFINE_enum("format", None, ["hf", "packed"], "An HF directory or one packed file.", flag_values=fv,
+                      required=True)
+    flags.DEFINE_string("out", None, "default: WORKDIR/export/hf or WORKDIR/export/student.packed.safetensors",
+                        flag_values=fv)
+
+
+def main(argv: list[str]) -> int:
+    """Exports; `argv` is the whole command line, program name first (`sys.argv`)."""
+    args = parse_flags(argv, _define, __doc__)
     from dq_jax.export.workdir import export_workdir
     try:
         out = export_workdir(args.workdir, args.format, args.out)
@@ -29,4 +40,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv))

@@ -1,6 +1,9 @@
 """Runs the DQ-BART job a config describes.
 
     python -m train.main --config configs/NAME.py[:variant] --workdir DIR [--config.a.b=value ...]
+
+In-process: `main(["train.main", "--config", ..., "--workdir", ...])`, the program name first
+as absl expects (`sys.argv`).
 """
 
 import errno
@@ -8,28 +11,27 @@ import logging
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from train.flags import parse_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':variant'.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "Directory for everything the run writes.", flag_values=fv, required=True)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def main(argv: list[str]) -> int | None:
+    """Runs the job; `argv` is the whole command line, program name first (`sys.argv`)."""
+    args = parse_flags(argv, _define, __doc__, config=True)
+    workdir = args.workdir
     from dq_jax.parallel import distributed
     from train.settings import distributed_from_config, spec_from_config
     try:
-        spec = spec_from_config(_CONFIG.value)  # every config check happens here, before any work
-        dist = distributed_from_config(_CONFIG.value)
+        spec = spec_from_config(args.config)  # every config check happens here, before any work
+        dist = distributed_from_config(args.config)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    os.makedirs(_WORKDIR.value, exist_ok=True)
+    os.makedirs(workdir, exist_ok=True)
     try:
         distributed.initialize(dist)
     except Exception as e:  # the runtime reports a missing coordinator or peer as assorted errors
@@ -37,7 +39,7 @@ def main(argv):
     import jax
     log_name = "run.log" if jax.process_index() == 0 else f"run.process{jax.process_index()}.log"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=[logging.FileHandler(os.path.join(_WORKDIR.value, log_name)),
+                        handlers=[logging.FileHandler(os.path.join(workdir, log_name)),
                                   logging.StreamHandler(sys.stderr)], force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every file it writes
     from dq_jax.utils import compilation_cache
@@ -49,7 +51,7 @@ def main(argv):
     logger = logging.getLogger("train.main")
     compilation_cache.enable(spec.compilation_cache)
     try:
-        results = pipeline.run(spec, _WORKDIR.value)
+        results = pipeline.run(spec, workdir)
     except Interrupted as e:  # SIGTERM / Ctrl-C: the checkpoint is saved, exit as the signal asks
         logger.warning("%s", e)
         print(str(e), file=sys.stderr)
@@ -61,7 +63,7 @@ def main(argv):
         if e.errno != errno.ENOSPC:
             raise
         logger.error("%s", e)
-        sys.exit(f"error: disk full writing {e.filename or _WORKDIR.value}; checkpoints already written are "
+        sys.exit(f"error: disk full writing {e.filename or workdir}; checkpoints already written are "
                  "intact: free space and rerun the same command to resume.")
     logger.info("%s", compilation_cache.summary())
     if distributed.is_main():
@@ -69,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    sys.exit(main(sys.argv))

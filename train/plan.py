@@ -7,22 +7,26 @@ step, compiled ahead of time for the config's mesh and largest batch, with nothi
 Exits 1 with advice (FSDP, remat, smaller batch, gradient accumulation) when a stage does not fit
 the device memory: the backend's (GPU/TPU) or `--device_memory_gib`. `--cpu_devices 8` simulates
 8 CPU devices, to plan an 8-device mesh on a laptop.
+
+In-process: `main(["train.plan", "--config", ...])`, the program name first as absl expects
+(`sys.argv`).
 """
 
 import logging
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from train.flags import parse_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':variant'.",
-                                          lock_config=True)
-_MEMORY = flags.DEFINE_float("device_memory_gib", 0.0, "Memory of one device in GiB (0: what the backend reports).")
-_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "Simulate this many CPU devices (0: the devices JAX finds).")
-_MARKDOWN = flags.DEFINE_boolean("markdown", False, "Print the table as Markdown.")
-flags.mark_flags_as_required(["config"])
+
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_float("device_memory_gib", 0.0, "Memory of one device in GiB (0: what the backend reports).",
+                       flag_values=fv)
+    flags.DEFINE_integer("cpu_devices", 0, "Simulate this many CPU devices (0: the devices JAX finds).",
+                         flag_values=fv)
+    flags.DEFINE_boolean("markdown", False, "Print the table as Markdown.", flag_values=fv)
+
 
 _COLUMNS = {"stage": "stage", "batch": "A x B x (S+T)", "rows": "rows/device", "remat": "remat",
             "compile_s": "compile s", "gflops": "GFLOP/device", "arguments": "arguments", "outputs": "outputs",
@@ -69,29 +73,32 @@ def report(p, spec, markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def main(argv: list[str]) -> int | None:
+    """Plans the job; `argv` is the whole command line, program name first (`sys.argv`)."""
+    args = parse_flags(argv, _define, __doc__, config=True)
     for name in ("absl", "jax"):  # jax logs at INFO each backend it does not find
         logging.getLogger(name).setLevel(logging.WARNING)
     import jax
-    if _CPU_DEVICES.value:
-        jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)  # before anything asks for a device
+    if args.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before anything asks for a device
     from dq_jax import planner
     from train.settings import spec_from_config
     try:
-        spec = spec_from_config(_CONFIG.value)
-        p = planner.plan(spec, _MEMORY.value or None)
+        spec = spec_from_config(args.config)
+        p = planner.plan(spec, args.device_memory_gib or None)
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-    print(report(p, spec, _MARKDOWN.value))
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report(p, spec, args.markdown))
     if p.too_big:
         print()
         for s in p.too_big:
             print("\n".join(planner.advice(p, s)))
-        sys.exit(f"error: {' and '.join(s.stage for s in p.too_big)} does not fit in "
-                 f"{planner.size_text(p.device_memory_bytes)} per device; see the advice above.")
+        print(f"error: {' and '.join(s.stage for s in p.too_big)} does not fit in "
+              f"{planner.size_text(p.device_memory_bytes)} per device; see the advice above.", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    sys.exit(main(sys.argv))

@@ -6,17 +6,16 @@ Prints, for the fp32 teacher and the student, each component's elements, bits an
 paper's convention (METHOD.md, "Model size") and by what the packed file really stores
 (codes at their container width, scales, an fp32 LM head when the head is not quantized),
 and both compression ratios.
+
+In-process: `main(["train.size", "--config", ...])`, the program name first as absl expects
+(`sys.argv`).
 """
 
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from train.flags import parse_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':variant'.",
-                                          lock_config=True)
-flags.mark_flags_as_required(["config"])
 
 def report(spec) -> dict:
     from dq_jax.export import packed
@@ -48,14 +47,17 @@ def report(spec) -> dict:
     return {"rows": rows, "totals": totals}
 
 
-def main(argv):
+def main(argv: list[str]) -> int | None:
+    """Prints the report; `argv` is the whole command line, program name first (`sys.argv`)."""
+    args = parse_flags(argv, lambda fv: None, __doc__, config=True)
     import logging
     logging.getLogger("absl").setLevel(logging.WARNING)
     from train.settings import spec_from_config
     try:
-        out = report(spec_from_config(_CONFIG.value))
+        out = report(spec_from_config(args.config))
     except ValueError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     from dq_jax.utils.table import format_table
     print(format_table(out["rows"], fmt=lambda _k, v: str(v)))
     t = out["totals"]
@@ -66,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main(sys.argv))

@@ -42,16 +42,21 @@ same command, and `train.main` resumes it from its checkpoints. A failing job is
 the sweep goes on (`--fail-fast` stops it); the exit status is then 1. Ctrl-C / SIGTERM is
 passed to the running job, which saves a checkpoint, and the sweep exits with 128 + signal.
 A mistake in the arguments or a point's config is one line and exit status 2, before any job.
+
+In-process: `main(["train.sweep", "--config", ..., "--workdir", ...])`, the program name first
+as absl expects (`sys.argv`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
 from typing import Sequence
 
+from absl import flags
+
+from train.flags import parse_flags
 from train.sweeps.grid import Point, SweepError, parse_set
 from train.sweeps.plan import child_path, command_lines, plan_sweep, select_points
 from train.sweeps.report import write_report
@@ -59,23 +64,23 @@ from train.sweeps.runner import run_plan
 from train.sweeps.state import SWEEP_FILE, read_json, record_plan
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.sweep", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="configs/NAME.py[:variant]; omitted: the one DIR/sweep.json records")
-    p.add_argument("--workdir", required=True, help="the sweep directory")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                   help="an axis ('K1+K2=...' sets both; ';' separates values that contain commas)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a fixed override for every job")
-    p.add_argument("--sweep", metavar="NAME", help="the config's named sweep c.sweeps.NAME")
-    p.add_argument("--print-commands", action="store_true", help="print the commands one a line; run nothing")
-    p.add_argument("--report", action="store_true", help="only write the report from DIR/sweep.json")
-    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing job")
-    return p
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("config", None, "configs/NAME.py[:variant]; omitted: the one DIR/sweep.json records",
+                        flag_values=fv)
+    flags.DEFINE_string("workdir", None, "the sweep directory", flag_values=fv, required=True)
+    flags.DEFINE_multi_string("grid", [], "an axis KEY=V1,V2 ('K1+K2=...' sets both; ';' separates values that "
+                              "contain commas)", flag_values=fv)
+    flags.DEFINE_multi_string("set", [], "KEY=VALUE, a fixed override for every job", flag_values=fv)
+    flags.DEFINE_string("sweep", None, "NAME: the config's named sweep c.sweeps.NAME", flag_values=fv)
+    flags.DEFINE_boolean("print-commands", False, "print the commands one a line; run nothing", flag_values=fv)
+    flags.DEFINE_boolean("report", False, "only write the report from DIR/sweep.json", flag_values=fv)
+    flags.DEFINE_boolean("fail-fast", False, "stop at the first failing job", flag_values=fv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str]) -> int:
+    """Runs (or prints, or reports) the sweep; `argv` is the whole command line, program name
+    first (`sys.argv`)."""
+    args = parse_flags(argv, _define, __doc__)
     workdir = child_path(args.workdir)
     try:
         if args.report:
@@ -117,4 +122,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv))
