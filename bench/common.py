@@ -17,7 +17,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from dq_jax.model.sizes import model_config
 from dq_jax.utils.table import format_table
@@ -97,17 +97,25 @@ def cpu(env: Mapping[str, str] | None = None) -> dict:
         with open("/proc/cpuinfo") as f:
             model, flags = parse_cpuinfo(f.read())
     except OSError:  # not Linux
-        model, flags = platform.processor() or "unknown", {f: False for f in CPU_FLAGS}
+        model, flags = platform.processor() or "unknown", dict.fromkeys(CPU_FLAGS, False)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"model": model, "flags": flags, "cores": os.cpu_count(), "usable_cores": usable,
-            "allocator": allocator(env)}
+    return {
+        "model": model,
+        "flags": flags,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "allocator": allocator(env),
+    }
 
 
 def cpu_line(rec: dict) -> str:
     has = [f for f, v in rec["flags"].items() if v]
     lacks = [f for f, v in rec["flags"].items() if not v]
-    return (f"CPU: {rec['model']}, {rec['usable_cores']}/{rec['cores']} cores, flags: {' '.join(has) or 'none'}"
-            + (f" (no {' '.join(lacks)})" if lacks else "") + f", allocator {rec['allocator']}")
+    return (
+        f"CPU: {rec['model']}, {rec['usable_cores']}/{rec['cores']} cores, flags: {' '.join(has) or 'none'}"
+        + (f" (no {' '.join(lacks)})" if lacks else "")
+        + f", allocator {rec['allocator']}"
+    )
 
 
 def speedups(ours: Mapping[str, float | None], peers: Mapping[str, float | None]) -> dict[str, float]:
@@ -119,6 +127,7 @@ def speedups(ours: Mapping[str, float | None], peers: Mapping[str, float | None]
 def compute_unavailable(compute: str) -> str | None:
     """Why `QuantConfig(compute=...)` cannot be asked for in this checkout, or None if it can."""
     from dq_jax.quant.config import QuantConfig
+
     if compute == "fake" or "compute" in {f.name for f in dataclasses.fields(QuantConfig)}:
         return None
     return "QuantConfig has no `compute` field yet"
@@ -128,6 +137,7 @@ def quant_config(bits: tuple, compute: str):
     """`QuantConfig(*bits)` computing in `compute` mode; `compute=` is passed only when the field
     exists, so "fake" works on checkouts without it."""
     from dq_jax.quant.config import QuantConfig
+
     why = compute_unavailable(compute)
     if why:
         raise RuntimeError(why)
@@ -141,10 +151,9 @@ class WorkerError(RuntimeError):
 
 def run_worker(module: str, argv: list[str], env: Mapping[str, str]) -> dict:
     """`python -m module *argv` from the repo root; its last stdout line, parsed as JSON."""
-    out = subprocess.run([sys.executable, "-m", module, *argv], env=dict(env), capture_output=True, text=True,
-                         cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", module, *argv], env=dict(env), capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
-        lines = [l for l in out.stderr.strip().splitlines() if l.strip()]
+        lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
         raise WorkerError((lines[-1] if lines else f"exit code {out.returncode}") + "\n" + out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
 

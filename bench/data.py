@@ -53,175 +53,24 @@ the pairs measured), `status`, `agreement`, `phases` and `workers`; cnn_dm's the
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
-import itertools
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 
-from dq_jax.utils.table import format_table
-
-from bench.common import ROOT, WorkerError, cpu, cpu_line, peak_rss_mib, reply, run_worker, speedups, worker_env, write_json
-
-OLD_REVISION = "5859ace"
-OLD_MODULE = f"dq_jax_data_{OLD_REVISION}"
-KINDS = ("today", "cold", "cache_hit")
-CORPORA = {  # name: (file under <shared>, pairs at full size)
-    "xsum": ("xsum/validation.jsonl", 204_000),
-    "cnn_dm": ("cnn_dailymail/validation_mini100.jsonl", 287_000),
-}
-TOKENIZER = "tokenizers/bart-base_roberta-base"
-AGREE_ROWS = 1000
-MAX_SOURCE, MAX_TARGET = 1024, 128
-FLOORS = {"cold_speedup": 2.0, "cache_hit_s": 10.0, "peak_rss_mib": 3 * 1024}
-
-
-def shared_data() -> str:
-    return os.environ.get("DQ_JAX_SHARED_DATA") or os.path.join(os.path.dirname(ROOT), "shared", "data")
-
-
-def build_corpus(src: str, pairs: int, out: str) -> int:
-    """`out`: the lines of `src` repeated (cycled) up to `pairs` lines; returns the line count."""
-    with open(src, encoding="utf-8") as f:
-        lines = [l if l.endswith("\n") else l + "\n" for l in f if l.strip()]
-    with open(out, "w", encoding="utf-8") as f:
-        f.writelines(itertools.islice(itertools.cycle(lines), pairs))
-    return pairs
-
-
-def extract_old(dest_dir: str) -> tuple[str | None, str | None]:
-    """(path of revision 5859ace's dq_jax/data.py written into `dest_dir`, None), or (None, why not)."""
-    try:
-        out = subprocess.run(["git", "-C", ROOT, "show", f"{OLD_REVISION}:dq_jax/data.py"], capture_output=True,
-                             text=True)
-    except OSError as e:
-        return None, f"git is unavailable ({e})"
-    if out.returncode != 0:
-        return None, f"git show {OLD_REVISION}:dq_jax/data.py failed: {out.stderr.strip()[:200]}"
-    path = os.path.join(dest_dir, f"{OLD_MODULE}.py")
-    with open(path, "w") as f:
-        f.write(out.stdout)
-    return path, None
-
-
-def import_old(path: str):
-    """The extracted old module (registered in sys.modules: its dataclasses look themselves up there)."""
-    spec = importlib.util.spec_from_file_location(OLD_MODULE, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[OLD_MODULE] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-# ---------------------------------------------------------------------------------------------
-# Worker side
-
-
-def step_peak_rss_mib() -> float:
-    """Peak RSS of this process or of the largest child it has waited for (see the module docstring)."""
-    return max(peak_rss_mib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
-
-
-def rows_digest(source, target, keep=None) -> tuple[int, str]:
-    """(rows, digest of every kept row's length and int32 ids, source then target per row).
-    `source`/`target`: anything indexable by row (lists of arrays, `TokenColumn`)."""
-    import numpy as np
-    h = hashlib.blake2b(digest_size=16)
-    n = 0
-    for i in range(len(source)):
-        if keep is not None and not keep[i]:
-            continue
-        for a in (source[i], target[i]):
-            a = np.ascontiguousarray(a, np.int32)
-            h.update(np.int64(len(a)).tobytes())
-            h.update(a.tobytes())
-        n += 1
-    return n, h.hexdigest()
-
-
-def dump_head(source, target, keep, path: str, n: int = AGREE_ROWS) -> None:
-    """The first `n` kept rows' ids, as flat values + offsets, into `path` (.npz)."""
-    import numpy as np
-    idx = [i for i in range(len(source)) if keep is None or keep[i]][:n]
-    out = {}
-    for name, col in (("source", source), ("target", target)):
-        rows = [np.asarray(col[i], np.int32) for i in idx]
-        out[f"{name}_values"] = np.concatenate(rows) if rows else np.zeros(0, np.int32)
-        out[f"{name}_offsets"] = np.cumsum([0] + [len(r) for r in rows])
-    np.savez(path, **out)
-
-
-def worker_today(corpus: str, old_path: str, tokenizer_path: str, ids_out: str) -> dict:
-    old = import_old(old_path)
-    from dq_jax.model import hf
-    tokenizer = hf.load_tokenizer(tokenizer_path)
-    cfg = old.DataConfig(train_files=(corpus,), max_source_length=MAX_SOURCE, max_target_length=MAX_TARGET)
-    t0 = time.perf_counter()
-    rows = old.load_rows(cfg, "train")
-    t1 = time.perf_counter()
-    data = old.tokenize(rows, tokenizer, cfg, "train")
-    t2 = time.perf_counter()
-    rss = step_peak_rss_mib()
-    del rows
-    keep = [bool(s.strip()) and bool(t.strip()) for s, t in data.texts]
-    kept, digest = rows_digest(data.source, data.target, keep)
-    dump_head(data.source, data.target, keep, ids_out)
-    return dict(seconds=t2 - t0, peak_rss_mib=rss, phases={"load_rows": t1 - t0, "tokenize": t2 - t1},
-                rows=len(data.source), rows_compared=kept, dropped_empty=len(keep) - kept, digest=digest,
-                truncated_source=data.truncated_source, truncated_target=data.truncated_target)
-
-
-def _timed(phases: dict, name: str, fn):
-    def wrapper(*a, **k):
-        t = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
-    return wrapper
-
-
-def worker_new(corpus: str, cache_dir: str, tokenizer_path: str, num_proc: int, ids_out: str | None) -> dict:
-    import datasets  # noqa: F401  start-up, outside the timed step
-    import pyarrow  # noqa: F401
-    from dq_jax.data import source as data_source
-    from dq_jax.model import hf
-    from dq_jax.data import token_cache, tokenization
-    from dq_jax.data.config import DataConfig
-    tokenizer = hf.load_tokenizer(tokenizer_path)
-    cfg = DataConfig(train_files=(corpus,), cache_dir=cache_dir, max_source_length=MAX_SOURCE,
-                     max_target_length=MAX_TARGET, num_proc=num_proc)
-    # Where the time goes: wrap (in this process only) the steps tokenized_split runs.
-    phases: dict[str, float] = {}
-    procs = []
-    data_source.file_digest = _timed(phases, "hash files", data_source.file_digest)
-    data_source.load_split = _timed(phases, "load_split", data_source.load_split)
-    token_cache._build = _timed(phases, "build", token_cache._build)
-    tokenize = token_cache.tokenize
-
-    def tokenize_recording(ds, *a, **k):  # how many processes tokenize_split gives this split
-        procs.append(tokenization.processes(cfg, len(ds)))
-        return tokenize(ds, *a, **k)
-    token_cache.tokenize = _timed(phases, "tokenize", tokenize_recording)
-    datasets.Dataset.save_to_disk = _timed(phases, "save_to_disk", datasets.Dataset.save_to_disk)
-    t0 = time.perf_counter()
-    data = token_cache.tokenized_split(cfg, "train", tokenizer)
-    seconds = time.perf_counter() - t0
-    rss = step_peak_rss_mib()
-    phases["open entry + rest"] = seconds - phases.get("hash files", 0.0) - phases.get("load_split", 0.0) \
-        - phases.get("build", 0.0)
-    n, digest = rows_digest(data.source, data.target)
-    if ids_out:
-        dump_head(data.source, data.target, None, ids_out)
-    return dict(seconds=seconds, peak_rss_mib=rss, phases=phases, num_proc=procs[0] if procs else None,
-                rows=len(data), rows_compared=n, digest=digest, truncated_source=data.truncated_source,
-                truncated_target=data.truncated_target)
-
+from bench.common import (
+    WorkerError,
+    cpu,
+    cpu_line,
+    reply,
+    run_worker,
+    speedups,
+    worker_env,
+    write_json,
+)
+from bench.data_corpus import CORPORA, TOKENIZER, build_corpus, extract_old, shared_data
+from bench.data_report import report
+from bench.data_workers import KINDS, worker_new, worker_today
 
 # ---------------------------------------------------------------------------------------------
 # Driver side
@@ -230,9 +79,11 @@ def worker_new(corpus: str, cache_dir: str, tokenizer_path: str, num_proc: int, 
 def compare_heads(a: str, b: str) -> dict:
     """Rows of the two dumps whose source and target ids are equal, out of the rows both have."""
     import numpy as np
+
     x, y = np.load(a), np.load(b)
-    rows = lambda d, name: [d[f"{name}_values"][s:e] for s, e in zip(d[f"{name}_offsets"][:-1],
-                                                                       d[f"{name}_offsets"][1:])]
+    rows = lambda d, name: [
+        d[f"{name}_values"][s:e] for s, e in zip(d[f"{name}_offsets"][:-1], d[f"{name}_offsets"][1:])
+    ]
     xs, xt, ys, yt = rows(x, "source"), rows(x, "target"), rows(y, "source"), rows(y, "target")
     n = min(len(xs), len(ys))
     equal = [np.array_equal(xs[i], ys[i]) and np.array_equal(xt[i], yt[i]) for i in range(n)]
@@ -247,8 +98,17 @@ def _run(kind: str, argv: list[str], env: dict) -> dict:
         return {"status": f"failed: {str(e).splitlines()[0][:160]}", "error": str(e)}
 
 
-def run_corpus(name: str, pairs: int, work: str, *, run_today: bool, why_not_today: str | None,
-               old_path: str | None, num_proc: int, env: dict) -> dict:
+def run_corpus(
+    name: str,
+    pairs: int,
+    work: str,
+    *,
+    run_today: bool,
+    why_not_today: str | None,
+    old_path: str | None,
+    num_proc: int,
+    env: dict,
+) -> dict:
     """Builds the corpus in `work`, runs the three workers, checks them; the corpus's record."""
     shared = shared_data()
     src, _ = CORPORA[name]
@@ -263,92 +123,51 @@ def run_corpus(name: str, pairs: int, work: str, *, run_today: bool, why_not_tod
         runs["today"] = {"status": f"skipped: {why_not_today}"}
     else:
         today_env = {**env, "HF_DATASETS_CACHE": os.path.join(work, f"{name}_hf_today")}
-        runs["today"] = _run("today", ["--corpus-file", corpus, "--old-module", old_path, "--tokenizer", tokenizer,
-                                       "--ids-out", heads["today"]], today_env)
+        runs["today"] = _run(
+            "today",
+            ["--corpus-file", corpus, "--old-module", old_path, "--tokenizer", tokenizer, "--ids-out", heads["today"]],
+            today_env,
+        )
     new_argv = ["--corpus-file", corpus, "--cache-dir", cache, "--tokenizer", tokenizer, "--num-proc", str(num_proc)]
     runs["cold"] = _run("cold", new_argv + ["--ids-out", heads["cold"]], new_env)
-    runs["cache_hit"] = (_run("cache_hit", new_argv, new_env) if runs["cold"]["status"] == "ok"
-                         else {"status": "skipped: cold failed"})
+    runs["cache_hit"] = (
+        _run("cache_hit", new_argv, new_env) if runs["cold"]["status"] == "ok" else {"status": "skipped: cold failed"}
+    )
     ok = {k: r for k, r in runs.items() if r["status"] == "ok"}
     agreement = {}
     if "cold" in ok and "cache_hit" in ok:
         c, h = ok["cold"], ok["cache_hit"]
-        agreement["cache_hit vs cold"] = {"identical": c["rows"] == h["rows"] and c["digest"] == h["digest"],
-                                          "rows": [c["rows"], h["rows"]]}
+        agreement["cache_hit vs cold"] = {
+            "identical": c["rows"] == h["rows"] and c["digest"] == h["digest"],
+            "rows": [c["rows"], h["rows"]],
+        }
     if "cold" in ok and "today" in ok:
         t, c = ok["today"], ok["cold"]
-        agreement["cold vs today"] = {**compare_heads(heads["today"], heads["cold"]),
-                                      "all_rows_equal": t["rows_compared"] == c["rows"] and t["digest"] == c["digest"],
-                                      "today_rows": t["rows"], "today_dropped_empty": t["dropped_empty"],
-                                      "new_rows": c["rows"]}
+        agreement["cold vs today"] = {
+            **compare_heads(heads["today"], heads["cold"]),
+            "all_rows_equal": t["rows_compared"] == c["rows"] and t["digest"] == c["digest"],
+            "today_rows": t["rows"],
+            "today_dropped_empty": t["dropped_empty"],
+            "new_rows": c["rows"],
+        }
     for p in heads.values():
         if os.path.exists(p):
             os.remove(p)
     seconds = {k: runs[k].get("seconds") for k in KINDS}
     rss = {k: runs[k].get("peak_rss_mib") for k in KINDS}
-    return {"corpus": name, "source_file": src, "pairs": pairs, "num_proc": num_proc, "seconds": seconds,
-            "peak_rss_mib": rss, "speedup": speedups({k: seconds[k] for k in ("cold", "cache_hit")},
-                                                     {"today": seconds["today"]}),
-            "status": {k: runs[k]["status"] for k in KINDS}, "agreement": agreement,
-            "phases": {k: runs[k].get("phases") for k in KINDS if runs[k].get("phases")},
-            "workers": {k: {kk: v for kk, v in r.items() if kk != "phases"} for k, r in runs.items()}}
-
-
-def _agree_cell(rec: dict, kind: str) -> str:
-    a = rec["agreement"]
-    if kind == "cold" and "cold vs today" in a:
-        x = a["cold vs today"]
-        return (f"first {x['rows']} rows: {x['equal']} equal vs today; all rows "
-                + ("equal" if x["all_rows_equal"] else "differ"))
-    if kind == "cache_hit" and "cache_hit vs cold" in a:
-        return "identical to cold" if a["cache_hit vs cold"]["identical"] else "DIFFERS from cold"
-    return "-"
-
-
-def table(rec: dict) -> str:
-    today_s, today_rss = rec["seconds"]["today"], rec["peak_rss_mib"]["today"]
-    rows = []
-    for k in KINDS:
-        s, m, w = rec["seconds"][k], rec["peak_rss_mib"][k], rec["workers"][k]
-        rows.append({"path": k, "status": rec["status"][k].split(":")[0], "rows": w.get("rows", "-"),
-                     "seconds": s if s is not None else "-", "peak RSS MiB": m if m is not None else "-",
-                     "speed-up vs today": today_s / s if s and today_s else "-",
-                     "RSS / today": m / today_rss if m and today_rss else "-", "agreement": _agree_cell(rec, k)})
-    return format_table(rows)
-
-
-def floors_line(rec: dict) -> str:
-    s, m = rec["seconds"], rec["peak_rss_mib"]
-    parts = []
-    if s["cold"] and s["today"]:
-        parts.append(f"cold {s['today'] / s['cold']:.2f}x faster than today (floor {FLOORS['cold_speedup']:g}x)")
-    if s["cache_hit"] is not None:
-        parts.append(f"cache hit {s['cache_hit']:.2f} s (floor < {FLOORS['cache_hit_s']:g} s)")
-    for k in ("cold", "cache_hit"):
-        if m[k] is not None:
-            parts.append(f"{k} peak RSS {m[k]:.0f} MiB (floor < {FLOORS['peak_rss_mib']} MiB)")
-    return "against the issue's floors (meant for full size): " + ("; ".join(parts) or "nothing measured")
-
-
-def phases_text(ph: dict, num_proc: int | None) -> str:
-    """"load_split 1.00 s, build 2.00 s (tokenize 1.90 s on 2 processes, save_to_disk 0.10 s), ..."."""
-    inner = [f"{p} {ph[p]:.2f} s" + (f" on {num_proc} process{'es' if num_proc > 1 else ''}"
-                                     if p == "tokenize" and num_proc else "")
-             for p in ("tokenize", "save_to_disk") if p in ph]
-    return ", ".join(f"{p} {v:.2f} s" + (f" ({', '.join(inner)})" if p == "build" and inner else "")
-                     for p, v in ph.items() if p not in ("tokenize", "save_to_disk"))
-
-
-def report(rec: dict) -> None:
-    print(f"[{rec['corpus']}] {rec['pairs']} pairs ({rec['source_file']} repeated), max lengths "
-          f"{MAX_SOURCE}/{MAX_TARGET}, num_proc {rec['num_proc'] or 'all cores'}")
-    print(table(rec))
-    for k in KINDS:
-        if rec["status"][k] != "ok":
-            print(f"  {k}: {rec['status'][k]}")
-    for k, ph in rec["phases"].items():
-        print(f"  {k} time: " + phases_text(ph, rec["workers"][k].get("num_proc")))
-    print("  " + floors_line(rec))
+    return {
+        "corpus": name,
+        "source_file": src,
+        "pairs": pairs,
+        "num_proc": num_proc,
+        "seconds": seconds,
+        "peak_rss_mib": rss,
+        "speedup": speedups({k: seconds[k] for k in ("cold", "cache_hit")}, {"today": seconds["today"]}),
+        "status": {k: runs[k]["status"] for k in KINDS},
+        "agreement": agreement,
+        "phases": {k: runs[k].get("phases") for k in KINDS if runs[k].get("phases")},
+        "workers": {k: {kk: v for kk, v in r.items() if kk != "phases"} for k, r in runs.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -365,9 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ids-out")
     args = ap.parse_args(argv)
     if args.worker:
-        result = (worker_today(args.corpus_file, args.old_module, args.tokenizer, args.ids_out)
-                  if args.worker == "today" else
-                  worker_new(args.corpus_file, args.cache_dir, args.tokenizer, args.num_proc, args.ids_out))
+        result = (
+            worker_today(args.corpus_file, args.old_module, args.tokenizer, args.ids_out)
+            if args.worker == "today"
+            else worker_new(args.corpus_file, args.cache_dir, args.tokenizer, args.num_proc, args.ids_out)
+        )
         reply(result)  # its peak_rss_mib is the worker's own, children included
         return
     shared = shared_data()
@@ -386,10 +207,20 @@ def main(argv: list[str] | None = None) -> None:
             pairs = args.pairs or CORPORA[name][1]
             run_today, why = old_path is not None, why_old
             if run_today and name == "cnn_dm" and not args.today_on_cnn:
-                run_today, why = False, ("today's path on cnn_dm needs far more RAM than this machine may have; "
-                                         "run with --today-on-cnn")
-            r = run_corpus(name, pairs, work, run_today=run_today, why_not_today=why, old_path=old_path,
-                           num_proc=args.num_proc, env=env)
+                run_today, why = (
+                    False,
+                    ("today's path on cnn_dm needs far more RAM than this machine may have; run with --today-on-cnn"),
+                )
+            r = run_corpus(
+                name,
+                pairs,
+                work,
+                run_today=run_today,
+                why_not_today=why,
+                old_path=old_path,
+                num_proc=args.num_proc,
+                env=env,
+            )
             report(r)
             if name == "xsum":
                 out.update(r)

@@ -41,10 +41,22 @@ import os
 import tempfile
 import time
 
+from bench.common import (
+    PRESETS,
+    WorkerError,
+    compute_unavailable,
+    cpu,
+    cpu_line,
+    quant_config,
+    reply,
+    run_worker,
+    speedups,
+    timeit,
+    worker_env,
+    write_json,
+)
+from bench.train_step_torch import worker_torch
 from dq_jax.utils.table import format_table
-
-from bench.common import (PRESETS, WorkerError, compute_unavailable, cpu, cpu_line,
-                          quant_config, reply, run_worker, speedups, timeit, worker_env, write_json)
 
 QUANT = (2, 2, 8)
 OURS = ("fake/fp32", "codes/fp32", "codes/bf16")
@@ -54,14 +66,16 @@ PEAKS = ("fp32", "bf16", "int8")
 
 def _batch(preset: dict, vocab: int):
     import numpy as np
+
     rng = np.random.RandomState(0)
     b, s, t = preset["batch"], preset["source"], preset["target"]
     ids = rng.randint(3, vocab, (b, s)).astype(np.int64)
     labels = rng.randint(3, vocab, (b, t)).astype(np.int64)
     dec = np.concatenate([np.full((b, 1), 2), labels[:, :-1]], 1)
     ones_s, ones_t = np.ones((b, s), np.int64), np.ones((b, t), np.int64)
-    return dict(input_ids=ids, attention_mask=ones_s, decoder_input_ids=dec, decoder_attention_mask=ones_t,
-                labels=labels)
+    return dict(
+        input_ids=ids, attention_mask=ones_s, decoder_input_ids=dec, decoder_attention_mask=ones_t, labels=labels
+    )
 
 
 def prepare(preset_name: str, out: str) -> None:
@@ -69,13 +83,16 @@ def prepare(preset_name: str, out: str) -> None:
     import numpy as np
     import torch
     import transformers
-    from dq_jax.training import distill
+
     from dq_jax.model import hf
+    from dq_jax.training import distill
+
     preset = PRESETS[preset_name]
     cfg = preset["model"]
     torch.manual_seed(0)
     transformers.BartForConditionalGeneration(transformers.BartConfig(**cfg.to_hf_dict())).save_pretrained(
-        f"{out}/teacher")
+        f"{out}/teacher"
+    )
     tcfg, tparams = hf.load_pretrained(f"{out}/teacher")
     scfg, sparams = distill.init_student(tcfg, tparams, *preset["student_layers"])
     hf.save_pretrained(scfg, sparams, f"{out}/student")
@@ -87,17 +104,21 @@ def matmul_peaks(n: int = 2048, repeat: int = 5) -> dict[str, float]:
     fp32; bf16 operands accumulated in fp32; int8 operands accumulated in int32."""
     import jax
     import jax.numpy as jnp
+
     dims = (((1,), (0,)), ((), ()))
     k1, k2 = jax.random.split(jax.random.key(0))
     out = {}
-    for name, dtype, acc in (("fp32", jnp.float32, jnp.float32), ("bf16", jnp.bfloat16, jnp.float32),
-                             ("int8", jnp.int8, jnp.int32)):
+    for name, dtype, acc in (
+        ("fp32", jnp.float32, jnp.float32),
+        ("bf16", jnp.bfloat16, jnp.float32),
+        ("int8", jnp.int8, jnp.int32),
+    ):
         if name == "int8":
             a, b = (jax.random.randint(k, (n, n), -127, 128, jnp.int8) for k in (k1, k2))
         else:
             a, b = (jax.random.normal(k, (n, n), dtype) for k in (k1, k2))
         f = jax.jit(lambda x, y, acc=acc: jax.lax.dot_general(x, y, dims, preferred_element_type=acc))
-        out[name] = 2 * n ** 3 / timeit(lambda: f(a, b).block_until_ready(), warmup=1, repeat=repeat)
+        out[name] = 2 * n**3 / timeit(lambda f=f, a=a, b=b: f(a, b).block_until_ready(), warmup=1, repeat=repeat)
     return out
 
 
@@ -105,18 +126,22 @@ def worker_jax(d: str, steps: int, mode: str) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from dq_jax.training import distill, train_step
+
     from dq_jax.model import hf
-    from dq_jax.parallel import sharding
     from dq_jax.model.modeling import Seq2SeqLM
+    from dq_jax.parallel import sharding
+    from dq_jax.training import distill, train_step
+
     compute, precision = mode.split("/")
     dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
     tcfg, tparams = hf.load_pretrained(f"{d}/teacher")
     scfg, sparams = hf.load_pretrained(f"{d}/student")
     batch = {k: v[None].astype(np.int32) for k, v in np.load(f"{d}/batch.npz").items()}
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-    dcfg = distill.DistillConfig(encoder_map=distill.layer_map(tcfg.encoder_layers, scfg.encoder_layers),
-                                 decoder_map=distill.layer_map(tcfg.decoder_layers, scfg.decoder_layers))
+    dcfg = distill.DistillConfig(
+        encoder_map=distill.layer_map(tcfg.encoder_layers, scfg.encoder_layers),
+        decoder_map=distill.layer_map(tcfg.decoder_layers, scfg.decoder_layers),
+    )
     tx = train_step.make_optimizer(train_step.OptimConfig(learning_rate=1e-5, total_steps=1000), sparams)
     state, st_sh = train_step.init_state(sparams, tx, jax.random.key(0), mesh)
     t_sh = sharding.param_shardings(tparams, mesh)
@@ -140,73 +165,24 @@ def worker_jax(d: str, steps: int, mode: str) -> dict:
     return dict(step_s=sorted(times)[len(times) // 2], flops=flops, compile_s=compile_s, loss=loss0)
 
 
-def _torch_loss(s, t, batch, enc_map, dec_map):
-    """The DQ-BART reference loss (METHOD.md), unmasked means, weights 1 and 1."""
-    import torch.nn.functional as F
-    ce = F.cross_entropy(s.logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
-    loss = ce + F.mse_loss(s.logits, t.logits)
-    for sa, ta, m in ((s.encoder_attentions, t.encoder_attentions, enc_map),
-                      (s.decoder_attentions, t.decoder_attentions, dec_map),
-                      (s.cross_attentions, t.cross_attentions, dec_map)):
-        loss = loss + sum(F.mse_loss(sa[i], ta[j]) for i, j in enumerate(m))
-    for sh, th, m in ((s.encoder_hidden_states, t.encoder_hidden_states, enc_map),
-                      (s.decoder_hidden_states, t.decoder_hidden_states, dec_map)):
-        loss = loss + sum(F.mse_loss(sh[j], th[0 if j == 0 else m[j - 1] + 1]) for j in range(len(sh)))
-    enc_s, enc_t = s.encoder_last_hidden_state, t.encoder_last_hidden_state
-    return loss + sum(F.mse_loss(enc_s[b], enc_t[b]) for b in range(enc_s.shape[0]))
-
-
-def worker_torch(d: str, steps: int, mode: str, threads: int) -> dict:
-    import contextlib
-    import numpy as np
-    import torch
-    import transformers
-    from dq_jax.training import distill
-    from tests.torch_reference import quantize_model
-    torch.set_num_threads(threads)
-    teacher = transformers.BartForConditionalGeneration.from_pretrained(f"{d}/teacher",
-                                                                        attn_implementation="eager").eval()
-    student = transformers.BartForConditionalGeneration.from_pretrained(f"{d}/student", attn_implementation="eager")
-    quantize_model(student, *QUANT)
-    student.train()
-    enc_map = distill.layer_map(teacher.config.encoder_layers, student.config.encoder_layers)
-    dec_map = distill.layer_map(teacher.config.decoder_layers, student.config.decoder_layers)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5, eps=1e-6,
-                            weight_decay=0.0)
-    batch = {k: torch.tensor(v) for k, v in np.load(f"{d}/batch.npz").items()}
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
-    # fp32 master weights either way; autocast runs matmuls in bf16 and keeps losses in fp32.
-    precision = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if mode == "torch/bf16"
-                 else contextlib.nullcontext)
-
-    def step():
-        with precision():
-            with torch.no_grad():
-                t_out = teacher(**inputs, output_hidden_states=True, output_attentions=True)
-            s_out = student(**inputs, output_hidden_states=True, output_attentions=True)
-            loss = _torch_loss(s_out, t_out, batch, enc_map, dec_map)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss)
-
-    loss0 = step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return dict(step_s=sorted(times)[len(times) // 2], loss=loss0)
-
-
 def _measure(preset: str, d: str, steps: int, env: dict, mode: str, threads: int | None = None) -> dict:
     """One row's worker result, or {"status": "unavailable: <why>"}."""
     ours = threads is None
     why = compute_unavailable(mode.split("/")[0] if ours else "fake")
     if why:
         return {"status": f"unavailable: {why}"}
-    argv = ["--worker", "jax" if ours else "torch", "--mode", mode, "--preset", preset, "--dir", d,
-            "--steps", str(steps)] + ([] if ours else ["--threads", str(threads)])
+    argv = [
+        "--worker",
+        "jax" if ours else "torch",
+        "--mode",
+        mode,
+        "--preset",
+        preset,
+        "--dir",
+        d,
+        "--steps",
+        str(steps),
+    ] + ([] if ours else ["--threads", str(threads)])
     try:
         r = run_worker("bench.train_step", argv, env)
     except WorkerError as e:
@@ -219,42 +195,65 @@ def run_preset(name: str, steps: int, threads: list[int], env: dict, rec: dict) 
     tokens = p["batch"] * (p["source"] + p["target"])
     with tempfile.TemporaryDirectory() as d:
         prepare(name, d)
-        measure_peaks = lambda: run_worker("bench.train_step", ["--worker", "peaks", "--preset", name, "--dir", d],
-                                           env)["peaks"]
+        measure_peaks = lambda: run_worker(
+            "bench.train_step", ["--worker", "peaks", "--preset", name, "--dir", d], env
+        )["peaks"]
         before = measure_peaks()
         runs = [(m, None, _measure(name, d, steps, env, m)) for m in OURS]
         runs += [(m, n, _measure(name, d, steps, env, m, n)) for m in PEERS for n in threads]
         peaks = {k: max(v, before[k]) for k, v in measure_peaks().items()}  # a peak is the best seen
     ok = [(m, n, r) for m, n, r in runs if r["status"] == "ok"]
-    flops = next((r["flops"] for m, _, r in ok if m == "fake/fp32"),
-                 next((r["flops"] for *_, r in ok if r.get("flops")), 0.0))
+    flops = next(
+        (r["flops"] for m, _, r in ok if m == "fake/fp32"), next((r["flops"] for *_, r in ok if r.get("flops")), 0.0)
+    )
     rows = []
     for m, n, r in runs:
-        row = {"side": "dq-jax" if n is None else "pytorch", "mode": m, "threads": n or "xla",
-               "status": r["status"].split(":")[0]}
+        row = {
+            "side": "dq-jax" if n is None else "pytorch",
+            "mode": m,
+            "threads": n or "xla",
+            "status": r["status"].split(":")[0],
+        }
         if r["status"] == "ok":
-            row.update({"step ms": r["step_s"] * 1e3, "tokens/s": tokens / r["step_s"],
-                        "peak RSS MiB": r["peak_rss_mib"]})
+            row.update(
+                {"step ms": r["step_s"] * 1e3, "tokens/s": tokens / r["step_s"], "peak RSS MiB": r["peak_rss_mib"]}
+            )
             row.update({f"% {k} peak": 100 * flops / r["step_s"] / peaks[k] for k in PEAKS})
             row["first loss"] = r["loss"]
         rows.append(row)
     best = lambda m: min((r["step_s"] for m2, _, r in ok if m2 == m), default=None)
     speedup = speedups({m: best(m) for m in OURS}, {m: best(m) for m in PEERS})
-    columns = ["side", "mode", "threads", "status", "step ms", "tokens/s", "peak RSS MiB"] \
-        + [f"% {k} peak" for k in PEAKS] + ["first loss"]
+    columns = (
+        ["side", "mode", "threads", "status", "step ms", "tokens/s", "peak RSS MiB"]
+        + [f"% {k} peak" for k in PEAKS]
+        + ["first loss"]
+    )
     print(cpu_line(rec))
-    print(f"[{name}] batch {p['batch']} x ({p['source']} + {p['target']}), student {p['student_layers']}, "
-          f"quant {'-'.join(map(str, QUANT))}; step {flops / 1e9:.1f} GFLOP (XLA, fake/fp32); matmul peaks "
-          + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()) + " GOP/s")
+    print(
+        f"[{name}] batch {p['batch']} x ({p['source']} + {p['target']}), student {p['student_layers']}, "
+        f"quant {'-'.join(map(str, QUANT))}; step {flops / 1e9:.1f} GFLOP (XLA, fake/fp32); matmul peaks "
+        + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items())
+        + " GOP/s"
+    )
     print(format_table([{c: row.get(c, "-") for c in columns} for row in rows]))
     for m, n, r in runs:
         if r["status"] != "ok":
             print(f"  {m}{'' if n is None else f' ({n} thr)'}: {r['status']}")
     print("speed-up (peer's best step time / ours): " + ", ".join(f"{k} {v:.2f}x" for k, v in speedup.items()))
-    return write_json(f"train_step_{name}", {
-        "cpu": rec, "speedup": speedup, "preset": name, "quant": "-".join(map(str, QUANT)), "tokens_per_step": tokens,
-        "step_flops": flops, "matmul_peaks_ops_per_s": peaks, "rows": rows,
-        "workers": [{"mode": m, "threads": n, **r} for m, n, r in runs]})
+    return write_json(
+        f"train_step_{name}",
+        {
+            "cpu": rec,
+            "speedup": speedup,
+            "preset": name,
+            "quant": "-".join(map(str, QUANT)),
+            "tokens_per_step": tokens,
+            "step_flops": flops,
+            "matmul_peaks_ops_per_s": peaks,
+            "rows": rows,
+            "workers": [{"mode": m, "threads": n, **r} for m, n, r in runs],
+        },
+    )
 
 
 def main():
@@ -265,21 +264,25 @@ def main():
     ap.add_argument("--mode", choices=OURS + PEERS)
     ap.add_argument("--dir")
     ap.add_argument("--threads", type=int, help="(torch worker) intra-op threads")
-    ap.add_argument("--torch-threads", default="",
-                    help="comma-separated PyTorch thread counts to time (default: all cores, and 1)")
+    ap.add_argument(
+        "--torch-threads", default="", help="comma-separated PyTorch thread counts to time (default: all cores, and 1)"
+    )
     args = ap.parse_args()
     if args.worker:
         if args.worker == "peaks":
             result = {"peaks": matmul_peaks()}
         else:
-            result = (worker_jax(args.dir, args.steps, args.mode) if args.worker == "jax"
-                      else worker_torch(args.dir, args.steps, args.mode, args.threads))
+            result = (
+                worker_jax(args.dir, args.steps, args.mode)
+                if args.worker == "jax"
+                else worker_torch(args.dir, args.steps, args.mode, args.threads, QUANT)
+            )
         reply(result)
         return
     env = worker_env()
     rec = cpu(env)
     threads = [int(t) for t in args.torch_threads.split(",") if t] or sorted({os.cpu_count(), 1}, reverse=True)
-    for name in (sorted(PRESETS) if args.preset == "all" else [args.preset]):
+    for name in sorted(PRESETS) if args.preset == "all" else [args.preset]:
         print("wrote", run_preset(name, args.steps, threads, env, rec))
 
 

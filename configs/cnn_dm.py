@@ -14,7 +14,13 @@ from configs import common
 def get_config(arg: str | None = None):
     c = common.base_config()
     c.teacher.path = "facebook/bart-base"
-    c.data.update(name="abisee/cnn_dailymail", subset="3.0.0", source_column="article",
-                  target_column="highlights", max_source_length=1024, max_target_length=128)
+    c.data.update(
+        name="abisee/cnn_dailymail",
+        subset="3.0.0",
+        source_column="article",
+        target_column="highlights",
+        max_source_length=1024,
+        max_target_length=128,
+    )
     c.eval.update(num_beams=4, length_penalty=2.0, min_length=56, max_length=142, no_repeat_ngram_size=3)
     return common.finalize(common.apply_variant(c, arg, common.TBT_LR_CNN_DM))

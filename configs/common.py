@@ -49,70 +49,128 @@ def base_config() -> ml_collections.ConfigDict:
     # Multi-process runs (one process per host): the coordinator's host:port, process count and
     # this process's id; empty values come from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
     # JAX_PROCESS_ID, or `auto` lets JAX detect Slurm, Open MPI or a Cloud TPU pod.
-    c.distributed = ml_collections.ConfigDict(dict(
-        coordinator_address="", num_processes=0, process_id=-1, auto=False,
-        heartbeat_timeout=100,  # seconds until the others stop when a process dies
-        initialization_timeout=300, cpu_collectives="gloo"))
+    c.distributed = ml_collections.ConfigDict(
+        dict(
+            coordinator_address="",
+            num_processes=0,
+            process_id=-1,
+            auto=False,
+            heartbeat_timeout=100,  # seconds until the others stop when a process dies
+            initialization_timeout=300,
+            cpu_collectives="gloo",
+        )
+    )
 
-    c.teacher = ml_collections.ConfigDict(dict(
-        path="",  # HF directory or hub id; empty with `scratch` set: train one here
-        scratch="",  # a size from dq_jax.model.sizes.SCRATCH, trained from scratch
-        tokenizer="",  # defaults to teacher.path
-        finetune=True,  # run the teacher stage on an HF teacher (False: use it as is)
-        learning_rate=3e-5, steps=0, epochs=3))  # steps 0: teacher.epochs epochs
+    c.teacher = ml_collections.ConfigDict(
+        dict(
+            path="",  # HF directory or hub id; empty with `scratch` set: train one here
+            scratch="",  # a size from dq_jax.model.sizes.SCRATCH, trained from scratch
+            tokenizer="",  # defaults to teacher.path
+            finetune=True,  # run the teacher stage on an HF teacher (False: use it as is)
+            learning_rate=3e-5,
+            steps=0,
+            epochs=3,
+        )
+    )  # steps 0: teacher.epochs epochs
 
-    c.student = ml_collections.ConfigDict(dict(
-        layers="6-6",
-        encoder_map="", decoder_map="",  # explicit teacher layers, e.g. "0,2,5"; empty: the rule
-        # the fraction of the training split the student trains on, a subset drawn by student.seed
-        # (the teacher stage always trains on the whole split)
-        train_fraction=1.0,
-        seed=-1))  # the distill stage's data order, dropout and subset; -1: the run's `seed`
+    c.student = ml_collections.ConfigDict(
+        dict(
+            layers="6-6",
+            encoder_map="",
+            decoder_map="",  # explicit teacher layers, e.g. "0,2,5"; empty: the rule
+            # the fraction of the training split the student trains on, a subset drawn by student.seed
+            # (the teacher stage always trains on the whole split)
+            train_fraction=1.0,
+            seed=-1,
+        )
+    )  # the distill stage's data order, dropout and subset; -1: the run's `seed`
 
-    c.quant = ml_collections.ConfigDict(dict(
-        weight_bits=2, embed_bits=2, act_bits=8,  # 0 = full precision
-        method="dq_bart", weight_granularity="tensor", act_scale="tensor", quantize_lm_head=False,
-        weight_clip=2.5, act_clip=2.5,
-        mse_steps=5,  # scale search steps of method=mse
-        # products of two quantized operands: "codes" multiplies the integer codes exactly
-        # (int8 x int8 -> int32), "fake" dequantizes and multiplies in float (the reference);
-        # the default is QuantConfig's (dq_jax/quant/config.py says why)
-        compute=QuantConfig.compute))
+    c.quant = ml_collections.ConfigDict(
+        dict(
+            weight_bits=2,
+            embed_bits=2,
+            act_bits=8,  # 0 = full precision
+            method="dq_bart",
+            weight_granularity="tensor",
+            act_scale="tensor",
+            quantize_lm_head=False,
+            weight_clip=2.5,
+            act_clip=2.5,
+            mse_steps=5,  # scale search steps of method=mse
+            # products of two quantized operands: "codes" multiplies the integer codes exactly
+            # (int8 x int8 -> int32), "fake" dequantizes and multiplies in float (the reference);
+            # the default is QuantConfig's (dq_jax/quant/config.py says why)
+            compute=QuantConfig.compute,
+        )
+    )
 
-    c.distill = ml_collections.ConfigDict(dict(
-        mode="dq_bart",
-        weights=(1.0, 1.0),  # (logits, intermediate); the "weighted" variant: (0.8, 3.0)
-        enabled=True))  # False: quantization-only baseline (task loss, no teacher)
+    c.distill = ml_collections.ConfigDict(
+        dict(
+            mode="dq_bart",
+            weights=(1.0, 1.0),  # (logits, intermediate); the "weighted" variant: (0.8, 3.0)
+            enabled=True,
+        )
+    )  # False: quantization-only baseline (task loss, no teacher)
 
-    c.data = ml_collections.ConfigDict(dict(
-        synthetic="",  # "demo": generate the offline demo task into the workdir
-        name="", subset="", revision="",  # a `datasets` hub name, configuration and revision
-        train_files="", validation_files="", test_files="",  # comma-separated local files
-        source_column="document", target_column="summary", max_source_length=1024, max_target_length=128,
-        max_examples=0,  # per split; 0 = all
-        min_bucket=16,  # batches pad to a power of two >= this (capped at the max lengths)
-        src_lang="", tgt_lang="",  # mBART language codes
-        # tokenized splits are cached here and reused by every job with the same rows, tokenizer
-        # and lengths ("": $DQ_JAX_CACHE, else ~/.cache/dq_jax)
-        cache_dir="",
-        num_proc=0))  # tokenization processes; 0: the machine's cores
+    c.data = ml_collections.ConfigDict(
+        dict(
+            synthetic="",  # "demo": generate the offline demo task into the workdir
+            name="",
+            subset="",
+            revision="",  # a `datasets` hub name, configuration and revision
+            train_files="",
+            validation_files="",
+            test_files="",  # comma-separated local files
+            source_column="document",
+            target_column="summary",
+            max_source_length=1024,
+            max_target_length=128,
+            max_examples=0,  # per split; 0 = all
+            min_bucket=16,  # batches pad to a power of two >= this (capped at the max lengths)
+            src_lang="",
+            tgt_lang="",  # mBART language codes
+            # tokenized splits are cached here and reused by every job with the same rows, tokenizer
+            # and lengths ("": $DQ_JAX_CACHE, else ~/.cache/dq_jax)
+            cache_dir="",
+            num_proc=0,
+        )
+    )  # tokenization processes; 0: the machine's cores
 
     # METHOD.md's reference training, which the task configs keep.
-    c.train = ml_collections.ConfigDict(dict(
-        batch_size=8, grad_accum=2, learning_rate=3e-5, weight_decay=0.0, warmup_ratio=0.05, grad_clip=0.0,
-        epochs=20, steps=0,  # steps > 0 overrides epochs
-        log_every=50, eval_every=0,  # eval_every 0: after each epoch
-        checkpoint_every=500,
-        # rematerialization of the trained model's layers: none | full (recompute each layer in
-        # the backward) | dots (keep matmul outputs without a batch dimension, recompute the rest)
-        remat="none",
-        profile_steps="",  # "START,END": a jax.profiler trace of those steps in WORKDIR/profile/
-        peak_tflops=0.0,  # per device, for MFU; 0: a known accelerator's table, or measured on CPU
-        wandb_project=""))  # also log to Weights & Biases (the `wandb` extra); "": TensorBoard only
+    c.train = ml_collections.ConfigDict(
+        dict(
+            batch_size=8,
+            grad_accum=2,
+            learning_rate=3e-5,
+            weight_decay=0.0,
+            warmup_ratio=0.05,
+            grad_clip=0.0,
+            epochs=20,
+            steps=0,  # steps > 0 overrides epochs
+            log_every=50,
+            eval_every=0,  # eval_every 0: after each epoch
+            checkpoint_every=500,
+            # rematerialization of the trained model's layers: none | full (recompute each layer in
+            # the backward) | dots (keep matmul outputs without a batch dimension, recompute the rest)
+            remat="none",
+            profile_steps="",  # "START,END": a jax.profiler trace of those steps in WORKDIR/profile/
+            peak_tflops=0.0,  # per device, for MFU; 0: a known accelerator's table, or measured on CPU
+            wandb_project="",
+        )
+    )  # also log to Weights & Biases (the `wandb` extra); "": TensorBoard only
 
-    c.eval = ml_collections.ConfigDict(dict(
-        metric="rougeLsum", batch_size=16, num_beams=4, max_length=142, min_length=0, length_penalty=1.0,
-        no_repeat_ngram_size=3, max_examples=0))
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            metric="rougeLsum",
+            batch_size=16,
+            num_beams=4,
+            max_length=142,
+            min_length=0,
+            length_penalty=1.0,
+            no_repeat_ngram_size=3,
+            max_examples=0,
+        )
+    )
 
     # Named sweeps for `python -m train.sweep --sweep NAME`: c.sweeps.NAME is a list of dicts of
     # overrides, one a point, `"name"` optional (train/sweep.py has the syntax); train.main
@@ -125,8 +183,9 @@ def _bits(value: str) -> int:
     return 0 if value.lower() in _FP else int(value)
 
 
-def apply_variant(c: ml_collections.ConfigDict, arg: str | None,
-                  tbt_learning_rates: dict[str, float] | None = None) -> ml_collections.ConfigDict:
+def apply_variant(
+    c: ml_collections.ConfigDict, arg: str | None, tbt_learning_rates: dict[str, float] | None = None
+) -> ml_collections.ConfigDict:
     """Applies `name=value,...` to the config; fails on unknown names or bad values.
     `tbt_learning_rates`: the learning rate of each TBT preset, for configs that have them."""
     if not arg:

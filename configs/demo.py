@@ -22,14 +22,26 @@ def get_config(arg: str | None = None):
     c.stages = "teacher,distill,eval,export"
     c.teacher.update(scratch="demo", tokenizer="train", learning_rate=1e-3, steps=600)
     c.student.layers = "3-3"
-    c.data.update(synthetic="demo", max_source_length=128, max_target_length=40,
-                  min_bucket=256)  # pad every batch to the max lengths: one compiled shape
-    c.train.update(batch_size=16, grad_accum=1, learning_rate=5e-4, warmup_ratio=0.05, steps=400,
-                   log_every=20, eval_every=200, checkpoint_every=100)
+    c.data.update(
+        synthetic="demo", max_source_length=128, max_target_length=40, min_bucket=256
+    )  # pad every batch to the max lengths: one compiled shape
+    c.train.update(
+        batch_size=16,
+        grad_accum=1,
+        learning_rate=5e-4,
+        warmup_ratio=0.05,
+        steps=400,
+        log_every=20,
+        eval_every=200,
+        checkpoint_every=100,
+    )
     c.eval.update(batch_size=64, num_beams=1, max_length=40, no_repeat_ngram_size=0, max_examples=200)
     # weight and embedding bits move together; 2 x 3 = 6 points, the bits varying slowest
-    c.sweeps.bits_layers = [{"quant.weight_bits": b, "quant.embed_bits": b, "student.layers": layers}
-                            for b in (2, 8) for layers in ("3-3", "3-2", "3-1")]
+    c.sweeps.bits_layers = [
+        {"quant.weight_bits": b, "quant.embed_bits": b, "student.layers": layers}
+        for b in (2, 8)
+        for layers in ("3-3", "3-2", "3-1")
+    ]
     # DQ-BART against the TBT rows; "name" is the point's directory name
     c.sweeps.dq_vs_tbt = [
         {"name": "dq_2-2-8", "quant.method": "dq_bart"},

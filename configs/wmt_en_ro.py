@@ -14,8 +14,13 @@ def get_config(arg: str | None = None):
     c = common.base_config()
     c.teacher.path = "facebook/mbart-large-en-ro"
     c.student.layers = "12-12"
-    c.data.update(source_column="en", target_column="ro", src_lang="en_XX", tgt_lang="ro_RO",
-                  max_source_length=128, max_target_length=128)
-    c.eval.update(metric="bleu", num_beams=5, length_penalty=1.0, min_length=0, max_length=128,
-                  no_repeat_ngram_size=0)
+    c.data.update(
+        source_column="en",
+        target_column="ro",
+        src_lang="en_XX",
+        tgt_lang="ro_RO",
+        max_source_length=128,
+        max_target_length=128,
+    )
+    c.eval.update(metric="bleu", num_beams=5, length_penalty=1.0, min_length=0, max_length=128, no_repeat_ngram_size=0)
     return common.finalize(common.apply_variant(c, arg))

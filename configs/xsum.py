@@ -20,7 +20,12 @@ from configs import common
 def get_config(arg: str | None = None):
     c = common.base_config()
     c.teacher.path = "facebook/bart-base"
-    c.data.update(name="EdinburghNLP/xsum", source_column="document", target_column="summary",
-                  max_source_length=1024, max_target_length=128)
+    c.data.update(
+        name="EdinburghNLP/xsum",
+        source_column="document",
+        target_column="summary",
+        max_source_length=1024,
+        max_target_length=128,
+    )
     c.eval.update(num_beams=6, length_penalty=1.0, min_length=11, max_length=62, no_repeat_ngram_size=3)
     return common.finalize(common.apply_variant(c, arg, common.TBT_LR_XSUM))

@@ -18,14 +18,16 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from dq_jax.data import batches as data_lib
-from dq_jax.parallel import sharding
-from dq_jax.training import train_step
 from dq_jax.model.config import ModelConfig
 from dq_jax.model.modeling import abstract_params, abstract_trainable
+from dq_jax.parallel import sharding
 from dq_jax.spec import RunSpec
 from dq_jax.stages import RunStage, TeacherShape, derive, teacher_shape
+from dq_jax.training import train_step
 
-GIB = 1024 ** 3
+GIB = 1024**3
+
+
 # Hub checkpoints whose shapes the planner knows offline (mbart-large-cc25 has mbart-large-en-ro's).
 @dataclasses.dataclass(frozen=True)
 class StagePlan:
@@ -98,26 +100,49 @@ def plan_stage(spec: RunSpec, rs: RunStage, mesh: Mesh) -> StagePlan:
     # the schedule's numbers do not change the step's memory or FLOPs
     tx = train_step.make_optimizer(train_step.OptimConfig.of(ts, ts.steps or 1000), params)
     rng = jax.eval_shape(lambda: jax.random.PRNGKey(spec.seed))
-    state = jax.eval_shape(lambda p, r: train_step.TrainState(jnp.int32(0), p, tx.init(p), r, jnp.int32(-1)),
-                           params, rng)  # as train_step.init_state builds it
+    state = jax.eval_shape(
+        lambda p, r: train_step.TrainState(jnp.int32(0), p, tx.init(p), r, jnp.int32(-1)), params, rng
+    )  # as train_step.init_state builds it
     st_sh = sharding.state_shardings(state, params, mesh)
     t_sh = None if teacher_params is None else sharding.param_shardings(teacher_params, mesh)
     step = train_step.make_train_step(model, teacher, rs.loss, tx)
     b_sh = train_step.batch_shardings(mesh)
-    batch = {k: jax.ShapeDtypeStruct((ts.grad_accum, ts.batch_size, src if k in ("input_ids", "attention_mask")
-                                      else tgt), jnp.int32, sharding=b_sh[k]) for k in train_step.BATCH_KEYS}
+    batch = {
+        k: jax.ShapeDtypeStruct(
+            (ts.grad_accum, ts.batch_size, src if k in ("input_ids", "attention_mask") else tgt),
+            jnp.int32,
+            sharding=b_sh[k],
+        )
+        for k in train_step.BATCH_KEYS
+    }
     start = time.perf_counter()
-    compiled = train_step.compile_step(step, mesh, st_sh, t_sh).lower(
-        _abstract(state, st_sh), None if t_sh is None else _abstract(teacher_params, t_sh), batch).compile()
+    compiled = (
+        train_step.compile_step(step, mesh, st_sh, t_sh)
+        .lower(_abstract(state, st_sh), None if t_sh is None else _abstract(teacher_params, t_sh), batch)
+        .compile()
+    )
     seconds = time.perf_counter() - start
     mem, cost = compiled.memory_analysis(), compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     # XLA's cost analysis counts a loop body once: the scan over A micro-batches runs it A times.
     # The AdamW update outside the loop is then counted A times too: a few FLOPs per parameter.
     flops = float(cost.get("flops", 0.0)) * ts.grad_accum
-    return StagePlan(rs.name, tuple(mesh.shape.values()), ts.grad_accum, ts.batch_size, src, tgt, model.remat, seconds,
-                     flops, mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
-                     mem.temp_size_in_bytes, mem.generated_code_size_in_bytes)
+    return StagePlan(
+        rs.name,
+        tuple(mesh.shape.values()),
+        ts.grad_accum,
+        ts.batch_size,
+        src,
+        tgt,
+        model.remat,
+        seconds,
+        flops,
+        mem.argument_size_in_bytes,
+        mem.output_size_in_bytes,
+        mem.alias_size_in_bytes,
+        mem.temp_size_in_bytes,
+        mem.generated_code_size_in_bytes,
+    )
 
 
 def device_memory_bytes(device: jax.Device) -> int | None:
@@ -138,13 +163,21 @@ def plan(spec: RunSpec, device_memory_gib: float | None = None) -> Plan:
     planned = tuple(plan_stage(spec, rs, mesh) for rs in stages.stages)
     device = mesh.devices.flat[0]
     limit = int(device_memory_gib * GIB) if device_memory_gib else device_memory_bytes(device)
-    return Plan(teacher, stages.student, planned, stages.skipped, tuple(mesh.shape.values()), device.device_kind,
-                mesh.devices.size, limit)
+    return Plan(
+        teacher,
+        stages.student,
+        planned,
+        stages.skipped,
+        tuple(mesh.shape.values()),
+        device.device_kind,
+        mesh.devices.size,
+        limit,
+    )
 
 
 def size_text(b: float) -> str:
     """Bytes for people: GiB, or MiB below a tenth of one."""
-    return f"{b / GIB:.2f} GiB" if b >= GIB / 10 else f"{b / 2 ** 20:.1f} MiB"
+    return f"{b / GIB:.2f} GiB" if b >= GIB / 10 else f"{b / 2**20:.1f} MiB"
 
 
 def advice(p: Plan, s: StagePlan) -> list[str]:
@@ -154,32 +187,46 @@ def advice(p: Plan, s: StagePlan) -> list[str]:
     teacher = fixed - s.alias_bytes
     rows = f"{s.rows_per_device} row{'s' if s.rows_per_device != 1 else ''}"
     held = "train state and teacher" if teacher > 0.01 * fixed else "train state"
-    out = [f"{s.stage}: needs {gib(s.total_bytes)} per device, {gib(s.total_bytes - p.device_memory_bytes)} more "
-           f"than the {gib(p.device_memory_bytes)} a device has: {gib(s.alias_bytes)} train state"
-           + (f", {gib(teacher)} teacher params" if teacher > 0.01 * fixed else "")
-           + f", {gib(s.temp_bytes)} temporaries (activations of {rows} x ({s.source_length}+{s.target_length}) "
-           "tokens per micro-batch, gradients, optimizer updates)."]
+    out = [
+        f"{s.stage}: needs {gib(s.total_bytes)} per device, {gib(s.total_bytes - p.device_memory_bytes)} more "
+        f"than the {gib(p.device_memory_bytes)} a device has: {gib(s.alias_bytes)} train state"
+        + (f", {gib(teacher)} teacher params" if teacher > 0.01 * fixed else "")
+        + f", {gib(s.temp_bytes)} temporaries (activations of {rows} x ({s.source_length}+{s.target_length}) "
+        "tokens per micro-batch, gradients, optimizer updates)."
+    ]
     if data > 1:
-        out.append(f"- FSDP: --config.mesh='(1,{data * fsdp},{tensor})' splits the {held} over "
-                   f"{data * fsdp} devices instead of {fsdp}: about {gib(fixed / data)} instead of {gib(fixed)} per "
-                   "device, with the same rows per device (the weights it gathers add temporaries: plan it).")
+        out.append(
+            f"- FSDP: --config.mesh='(1,{data * fsdp},{tensor})' splits the {held} over "
+            f"{data * fsdp} devices instead of {fsdp}: about {gib(fixed / data)} instead of {gib(fixed)} per "
+            "device, with the same rows per device (the weights it gathers add temporaries: plan it)."
+        )
     else:
-        out.append(f"- FSDP over more devices: each doubling of the fsdp axis (now {fsdp}) halves the {gib(fixed)} "
-                   f"of {held} per device.")
+        out.append(
+            f"- FSDP over more devices: each doubling of the fsdp axis (now {fsdp}) halves the {gib(fixed)} "
+            f"of {held} per device."
+        )
     if fsdp > 1 and s.temp_bytes > fixed:
-        out.append(f"- Data parallel: --config.mesh='({data * fsdp},1,{tensor})' keeps a whole {held} "
-                   f"on each device (about {gib(fixed * fsdp)}) but gathers no activations over fsdp, which can "
-                   f"make the {gib(s.temp_bytes)} temporaries much smaller: plan it.")
-    out.append("- Rematerialization: --config.train.remat=full (or dots) recomputes each layer's activations in "
-               f"the backward instead of keeping them, most of the {gib(s.temp_bytes)} temporaries"
-               + (" (this plan already uses it)." if s.remat != "none" else "; plan again with it to see the effect."))
+        out.append(
+            f"- Data parallel: --config.mesh='({data * fsdp},1,{tensor})' keeps a whole {held} "
+            f"on each device (about {gib(fixed * fsdp)}) but gathers no activations over fsdp, which can "
+            f"make the {gib(s.temp_bytes)} temporaries much smaller: plan it."
+        )
+    out.append(
+        "- Rematerialization: --config.train.remat=full (or dots) recomputes each layer's activations in "
+        f"the backward instead of keeping them, most of the {gib(s.temp_bytes)} temporaries"
+        + (" (this plan already uses it)." if s.remat != "none" else "; plan again with it to see the effect.")
+    )
     half = s.batch_size // 2
     if half and half % (data * fsdp) == 0:
-        out.append(f"- Gradient accumulation: --config.train.batch_size={half} --config.train.grad_accum="
-                   f"{2 * s.accum} keeps the effective batch {s.batch_size * s.accum} and halves the rows per device "
-                   f"({s.rows_per_device} -> {s.rows_per_device // 2}) and the activations with them; or a smaller "
-                   f"batch alone: --config.train.batch_size={half}.")
+        out.append(
+            f"- Gradient accumulation: --config.train.batch_size={half} --config.train.grad_accum="
+            f"{2 * s.accum} keeps the effective batch {s.batch_size * s.accum} and halves the rows per device "
+            f"({s.rows_per_device} -> {s.rows_per_device // 2}) and the activations with them; or a smaller "
+            f"batch alone: --config.train.batch_size={half}."
+        )
     else:
-        out.append(f"- The micro-batch is already {rows} per device: a smaller one needs fewer "
-                   "data-parallel devices (data x fsdp), or shorter data.max_source_length / max_target_length.")
+        out.append(
+            f"- The micro-batch is already {rows} per device: a smaller one needs fewer "
+            "data-parallel devices (data x fsdp), or shorter data.max_source_length / max_target_length."
+        )
     return out

@@ -15,7 +15,7 @@ import numpy as np
 from dq_jax.model.hf_layout import flatten
 from dq_jax.quant.policy import Role, component_of
 
-MIB = 2 ** 20
+MIB = 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +36,9 @@ def paper_components(abstract_params: dict, weight_bits: int | None, embed_bits:
         name = component_of(path, len(leaf.shape))
         counts[name] = counts.get(name, 0) + int(np.prod(leaf.shape))
     bits = {Role.LINEAR.value: weight_bits or 32, Role.TOKEN_EMBEDDING.value: embed_bits or 32}
-    order = tuple(r.value for r in (Role.LINEAR, Role.TOKEN_EMBEDDING, Role.POSITIONS, Role.NORM, Role.BIAS,
-                                    Role.LOGITS_BIAS))
+    order = tuple(
+        r.value for r in (Role.LINEAR, Role.TOKEN_EMBEDDING, Role.POSITIONS, Role.NORM, Role.BIAS, Role.LOGITS_BIAS)
+    )
     return [Component(n, counts.get(n, 0), bits.get(n, 32)) for n in order]
 
 

@@ -11,13 +11,13 @@ import dataclasses
 import os
 
 from dq_jax.data import demo_task
-from dq_jax.training import distill
 from dq_jax.model import hf, precision
 from dq_jax.model import sizes as model_sizes
 from dq_jax.model.config import ModelConfig
 from dq_jax.model.modeling import Seq2SeqLM
 from dq_jax.quant.config import QuantConfig
 from dq_jax.spec import RunSpec
+from dq_jax.training import distill
 from dq_jax.training.stage import TrainSettings
 
 TEACHER, DISTILL = "teacher", "distill"
@@ -95,19 +95,42 @@ def derive(spec: RunSpec, teacher: ModelConfig) -> RunStages:
     (deeper than it without an explicit layer map, a map outside its layers) fails here, before
     anything trains."""
     enc_layers, dec_layers = spec.student.layers
-    student, enc_map, dec_map = distill.student_config(teacher, enc_layers, dec_layers, spec.student.encoder_map,
-                                                       spec.student.decoder_map)
+    student, enc_map, dec_map = distill.student_config(
+        teacher, enc_layers, dec_layers, spec.student.encoder_map, spec.student.decoder_map
+    )
     names, skipped = trained_stages(spec)
     student_rows = TrainRows(spec.student.train_fraction, spec.student.seed)
     stages = []
     if TEACHER in names:  # the teacher alone, on the task loss and the whole training split
-        stages.append(RunStage(TEACHER, teacher, None, None, distill.DistillConfig(logit_weight=0, inter_weight=0),
-                               spec.teacher.train, spec.seed, TrainRows(1.0, spec.seed), spec.precision))
+        stages.append(
+            RunStage(
+                TEACHER,
+                teacher,
+                None,
+                None,
+                distill.DistillConfig(logit_weight=0, inter_weight=0),
+                spec.teacher.train,
+                spec.seed,
+                TrainRows(1.0, spec.seed),
+                spec.precision,
+            )
+        )
     if DISTILL in names:
         w_logit, w_inter = spec.distill.weights if spec.distill.enabled else (0.0, 0.0)
         loss = distill.DistillConfig(spec.distill.mode, w_logit, w_inter, enc_map, dec_map)
-        stages.append(RunStage(DISTILL, student, spec.quant, teacher if loss.uses_teacher else None, loss, spec.train,
-                               spec.student.seed, student_rows, spec.precision))
+        stages.append(
+            RunStage(
+                DISTILL,
+                student,
+                spec.quant,
+                teacher if loss.uses_teacher else None,
+                loss,
+                spec.train,
+                spec.student.seed,
+                student_rows,
+                spec.precision,
+            )
+        )
     return RunStages(teacher, student, tuple(stages), skipped, student_rows)
 
 
@@ -127,8 +150,10 @@ def teacher_shape(spec: RunSpec) -> TeacherShape:
         except FileNotFoundError:
             if os.path.isdir(path) or path not in model_sizes.HUB:
                 raise
-            return TeacherShape(model_sizes.model_config(model_sizes.HUB[path]),
-                                f"{path} (hub unreachable: the standard '{model_sizes.HUB[path]}' shapes)")
+            return TeacherShape(
+                model_sizes.model_config(model_sizes.HUB[path]),
+                f"{path} (hub unreachable: the standard '{model_sizes.HUB[path]}' shapes)",
+            )
     cfg = model_sizes.model_config(spec.teacher.scratch)
     vocab, where = _scratch_vocab(spec, cfg.vocab_size)
     return TeacherShape(cfg.replace(vocab_size=vocab), f"scratch '{spec.teacher.scratch}', vocab {vocab} ({where})")

@@ -25,8 +25,10 @@ SHARED_DATA = Path(os.environ.get("DQ_JAX_SHARED_DATA", Path(__file__).resolve()
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} not found: tests read real data from ../shared/data beside the checkout "
-                    "(or set DQ_JAX_SHARED_DATA).")
+        pytest.fail(
+            f"{SHARED_DATA} not found: tests read real data from ../shared/data beside the checkout "
+            "(or set DQ_JAX_SHARED_DATA)."
+        )
     return SHARED_DATA
 
 
@@ -39,10 +41,13 @@ def mbart_tok(shared_data, tmp_path_factory):
     from transformers.convert_slow_tokenizer import import_protobuf
 
     from dq_jax.model import hf
+
     model = import_protobuf().ModelProto()
     model.ParseFromString((shared_data / "tokenizers" / "sentencepiece" / "en.wiki.bpe.vs100000.model").read_bytes())
     assert [p.piece for p in model.pieces[:3]] == ["<unk>", "<s>", "</s>"]
-    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(p.piece, p.score) for p in model.pieces[3:]]
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [
+        (p.piece, p.score) for p in model.pieces[3:]
+    ]
     out = tmp_path_factory.mktemp("mbart_tok")
     transformers.MBartTokenizer(vocab=vocab, src_lang="en_XX", tgt_lang="ro_RO").save_pretrained(out)
     t = hf.load_tokenizer(str(out), "mbart")

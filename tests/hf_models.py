@@ -4,16 +4,26 @@ import numpy as np
 import torch
 import transformers
 
-TINY = dict(vocab_size=99, d_model=24, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-            decoder_attention_heads=3, encoder_ffn_dim=20, decoder_ffn_dim=28, max_position_embeddings=32)
+TINY = dict(
+    vocab_size=99,
+    d_model=24,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=3,
+    encoder_ffn_dim=20,
+    decoder_ffn_dim=28,
+    max_position_embeddings=32,
+)
 
 CONFIGS = {
     "bart": dict(model_type="bart"),
     "mbart": dict(model_type="mbart"),
     "bart_scaled_relu": dict(model_type="bart", scale_embedding=True, activation_function="relu"),
     # head dims 10 and 6: not powers of two
-    "mbart_odd_heads": dict(model_type="mbart", d_model=30, encoder_attention_heads=3, decoder_attention_heads=5,
-                            scale_embedding=True),
+    "mbart_odd_heads": dict(
+        model_type="mbart", d_model=30, encoder_attention_heads=3, decoder_attention_heads=5, scale_embedding=True
+    ),
 }
 
 
@@ -40,17 +50,22 @@ def padded_batch(vocab: int, batch: int = 3, src: int = 9, tgt: int = 7, seed: i
     ids, dids = rng.randint(3, vocab, (batch, src)), rng.randint(3, vocab, (batch, tgt))
     am, dam = np.ones_like(ids), np.ones_like(dids)
     for b in range(1, batch):
-        am[b, src - 2 * b:] = 0
-        dam[b, tgt - b:] = 0
+        am[b, src - 2 * b :] = 0
+        dam[b, tgt - b :] = 0
     ids[am == 0], dids[dam == 0] = pad, pad
     return ids, am, dids, dam
 
 
 def torch_forward(model, ids, am, dids, dam):
     with torch.no_grad():
-        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
-                     decoder_input_ids=torch.tensor(dids), decoder_attention_mask=torch.tensor(dam),
-                     output_hidden_states=True, output_attentions=True)
+        return model(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(am),
+            decoder_input_ids=torch.tensor(dids),
+            decoder_attention_mask=torch.tensor(dam),
+            output_hidden_states=True,
+            output_attentions=True,
+        )
 
 
 def distill_batch(vocab: int, accum: int = 2, batch: int = 8, src: int = 12, tgt: int = 8, seed: int = 0) -> dict:
@@ -61,8 +76,8 @@ def distill_batch(vocab: int, accum: int = 2, batch: int = 8, src: int = 12, tgt
     labels = rng.randint(3, vocab, (accum, batch, tgt)).astype(np.int32)
     am, dm = np.ones_like(ids), np.ones_like(labels)
     for b in range(batch):
-        am[:, b, src - b % 4:] = 0
-        dm[:, b, tgt - b % 3:] = 0
+        am[:, b, src - b % 4 :] = 0
+        dm[:, b, tgt - b % 3 :] = 0
     ids[am == 0] = 1
     dec = np.concatenate([np.full((accum, batch, 1), 2, np.int32), labels[..., :-1]], -1)
     dec[dm == 0] = 1

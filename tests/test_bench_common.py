@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from bench import common
-from bench.generate import agreement, generated
+from bench.generate import agreement
+from bench.generate_workers import generated
 
 CPUINFO = """\
 processor\t: 0
@@ -40,8 +41,9 @@ def test_cpu_record_and_line():
     assert set(rec) == {"model", "flags", "cores", "usable_cores", "allocator"}
     assert set(rec["flags"]) == set(common.CPU_FLAGS) and rec["allocator"] == "tcmalloc"
     assert common.cpu({})["allocator"] == "glibc"
-    line = common.cpu_line(dict(rec, flags={"amx_int8": False, "amx_bf16": False, "avx512_bf16": True,
-                                            "avx512_vnni": True}))
+    line = common.cpu_line(
+        dict(rec, flags={"amx_int8": False, "amx_bf16": False, "avx512_bf16": True, "avx512_vnni": True})
+    )
     assert "flags: avx512_bf16 avx512_vnni (no amx_int8 amx_bf16)" in line and line.endswith("allocator tcmalloc")
 
 
@@ -60,6 +62,7 @@ def test_speedups_are_peer_time_over_ours_for_measured_pairs():
 
 def test_quant_config_passes_compute_only_when_the_field_exists():
     from dq_jax.quant.config import QuantConfig
+
     assert common.quant_config((2, 2, 8), "fake") == QuantConfig(2, 2, 8, compute="fake")
     has_field = "compute" in {f.name for f in dataclasses.fields(QuantConfig)}
     assert (common.compute_unavailable("codes") is None) == has_field
@@ -89,11 +92,23 @@ def test_ctranslate2_conversion_reproduces_hf_generate(tmp_path):
     ct2 = pytest.importorskip("ctranslate2")
     import torch
     import transformers
-    from bench.generate import SPECIAL, convert_ct2, word_tokenizer
+
+    from bench.generate_setup import SPECIAL, convert_ct2, word_tokenizer
+
     torch.manual_seed(0)
-    cfg = transformers.BartConfig(vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=1, encoder_ffn_dim=64,
-                                  decoder_ffn_dim=64, encoder_attention_heads=4, decoder_attention_heads=4,
-                                  max_position_embeddings=64, init_std=0.2, forced_eos_token_id=None)
+    cfg = transformers.BartConfig(
+        vocab_size=64,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        max_position_embeddings=64,
+        init_std=0.2,
+        forced_eos_token_id=None,
+    )
     model = transformers.BartForConditionalGeneration(cfg).eval()
     model.save_pretrained(tmp_path / "hf")
     word_tokenizer(cfg.vocab_size, str(tmp_path / "hf"))
@@ -103,10 +118,25 @@ def test_ctranslate2_conversion_reproduces_hf_generate(tmp_path):
     source = [[f"t{i}" for i in row] for row in ids.tolist()]
     for beams, ngram in ((1, 3), (4, 0)):
         with torch.no_grad():
-            theirs = model.generate(torch.tensor(ids), num_beams=beams, do_sample=False, max_length=12, min_length=0,
-                                    no_repeat_ngram_size=ngram, length_penalty=1.0, early_stopping=True)
-        res = translator.translate_batch(source, beam_size=beams, max_decoding_length=11, min_decoding_length=0,
-                                         no_repeat_ngram_size=ngram, length_penalty=1.0, return_end_token=True)
+            theirs = model.generate(
+                torch.tensor(ids),
+                num_beams=beams,
+                do_sample=False,
+                max_length=12,
+                min_length=0,
+                no_repeat_ngram_size=ngram,
+                length_penalty=1.0,
+                early_stopping=True,
+            )
+        res = translator.translate_batch(
+            source,
+            beam_size=beams,
+            max_decoding_length=11,
+            min_decoding_length=0,
+            no_repeat_ngram_size=ngram,
+            length_penalty=1.0,
+            return_end_token=True,
+        )
         ours = [[int(t[1:]) if t.startswith("t") else SPECIAL.index(t) for t in r.hypotheses[0]] for r in res]
         hf_tokens = generated(theirs.numpy(), cfg.eos_token_id, cfg.pad_token_id)
         assert len({tuple(s) for s in hf_tokens}) > 1  # inputs decode differently: a real comparison

@@ -2,6 +2,7 @@
 every shared corpus, on every Unicode code point and on random token concatenations, texts with
 special tokens left to the tokenizer, and only plain byte-level BPE tokenizers accepted."""
 
+import contextlib
 import json
 import pickle
 import random
@@ -10,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from dq_jax.model import hf
 from dq_jax.data import tokenization
 from dq_jax.data.byte_level_bpe import ByteLevelBPE, IdRows
+from dq_jax.model import hf
 
 
 @pytest.fixture(scope="module")
@@ -94,21 +95,23 @@ def test_random_token_concatenations_merge_as_the_tokenizer_merges_them(tok, bpe
     merge rank: the same on single pieces made of 2 to 6 random tokens (all letters, with or
     without the leading space), and on every token split in two other than by its own merge."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
+
     byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
     vocab = tok.backend_tokenizer.get_vocab()
     words = {}
     for token in vocab:
-        try:
+        # special tokens, and tokens that are part of a character, are left out
+        with contextlib.suppress(KeyError, UnicodeDecodeError):
             words[token] = bytes(byte_of[c] for c in token).decode("utf-8")
-        except (KeyError, UnicodeDecodeError):
-            pass  # special tokens, and tokens that are part of a character
     letters = [w for w in words.values() if w.strip().isalpha() and not w[1:].startswith(" ")]
     tails = [w for w in letters if not w.startswith(" ")]
     rng = random.Random(0)
     texts = [rng.choice(letters) + "".join(rng.choice(tails) for _ in range(rng.randint(1, 5))) for _ in range(100_000)]
     merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
-    rule = {"".join(m.split(" ") if isinstance(m, str) else m): tuple(m.split(" ") if isinstance(m, str) else m)
-            for m in merges}
+    rule = {
+        "".join(m.split(" ") if isinstance(m, str) else m): tuple(m.split(" ") if isinstance(m, str) else m)
+        for m in merges
+    }
     for token, (a, b) in rule.items():  # every other split of a token into two tokens
         for k in range(1, len(token)):
             x, y = token[:k], token[k:]
@@ -129,8 +132,9 @@ def test_texts_with_special_tokens_are_left_to_the_tokenizer(tok):
 
 def test_only_plain_byte_level_bpe_is_accepted(tok):
     """A change anywhere in the pipeline that `tiktoken` would not reproduce gives None."""
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
     spec = json.loads(tok.backend_tokenizer.to_str())
 
     def variant(change) -> ByteLevelBPE | None:
@@ -146,8 +150,14 @@ def test_only_plain_byte_level_bpe_is_accepted(tok):
     assert variant(lambda s: s["model"].update(ignore_merges=True)) is None
     assert variant(lambda s: s["model"].update(byte_fallback=True)) is None
     # a token made by two different merges would be ranked by one of them only
-    assert variant(lambda s: s["model"]["merges"].append(["Ġ", "the"] if s["model"]["merges"][0] != ["Ġ", "the"]
-                                                            else ["Ġt", "he"])) is None
+    assert (
+        variant(
+            lambda s: s["model"]["merges"].append(
+                ["Ġ", "the"] if s["model"]["merges"][0] != ["Ġ", "the"] else ["Ġt", "he"]
+            )
+        )
+        is None
+    )
 
 
 def test_a_sentencepiece_tokenizer_is_not_accepted(mbart_tok):
@@ -156,8 +166,10 @@ def test_a_sentencepiece_tokenizer_is_not_accepted(mbart_tok):
 
 
 def test_pickled_encoder_encodes_the_same(tok, bpe, shared_data):
-    texts = [json.loads(line)["document"] for line in
-             (shared_data / "xsum" / "validation.jsonl").read_text().splitlines()[:50]]
+    texts = [
+        json.loads(line)["document"]
+        for line in (shared_data / "xsum" / "validation.jsonl").read_text().splitlines()[:50]
+    ]
     assert _rows(pickle.loads(pickle.dumps(bpe)).encode(texts)) == _rows(bpe.encode(texts))
 
 
@@ -177,13 +189,17 @@ def test_a_trained_byte_level_bpe_gets_its_own_ids(tmp_path, shared_data):
     `tiktoken` too: the same ids on its own texts and on XSum's, where its few merges leave
     long words split many ways."""
     from dq_jax.data import demo_task
+
     paths = demo_task.write_splits(str(tmp_path / "data"), sizes={"train": 300, "validation": 20, "test": 20})
     demo_tok = hf.load_tokenizer(demo_task.train_tokenizer([paths["train"]], str(tmp_path / "tok"), vocab_size=1000))
     encoder = tokenization.Encoder.of(demo_tok)
     assert encoder.bpe is not None and encoder.frames == (([0], [2]), ([0], [2]))
-    texts = [s for line in open(paths["train"]) for s in _strings(json.loads(line))]
-    texts += [json.loads(line)["document"] for line in
-              (shared_data / "xsum" / "validation.jsonl").read_text().splitlines()[:300]]
+    with open(paths["train"]) as f:
+        texts = [s for line in f for s in _strings(json.loads(line))]
+    texts += [
+        json.loads(line)["document"]
+        for line in (shared_data / "xsum" / "validation.jsonl").read_text().splitlines()[:300]
+    ]
     texts += ["a <mask> here", ""]
     for target in (False, True):
         assert _rows(encoder.ids(texts, target)) == _rows(tokenization._token_ids(demo_tok, texts, target))

@@ -12,9 +12,16 @@ import pytest
 from dq_jax.utils import compilation_cache, user_cache
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ("--config.teacher.steps=2", "--config.train.steps=2", "--config.train.batch_size=8",
-        "--config.train.log_every=1", "--config.data.max_examples=64", "--config.eval.max_examples=4",
-        "--config.eval.max_length=8", "--config.eval.num_beams=2")
+TINY = (
+    "--config.teacher.steps=2",
+    "--config.train.steps=2",
+    "--config.train.batch_size=8",
+    "--config.train.log_every=1",
+    "--config.data.max_examples=64",
+    "--config.eval.max_examples=4",
+    "--config.eval.max_length=8",
+    "--config.eval.num_beams=2",
+)
 
 
 def _counts(log: str) -> tuple[int, int]:
@@ -35,11 +42,26 @@ def test_second_run_in_a_new_workdir_compiles_nothing_new(tmp_path):
     runs = []
     for name in ("first", "second"):
         work = tmp_path / name
-        subprocess.run([sys.executable, "-m", "train.main", "--config", "configs/demo.py", "--workdir", str(work),
-                        f"--config.compilation_cache={cache}", *TINY], cwd=REPO, check=True, capture_output=True,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=900)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "train.main",
+                "--config",
+                "configs/demo.py",
+                "--workdir",
+                str(work),
+                f"--config.compilation_cache={cache}",
+                *TINY,
+            ],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            env=dict(os.environ, HF_HUB_OFFLINE="1"),
+            timeout=900,
+        )
         runs.append(_counts((work / "run.log").read_text()))
-    (hits1, misses1), (hits2, misses2) = runs
+    (_hits1, misses1), (hits2, misses2) = runs
     assert misses1 > 0 and any(cache.iterdir())
     # every program of the second run comes from the cache (the first also measured the CPU's
     # peak, which the second reads from its own cache file, so it compiles a few programs less)

@@ -1,5 +1,5 @@
-"""Every numeric config value is range-checked (`train.config_ranges`, from `train.settings.spec_from_config`), before any
-work, with one message naming the dotted key, the bad value and what it must be."""
+"""Every numeric config value is range-checked (`train.config_ranges`, from `train.settings.spec_from_config`),
+before any work, with one message naming the dotted key, the bad value and what it must be."""
 
 import importlib
 import math
@@ -98,13 +98,15 @@ def test_message_house_style():
 
 def test_every_numeric_key_is_covered():
     """A numeric key added to base_config() needs a row in RANGES (bits: QuantConfig checks them)."""
+
     def leaves(d, prefix=""):
         for k, v in d.items():
             yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
 
     def numeric(v):
         return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
-            isinstance(v, tuple) and all(numeric(x) for x in v))
+            isinstance(v, tuple) and all(numeric(x) for x in v)
+        )
 
     c = common.base_config().to_dict()
     c.pop("sweeps")
@@ -115,6 +117,7 @@ def test_every_numeric_key_is_covered():
 @pytest.mark.parametrize("name", CONFIG_MODULES)
 def test_shipped_configs_and_their_sweeps_pass(name):
     from train.sweeps.plan import plan_sweep, select_points
+
     c = importlib.import_module(f"configs.{name}").get_config()
     spec_from_config(c)
     for sweep in c.get("sweeps") or {}:  # every point and teacher job, through spec_from_config
@@ -136,8 +139,10 @@ def test_bool_in_mesh_is_rejected():
 
 def test_min_length_must_be_below_max_length():
     for min_length in (41, 40):  # generation needs min_length < max_length (dq_jax/inference/generate.py)
-        with pytest.raises(ValueError, match=re.escape(f"eval.min_length={min_length} is out of range: it must be "
-                                                       "less than eval.max_length=40")):
+        with pytest.raises(
+            ValueError,
+            match=re.escape(f"eval.min_length={min_length} is out of range: it must be less than eval.max_length=40"),
+        ):
             spec_from_config(_config(eval__max_length=40, eval__min_length=min_length))
     spec_from_config(_config(eval__max_length=40, eval__min_length=39))
 
@@ -161,21 +166,41 @@ def test_lengths_of_a_stage_that_does_not_train_are_not_checked():
 
 
 def test_valid_edge_values_pass():
-    spec_from_config(_config(seed=0, mesh=(-1, 1, 1), train__warmup_ratio=0.0, train__grad_clip=0.0,
-                             distill__weights=(0.0, 0.0), data__max_source_length=3, data__max_target_length=3,
-                             eval__max_length=2, eval__min_length=0, eval__length_penalty=-1.0,
-                             data__num_proc=0, distributed__process_id=-1))
+    spec_from_config(
+        _config(
+            seed=0,
+            mesh=(-1, 1, 1),
+            train__warmup_ratio=0.0,
+            train__grad_clip=0.0,
+            distill__weights=(0.0, 0.0),
+            data__max_source_length=3,
+            data__max_target_length=3,
+            eval__max_length=2,
+            eval__min_length=0,
+            eval__length_penalty=-1.0,
+            data__num_proc=0,
+            distributed__process_id=-1,
+        )
+    )
     assert math.isclose(spec_from_config(_config(train__learning_rate=1)).train.learning_rate, 1)
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("--config.train.batch_size=0", "train.batch_size=0 is out of range"),
-    ("--config.train.batch_size=2.5", "train.batch_size"),  # ml_collections refuses a float for an int key
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("--config.train.batch_size=0", "train.batch_size=0 is out of range"),
+        ("--config.train.batch_size=2.5", "train.batch_size"),  # ml_collections refuses a float for an int key
+    ],
+)
 def test_cli_reports_the_key_and_writes_no_checkpoint(tmp_path, override, needle):
     work = tmp_path / "w"
-    out = subprocess.run([sys.executable, "-m", "train.main", "--config", "configs/demo.py", "--workdir", str(work),
-                          override], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "train.main", "--config", "configs/demo.py", "--workdir", str(work), override],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert needle in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 
 from dq_jax.data import batches as data
-
-from dq_jax.data.config import DataConfig
-
-from dq_jax.data.columns import TokenColumn, Tokenized
 from dq_jax.data import source as data_source
 from dq_jax.data import token_cache
+from dq_jax.data.columns import TokenColumn, Tokenized
+from dq_jax.data.config import DataConfig
 from dq_jax.model.hf import load_tokenizer
 
 
@@ -47,10 +45,12 @@ def tokenized(tok, cfg: DataConfig, tmp_path, xsum_file, n: int = 64, start: int
 def test_reads_jsonl_csv_and_parquet_alike(tmp_path, xsum_rows):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     rows = [{"document": r["document"], "summary": r["summary"]} for r in xsum_rows[:5]]
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (tmp_path / "a.json").write_text(json.dumps(rows))
     import csv
+
     with open(tmp_path / "a.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["document", "summary"])
         w.writeheader()
@@ -63,15 +63,17 @@ def test_reads_jsonl_csv_and_parquet_alike(tmp_path, xsum_rows):
 
 def test_clear_errors(tmp_path, shared_data):
     xsum = str(shared_data / "xsum" / "validation.jsonl")
-    with pytest.raises(FileNotFoundError, match="nope.jsonl does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl does not exist"):
         load_rows(DataConfig(train_files=(str(tmp_path / "nope.jsonl"),)), "train")
-    with pytest.raises(ValueError, match=r"Column 'article' not found in .*validation.jsonl; it has \['document', 'id', 'summary'\]"):
+    with pytest.raises(
+        ValueError, match=r"Column 'article' not found in .*validation.jsonl; it has \['document', 'id', 'summary'\]"
+    ):
         load_rows(DataConfig(train_files=(xsum,), source_column="article"), "train")
     (tmp_path / "empty.jsonl").write_text("")
-    with pytest.raises(ValueError, match="The train split .*empty.jsonl.* is empty"):
+    with pytest.raises(ValueError, match=r"The train split .*empty\.jsonl.* is empty"):
         load_rows(DataConfig(train_files=(str(tmp_path / "empty.jsonl"),)), "train")
     (tmp_path / "latin1.jsonl").write_bytes('{"document": "caf\xe9", "summary": "x"}'.encode("latin-1"))
-    with pytest.raises(ValueError, match="latin1.jsonl is not valid UTF-8"):
+    with pytest.raises(ValueError, match=r"latin1\.jsonl is not valid UTF-8"):
         load_rows(DataConfig(train_files=(str(tmp_path / "latin1.jsonl"),)), "train")
     with pytest.raises(ValueError, match="No data for split 'test'"):
         load_rows(DataConfig(train_files=(xsum,)), "test")
@@ -98,28 +100,34 @@ def test_all_sources_truncated_is_reported(tok, xsum_file, tmp_path, caplog):
 
 
 def test_collate_buckets_and_labels():
-    t = Tokenized(TokenColumn.from_lists([[0, 5, 6, 2], [0, 7, 2]]),
-                       TokenColumn.from_lists([[0, 9, 2], [0, 8, 8, 8, 2]]), [])
-    b = data.collate(t, np.array([0, 1]), DataConfig(min_bucket=4, max_source_length=64), pad=1, start=2,
-                     model_type="bart")
+    t = Tokenized(
+        TokenColumn.from_lists([[0, 5, 6, 2], [0, 7, 2]]), TokenColumn.from_lists([[0, 9, 2], [0, 8, 8, 8, 2]]), []
+    )
+    b = data.collate(
+        t, np.array([0, 1]), DataConfig(min_bucket=4, max_source_length=64), pad=1, start=2, model_type="bart"
+    )
     np.testing.assert_array_equal(b["input_ids"], [[0, 5, 6, 2], [0, 7, 2, 1]])
     np.testing.assert_array_equal(b["attention_mask"], [[1, 1, 1, 1], [1, 1, 1, 0]])
-    np.testing.assert_array_equal(b["labels"], [[0, 9, 2, -100, -100, -100, -100, -100], [0, 8, 8, 8, 2, -100, -100, -100]])
+    np.testing.assert_array_equal(
+        b["labels"], [[0, 9, 2, -100, -100, -100, -100, -100], [0, 8, 8, 8, 2, -100, -100, -100]]
+    )
     np.testing.assert_array_equal(b["decoder_input_ids"], [[2, 0, 9, 2, 1, 1, 1, 1], [2, 0, 8, 8, 8, 2, 1, 1]])
     assert data.bucket(5, 16, 1024) == 16 and data.bucket(17, 16, 1024) == 32 and data.bucket(900, 16, 1000) == 1000
 
 
 def test_mbart_shift_moves_the_language_code_to_the_front():
     labels = np.array([[47, 48, 2, 250020, 1], [49, 2, 250020, 1, 1]])
-    np.testing.assert_array_equal(data.shift_right(labels, None, 1, "mbart"),
-                                  [[250020, 47, 48, 2, 250020], [250020, 49, 2, 250020, 1]])
+    np.testing.assert_array_equal(
+        data.shift_right(labels, None, 1, "mbart"), [[250020, 47, 48, 2, 250020], [250020, 49, 2, 250020, 1]]
+    )
 
 
 def test_iterator_is_deterministic_and_resumes(tok, xsum_file, tmp_path):
     cfg = DataConfig(max_source_length=128, max_target_length=32)
     t = tokenized(tok, cfg, tmp_path, xsum_file)
-    make = lambda state=None: data.TrainIterator(t, cfg, batch_size=4, accum=2, seed=3, pad=1, start=2,
-                                                 model_type="bart", state=state)
+    make = lambda state=None: data.TrainIterator(
+        t, cfg, batch_size=4, accum=2, seed=3, pad=1, start=2, model_type="bart", state=state
+    )
     a = make()
     first = [next(a) for _ in range(10)]  # crosses an epoch boundary (8 steps per epoch)
     assert a.state == {"epoch": 1, "position": 2}

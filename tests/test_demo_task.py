@@ -110,4 +110,3 @@ def test_changed_request_rewrites(built, tmp_path):
     bigger = demo_task.write_splits(str(tmp_path), sizes={"train": 8}, seed=0)
     rows = _read(bigger["train"])
     assert len(rows) == 8 and rows == _read(paths["train"])[:8]  # same stream, longer prefix
-

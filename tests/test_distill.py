@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dq_jax.training import distill
 from dq_jax.model import hf, hf_layout, modeling
+from dq_jax.training import distill
 from dq_jax.training.distill import DistillConfig, distill_loss, init_student, layer_map, resolve_map
 from tests.hf_models import make_hf_model, padded_batch, torch_forward
 
@@ -18,9 +18,16 @@ TERMS = ("task", "logits", "enc_attn", "dec_attn", "cross_attn", "enc_hidden", "
 
 # ----------------------------------------------------------------------------- layer maps
 
+
 def test_six_layer_teacher_uses_the_reference_table():
     assert [layer_map(6, n) for n in range(1, 7)] == [
-        (5,), (0, 5), (0, 2, 5), (0, 2, 3, 5), (0, 1, 3, 4, 5), (0, 1, 2, 3, 4, 5)]
+        (5,),
+        (0, 5),
+        (0, 2, 5),
+        (0, 2, 3, 5),
+        (0, 1, 3, 4, 5),
+        (0, 1, 2, 3, 4, 5),
+    ]
 
 
 @pytest.mark.parametrize("teacher", [2, 3, 5, 6, 7, 12, 16, 24])
@@ -62,6 +69,7 @@ def test_bad_depths_are_clear_errors():
 
 # ----------------------------------------------------------------------------- student init
 
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A 4-4 BART teacher: (torch model, config, params)."""
@@ -89,10 +97,13 @@ def test_init_student_copies_mapped_layers_and_the_rest(teacher):
     assert scfg == cfg.replace(encoder_layers=2, decoder_layers=3)
     assert _paths(sparams) == _paths(modeling.abstract_params(scfg))
     hf.check_params(scfg, sparams)
-    np.testing.assert_array_equal(sparams["encoder"]["layers_1"]["fc1"]["kernel"],
-                                  params["encoder"]["layers_3"]["fc1"]["kernel"])
-    np.testing.assert_array_equal(sparams["decoder"]["layers_2"]["encoder_attn"]["k_proj"]["kernel"],
-                                  params["decoder"]["layers_3"]["encoder_attn"]["k_proj"]["kernel"])
+    np.testing.assert_array_equal(
+        sparams["encoder"]["layers_1"]["fc1"]["kernel"], params["encoder"]["layers_3"]["fc1"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        sparams["decoder"]["layers_2"]["encoder_attn"]["k_proj"]["kernel"],
+        params["decoder"]["layers_3"]["encoder_attn"]["k_proj"]["kernel"],
+    )
     maps = {"encoder": ENC_MAP, "decoder": DEC_MAP}
     teacher_leaves = dict(hf_layout.flatten(params))
     for path, leaf in hf_layout.flatten(sparams):
@@ -105,8 +116,9 @@ def test_init_student_copies_mapped_layers_and_the_rest(teacher):
 def test_init_student_keeps_jax_leaves_and_mbart_final_norms():
     model = make_hf_model("mbart", encoder_layers=3, decoder_layers=3)
     cfg = modeling.ModelConfig.from_hf_dict(model.config.to_dict())
-    params = jax.tree.map(jnp.asarray, hf_layout.state_dict_to_params(
-        {k: v.detach().numpy() for k, v in model.state_dict().items()}))
+    params = jax.tree.map(
+        jnp.asarray, hf_layout.state_dict_to_params({k: v.detach().numpy() for k, v in model.state_dict().items()})
+    )
     scfg, sparams = init_student(cfg, params, 1, 2)
     hf.check_params(scfg, sparams)
     for side in ("encoder", "decoder"):
@@ -119,18 +131,25 @@ def test_init_student_keeps_jax_leaves_and_mbart_final_norms():
 
 # ----------------------------------------------------------------------------- loss parity
 
+
 def _batch(vocab):
     ids, am, dids, dam = padded_batch(vocab, batch=3, src=9, tgt=7)
     labels = np.random.RandomState(1).randint(3, vocab, dids.shape)
     labels[dam == 0] = -100
-    return dict(input_ids=ids, attention_mask=am, decoder_input_ids=dids, decoder_attention_mask=dam,
-                labels=labels)
+    return dict(input_ids=ids, attention_mask=am, decoder_input_ids=dids, decoder_attention_mask=dam, labels=labels)
 
 
 def _flax_out(cfg, params, b):
     return modeling.Seq2SeqLM(cfg).apply(
-        {"params": params}, b["input_ids"], b["attention_mask"], b["decoder_input_ids"],
-        b["decoder_attention_mask"], output_hidden_states=True, output_attentions=True, deterministic=True)
+        {"params": params},
+        b["input_ids"],
+        b["attention_mask"],
+        b["decoder_input_ids"],
+        b["decoder_attention_mask"],
+        output_hidden_states=True,
+        output_attentions=True,
+        deterministic=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +162,13 @@ def pair(teacher, tmp_path_factory):
     s_cfg, s_params = hf.load_pretrained(str(path))
     b = _batch(t_cfg.vocab_size)
     args = (b["input_ids"], b["attention_mask"], b["decoder_input_ids"], b["decoder_attention_mask"])
-    return dict(batch=b, s=_flax_out(s_cfg, s_params, b), t=_flax_out(t_cfg, t_params, b),
-                s_torch=torch_forward(s_model, *args), t_torch=torch_forward(t_model, *args))
+    return dict(
+        batch=b,
+        s=_flax_out(s_cfg, s_params, b),
+        t=_flax_out(t_cfg, t_params, b),
+        s_torch=torch_forward(s_model, *args),
+        t_torch=torch_forward(t_model, *args),
+    )
 
 
 def _torch_reference(s, t, batch, mode, w_logit, w_inter):
@@ -156,27 +180,38 @@ def _torch_reference(s, t, batch, mode, w_logit, w_inter):
         mse = lambda a, b, mask=None: F.mse_loss(d(a), d(b))
         src = tgt = None
     else:
+
         def mse(a, b, mask):
             mask = mask.expand_as(a).double()
             return ((d(a) - d(b)) ** 2 * mask).sum() / mask.sum()
+
         src = torch.tensor(batch["attention_mask"]).double()
         tgt = torch.tensor(batch["decoder_attention_mask"]).double()
     att = lambda q, k: None if q is None else q[:, None, :, None] * k[:, None, None, :]
     tok = lambda m: None if m is None else m[..., None]
     out["logits"] = mse(s.logits, t.logits, tok(tgt))
-    out["enc_attn"] = sum(mse(s.encoder_attentions[i], t.encoder_attentions[m], att(src, src))
-                          for i, m in enumerate(ENC_MAP))
-    out["dec_attn"] = sum(mse(s.decoder_attentions[i], t.decoder_attentions[m], att(tgt, tgt))
-                          for i, m in enumerate(DEC_MAP))
-    out["cross_attn"] = sum(mse(s.cross_attentions[i], t.cross_attentions[m], att(tgt, src))
-                            for i, m in enumerate(DEC_MAP))
-    out["enc_hidden"] = sum(mse(h, t.encoder_hidden_states[0 if j == 0 else ENC_MAP[j - 1] + 1], tok(src))
-                            for j, h in enumerate(s.encoder_hidden_states))
-    out["dec_hidden"] = sum(mse(h, t.decoder_hidden_states[0 if j == 0 else DEC_MAP[j - 1] + 1], tok(tgt))
-                            for j, h in enumerate(s.decoder_hidden_states))
-    out["enc_last"] = (sum(F.mse_loss(d(a), d(b)) for a, b in zip(s.encoder_last_hidden_state,
-                                                                  t.encoder_last_hidden_state))
-                       if mode == "dq_bart" else torch.zeros((), dtype=torch.float64))
+    out["enc_attn"] = sum(
+        mse(s.encoder_attentions[i], t.encoder_attentions[m], att(src, src)) for i, m in enumerate(ENC_MAP)
+    )
+    out["dec_attn"] = sum(
+        mse(s.decoder_attentions[i], t.decoder_attentions[m], att(tgt, tgt)) for i, m in enumerate(DEC_MAP)
+    )
+    out["cross_attn"] = sum(
+        mse(s.cross_attentions[i], t.cross_attentions[m], att(tgt, src)) for i, m in enumerate(DEC_MAP)
+    )
+    out["enc_hidden"] = sum(
+        mse(h, t.encoder_hidden_states[0 if j == 0 else ENC_MAP[j - 1] + 1], tok(src))
+        for j, h in enumerate(s.encoder_hidden_states)
+    )
+    out["dec_hidden"] = sum(
+        mse(h, t.decoder_hidden_states[0 if j == 0 else DEC_MAP[j - 1] + 1], tok(tgt))
+        for j, h in enumerate(s.decoder_hidden_states)
+    )
+    out["enc_last"] = (
+        sum(F.mse_loss(d(a), d(b)) for a, b in zip(s.encoder_last_hidden_state, t.encoder_last_hidden_state))
+        if mode == "dq_bart"
+        else torch.zeros((), dtype=torch.float64)
+    )
     inter = sum(out[k] for k in TERMS[2:])
     out["loss"] = out["task"] + w_logit * out["logits"] + w_inter * inter
     return {k: float(v) for k, v in out.items()}
@@ -203,8 +238,10 @@ def test_masked_mode_ignores_padding(pair):
     b, s, t = pair["batch"], pair["s"], pair["t"]
     pad_src = jnp.asarray(b["attention_mask"] == 0)[:, :, None]
     pad_tgt = jnp.asarray(b["decoder_attention_mask"] == 0)[:, :, None]
-    noisy = s.replace(logits=jnp.where(pad_tgt, s.logits + 5.0, s.logits),
-                      encoder_hidden_states=tuple(jnp.where(pad_src, h + 5.0, h) for h in s.encoder_hidden_states))
+    noisy = s.replace(
+        logits=jnp.where(pad_tgt, s.logits + 5.0, s.logits),
+        encoder_hidden_states=tuple(jnp.where(pad_src, h + 5.0, h) for h in s.encoder_hidden_states),
+    )
     for mode, same in (("masked", True), ("dq_bart", False)):
         cfg = DistillConfig(mode, encoder_map=ENC_MAP, decoder_map=DEC_MAP)
         _, a = distill_loss(s, t, b, cfg)
@@ -214,6 +251,7 @@ def test_masked_mode_ignores_padding(pair):
 
 
 # ----------------------------------------------------------------------------- behaviour
+
 
 def test_jit_matches_eager_and_teacher_gets_no_gradient(pair):
     b, s, t = pair["batch"], pair["s"], pair["t"]
@@ -238,8 +276,13 @@ def test_without_teacher_the_loss_is_the_task_loss(pair):
         assert float(total) == float(task) == float(m["task"])
         assert all(float(m[k]) == 0 for k in TERMS[1:])
     # inter_weight 0: intermediate outputs need not exist
-    bare = lambda o: o.replace(encoder_hidden_states=None, decoder_hidden_states=None,
-                               encoder_attentions=None, decoder_attentions=None, cross_attentions=None)
+    bare = lambda o: o.replace(
+        encoder_hidden_states=None,
+        decoder_hidden_states=None,
+        encoder_attentions=None,
+        decoder_attentions=None,
+        cross_attentions=None,
+    )
     total, m = distill_loss(bare(s), bare(t), b, DistillConfig(inter_weight=0))
     np.testing.assert_allclose(total, m["task"] + m["logits"], rtol=1e-6)
     with pytest.raises(ValueError, match="output_hidden_states=True"):
@@ -275,6 +318,7 @@ def test_student_copied_from_teacher_has_zero_distillation_terms(teacher, pair):
 def test_config_validation_and_default_maps(pair):
     from configs import demo
     from train.settings import spec_from_config
+
     c = demo.get_config()
     c.distill.mode = "kl"  # the run's settings check the mode; DistillConfig trusts them
     with pytest.raises(ValueError, match=r"distill.mode='kl'; choose one of \['dq_bart', 'masked'\]"):

@@ -13,11 +13,11 @@ import jax
 import numpy as np
 import pytest
 
-from tests import dist_worker
+from dq_jax.model.hf_layout import flatten
 from dq_jax.parallel import sharding
 from dq_jax.training import train_step
 from dq_jax.training.checkpoint import StageCheckpoints
-from dq_jax.model.hf_layout import flatten
+from tests import dist_worker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,9 +32,17 @@ def _launch(out: Path, *extra: str, timeout: float = 600):
     out.mkdir(parents=True, exist_ok=True)
     port = str(_free_port())
     env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.dist_worker", str(out), str(i), "2", port, *extra],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.dist_worker", str(out), str(i), "2", port, *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        for i in range(2)
+    ]
     t0 = time.monotonic()
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
     return [p.returncode for p in procs], outs, time.monotonic() - t0
@@ -88,7 +96,7 @@ def test_process_rows_split_the_batch_by_process():
 
 @pytest.mark.slow
 def test_a_dead_process_stops_the_others_within_the_heartbeat_timeout(tmp_path):
-    codes, logs, elapsed = _launch(tmp_path, "--die-after", "1", timeout=300)
+    codes, logs, _elapsed = _launch(tmp_path, "--die-after", "1", timeout=300)
     assert codes[1] == 3  # the one that crashed
     assert codes[0] != 0, logs[0][-2000:]
     assert "another task died" in logs[0], logs[0][-2000:]
@@ -109,9 +117,9 @@ def test_distributed_config_reads_the_environment_and_checks_it():
     # the config wins over the environment
     assert settings(env, num_processes=2, process_id=1).num_processes == 2
     assert not settings({}).enabled
-    with pytest.raises(ValueError, match="process_id=4 .* must be in 0..3"):
+    with pytest.raises(ValueError, match=r"process_id=4 .* must be in 0\.\.3"):
         settings({}, coordinator_address="h:1", num_processes=4, process_id=4)
-    with pytest.raises(ValueError, match="needs distributed.num_processes"):
+    with pytest.raises(ValueError, match=r"needs distributed\.num_processes"):
         settings({}, coordinator_address="h:1")
     with pytest.raises(ValueError, match="JAX_PROCESS_ID='x' must be an integer"):
         settings({"JAX_PROCESS_ID": "x"})
@@ -125,13 +133,35 @@ def test_the_main_job_runs_in_two_processes(tmp_path):
     port = str(_free_port())
     work = tmp_path / "run"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", HF_HUB_OFFLINE="1")
-    cmd = lambda i: [sys.executable, "-m", "train.main", "--config", "configs/demo.py:tbt=W2A2", "--workdir", str(work),
-                     "--config.mesh=(2,2,2)", "--config.teacher.steps=4", "--config.train.steps=4",
-                     "--config.train.eval_every=2", "--config.eval.max_examples=16", "--config.data.max_examples=128",
-                     f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                     "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"]
-    procs = [subprocess.Popen(cmd(i), cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    cmd = lambda i: [
+        sys.executable,
+        "-m",
+        "train.main",
+        "--config",
+        "configs/demo.py:tbt=W2A2",
+        "--workdir",
+        str(work),
+        "--config.mesh=(2,2,2)",
+        "--config.teacher.steps=4",
+        "--config.train.steps=4",
+        "--config.train.eval_every=2",
+        "--config.eval.max_examples=16",
+        "--config.data.max_examples=128",
+        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+        "--config.distributed.num_processes=2",
+        f"--config.distributed.process_id={i}",
+    ]
+    procs = [
+        subprocess.Popen(
+            cmd(i),
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:]
     results = json.loads((work / "results.json").read_text())

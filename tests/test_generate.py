@@ -1,18 +1,17 @@
 """Greedy and beam-search generation against HF PyTorch `generate` on tiny random BART/mBART."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
 from transformers.generation import logits_process as hf_lp
 
-import jax
-import jax.numpy as jnp
-
+from dq_jax.inference.generate import decode_texts, generate, process_logits
+from dq_jax.inference.generation_config import GenerationConfig
 from dq_jax.model import hf, modeling
 from dq_jax.model.config import ModelConfig
-from dq_jax.inference.generation_config import GenerationConfig
-from dq_jax.inference.generate import decode_texts, generate, process_logits
 from dq_jax.quant.config import QuantConfig
 from tests.hf_models import make_talker
 
@@ -41,17 +40,31 @@ def sources(vocab, batch, src=12, seed=0, pad=1):
 
 
 def gen_config(kind, **kw):
-    return GenerationConfig(max_length=MAX_LEN, min_length=MIN_LEN, no_repeat_ngram_size=NGRAM,
-                            forced_bos_token_id=MBART_LANG if kind == "mbart" else None,
-                            forced_eos_token_id=2, **kw)
+    return GenerationConfig(
+        max_length=MAX_LEN,
+        min_length=MIN_LEN,
+        no_repeat_ngram_size=NGRAM,
+        forced_bos_token_id=MBART_LANG if kind == "mbart" else None,
+        forced_eos_token_id=2,
+        **kw,
+    )
 
 
 def hf_generate(torch_model, ids, am, gen: GenerationConfig):
-    kw = dict(num_beams=gen.num_beams, do_sample=False, max_length=gen.max_length, min_length=gen.min_length,
-              no_repeat_ngram_size=gen.no_repeat_ngram_size, decoder_start_token_id=gen.decoder_start_token_id,
-              forced_bos_token_id=gen.forced_bos_token_id, forced_eos_token_id=gen.forced_eos_token_id,
-              pad_token_id=gen.pad_token_id, eos_token_id=gen.eos_token_id,
-              return_dict_in_generate=True, output_scores=True)
+    kw = dict(
+        num_beams=gen.num_beams,
+        do_sample=False,
+        max_length=gen.max_length,
+        min_length=gen.min_length,
+        no_repeat_ngram_size=gen.no_repeat_ngram_size,
+        decoder_start_token_id=gen.decoder_start_token_id,
+        forced_bos_token_id=gen.forced_bos_token_id,
+        forced_eos_token_id=gen.forced_eos_token_id,
+        pad_token_id=gen.pad_token_id,
+        eos_token_id=gen.eos_token_id,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
     if gen.num_beams > 1:
         kw.update(length_penalty=gen.length_penalty, early_stopping=gen.early_stopping)
     with torch.no_grad():
@@ -93,8 +106,11 @@ def test_greedy_matches_hf(saved):
         assert (seqs[:, 1] == MBART_LANG).all()
     # greedy score: sum of log-probs of the chosen tokens, forced tokens counting 0
     with torch.no_grad():  # teacher-forced log-probs of the generated sequences
-        logits = torch_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
-                             decoder_input_ids=torch.tensor(seqs, dtype=torch.long)).logits
+        logits = torch_model(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(am),
+            decoder_input_ids=torch.tensor(seqs, dtype=torch.long),
+        ).logits
     logp = torch.log_softmax(logits, dim=-1).numpy()
     want = np.zeros(len(seqs))
     for b, (s, n) in enumerate(zip(seqs, lengths)):
@@ -132,11 +148,17 @@ def test_no_repeat_ngram_and_other_processors_match_hf():
     seq = rng.randint(0, 4, (6, length))  # few distinct tokens: many repeated n-grams
     scores = rng.randn(6, vocab).astype(np.float32)
     for n in (1, 2, 3):
-        gen = GenerationConfig(max_length=length, min_length=4, no_repeat_ngram_size=n, forced_bos_token_id=5,
-                               forced_eos_token_id=2)
-        procs = hf_lp.LogitsProcessorList([
-            hf_lp.NoRepeatNGramLogitsProcessor(n), hf_lp.MinLengthLogitsProcessor(4, 2),
-            hf_lp.ForcedBOSTokenLogitsProcessor(5), hf_lp.ForcedEOSTokenLogitsProcessor(length, 2)])
+        gen = GenerationConfig(
+            max_length=length, min_length=4, no_repeat_ngram_size=n, forced_bos_token_id=5, forced_eos_token_id=2
+        )
+        procs = hf_lp.LogitsProcessorList(
+            [
+                hf_lp.NoRepeatNGramLogitsProcessor(n),
+                hf_lp.MinLengthLogitsProcessor(4, 2),
+                hf_lp.ForcedBOSTokenLogitsProcessor(5),
+                hf_lp.ForcedEOSTokenLogitsProcessor(length, 2),
+            ]
+        )
         fn = jax.jit(lambda sc, sq, c, gen=gen: process_logits(sc, sq, c, gen))
         for cur in range(1, length):
             want = procs(torch.tensor(seq[:, :cur]), torch.tensor(scores)).numpy()
@@ -158,8 +180,13 @@ def test_quantized_student_generates_deterministically(saved):
 
 
 def test_generation_config_validation_and_round_trip():
-    cfg = ModelConfig(vocab_size=99, model_type="mbart", forced_bos_token_id=7, forced_eos_token_id=2,
-                      hf_extra='{"num_beams": 4, "no_repeat_ngram_size": 3, "max_length": 30}')
+    cfg = ModelConfig(
+        vocab_size=99,
+        model_type="mbart",
+        forced_bos_token_id=7,
+        forced_eos_token_id=2,
+        hf_extra='{"num_beams": 4, "no_repeat_ngram_size": 3, "max_length": 30}',
+    )
     gen = GenerationConfig.from_model_config(cfg, max_length=40, length_penalty=2.0)
     assert (gen.num_beams, gen.no_repeat_ngram_size, gen.max_length, gen.forced_bos_token_id) == (4, 3, 40, 7)
     d = gen.to_hf_dict()
@@ -168,8 +195,9 @@ def test_generation_config_validation_and_round_trip():
     # the dict is a valid HF generation config
     hf_gen = transformers.GenerationConfig(**d)
     assert hf_gen.num_beams == 4 and hf_gen.length_penalty == 2.0
-    small = ModelConfig(vocab_size=16, d_model=8, encoder_attention_heads=2, decoder_attention_heads=2,
-                        max_position_embeddings=8)
+    small = ModelConfig(
+        vocab_size=16, d_model=8, encoder_attention_heads=2, decoder_attention_heads=2, max_position_embeddings=8
+    )
     with pytest.raises(ValueError, match="max_position_embeddings"):
         generate(modeling.Seq2SeqLM(small), {}, np.ones((1, 3)), None, GenerationConfig(max_length=20))
 

@@ -59,12 +59,20 @@ def test_a_resumed_stage_logs_each_step_once_in_jsonl_and_tensorboard(tmp_path):
 
     records = _records(tmp_path)
     assert [(r["stage"], r["step"], r["loss"]) for r in records if r["split"] == "train"] == [
-        ("teacher", 1, 11.0), ("teacher", 2, 12.0), ("teacher", 3, 13.0), ("distill", 1, 1.0), ("distill", 2, 2.0),
-        ("distill", 3, 3.0), ("distill", 4, 4.0), ("distill", 5, 105.0), ("distill", 6, 106.0), ("distill", 7, 107.0)]
+        ("teacher", 1, 11.0),
+        ("teacher", 2, 12.0),
+        ("teacher", 3, 13.0),
+        ("distill", 1, 1.0),
+        ("distill", 2, 2.0),
+        ("distill", 3, 3.0),
+        ("distill", 4, 4.0),
+        ("distill", 5, 105.0),
+        ("distill", 6, 106.0),
+        ("distill", 7, 107.0),
+    ]
     assert [r["rougeLsum"] for r in records if r["split"] == "dev"] == [50.0]
     distill = _scalars(tmp_path / "tensorboard" / "distill")
-    assert distill["distill/train/loss"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 105.0), (6, 106.0),
-                                             (7, 107.0)]
+    assert distill["distill/train/loss"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 105.0), (6, 106.0), (7, 107.0)]
     assert distill["distill/dev/rougeLsum"] == [(6, 50.0)]
     assert [s for s, _ in distill["distill/train/mfu"]] == list(range(1, 8))
     assert _scalars(tmp_path / "tensorboard" / "teacher")["teacher/train/loss"] == [(1, 11.0), (2, 12.0), (3, 13.0)]
@@ -106,13 +114,17 @@ def test_wandb_offline_writes_its_local_run_files(tmp_path, monkeypatch):
     log.write(Record("distill", "dev", {"rougeLsum": 40.0}, step=2))
     log.close()
     import wandb
+
     wandb.teardown()  # the service writes the run file as it shuts down (at exit in a job)
     run_id = (work / "wandb_run_id").read_text().strip()
     runs = list((tmp_path / "wandb_dir" / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 1 and list(runs[0].glob(f"run-{run_id}.wandb")), os.listdir(tmp_path / "wandb_dir")
     records = (runs[0] / f"run-{run_id}.wandb").read_bytes()  # protobuf records: the names are in there
-    missing = [n for n in (b"weight_bits", b"distill/train/loss", b"distill/step", b"distill/dev/rougeLsum")
-               if n not in records]
+    missing = [
+        n
+        for n in (b"weight_bits", b"distill/train/loss", b"distill/step", b"distill/dev/rougeLsum")
+        if n not in records
+    ]
     assert not missing, (missing, len(records))
     assert (work / "metrics.jsonl").exists() and (work / "tensorboard" / "distill").is_dir()
 
@@ -121,10 +133,12 @@ def test_the_profiler_window_traces_exactly_the_chosen_steps(tmp_path, monkeypat
     calls = []
     monkeypatch.setattr(trainer.jax.profiler, "start_trace", lambda d, **kw: calls.append(("start", done[-1], d)))
     monkeypatch.setattr(trainer.jax.profiler, "stop_trace", lambda: calls.append(("stop", done[-1])))
-    for first, total, expected in ((1, 10, [("start", 2, "P"), ("stop", 5)]),  # START=3: after step 2 finished
-                                   (3, 10, [("start", 2, "P"), ("stop", 5)]),  # resumed at 2: the whole window
-                                   (4, 10, []),  # resumed past START: nothing
-                                   (1, 4, [("start", 2, "P"), ("stop", 4)])):  # the stage ends at 4
+    for first, total, expected in (
+        (1, 10, [("start", 2, "P"), ("stop", 5)]),  # START=3: after step 2 finished
+        (3, 10, [("start", 2, "P"), ("stop", 5)]),  # resumed at 2: the whole window
+        (4, 10, []),  # resumed past START: nothing
+        (1, 4, [("start", 2, "P"), ("stop", 4)]),
+    ):  # the stage ends at 4
         calls.clear()
         done = [first - 1]
         window = trainer._Profiler((3, 5), "P", first, total)
@@ -137,10 +151,18 @@ def test_the_profiler_window_traces_exactly_the_chosen_steps(tmp_path, monkeypat
 
 
 # A demo job: teacher 8 steps, student 12, dev at 6 and the end, logs every 2 steps.
-FLAGS = ("--config.stages=teacher,distill,eval", "--config.teacher.steps=8", "--config.train.steps=12",
-         "--config.train.batch_size=8", "--config.train.checkpoint_every=2", "--config.train.eval_every=6",
-         "--config.train.log_every=2", "--config.data.max_examples=64", "--config.eval.max_examples=8",
-         "--config.eval.max_length=8")
+FLAGS = (
+    "--config.stages=teacher,distill,eval",
+    "--config.teacher.steps=8",
+    "--config.train.steps=12",
+    "--config.train.batch_size=8",
+    "--config.train.checkpoint_every=2",
+    "--config.train.eval_every=6",
+    "--config.train.log_every=2",
+    "--config.data.max_examples=64",
+    "--config.eval.max_examples=8",
+    "--config.eval.max_length=8",
+)
 PROFILE = "--config.train.profile_steps=3,4"
 
 
@@ -168,19 +190,29 @@ def test_tensorboard_holds_losses_throughput_dev_test_and_config(straight):
         scalars = _scalars(straight / "tensorboard" / stage)
         train = [r for r in records if r["stage"] == stage and r["split"] == "train"]
         assert [r["step"] for r in train] == list(range(2, total + 1, 2))
-        terms = ("loss", "task", "grad_norm", "learning_rate", "step_time_s", "tokens_per_s", "tflops_per_device",
-                 "mfu") + (("logits", "enc_attn", "cross_attn", "enc_hidden", "enc_last") if stage == "distill" else ())
+        terms = (
+            "loss",
+            "task",
+            "grad_norm",
+            "learning_rate",
+            "step_time_s",
+            "tokens_per_s",
+            "tflops_per_device",
+            "mfu",
+        ) + (("logits", "enc_attn", "cross_attn", "enc_hidden", "enc_last") if stage == "distill" else ())
         for name in terms:  # every log step, in both places, the same numbers
             assert scalars[f"{stage}/train/{name}"] == [(r["step"], pytest.approx(r[name], rel=1e-6)) for r in train]
         assert all(r["mfu"] > 0 and r["tokens_per_s"] > 0 and r["step_time_s"] > 0 for r in train)
         peaks = [r["tflops_per_device"] / r["mfu"] for r in train]  # one peak for the whole stage
         assert peaks == pytest.approx([peaks[0]] * len(peaks))
         base = {"teacher": 1e-3, "distill": 5e-4}[stage]  # configs/demo.py; no warm-up at these lengths
-        assert [r["learning_rate"] for r in train] == [pytest.approx(base * (1 - (r["step"] - 1) / total))
-                                                        for r in train]  # what step s's update applied
+        assert [r["learning_rate"] for r in train] == [
+            pytest.approx(base * (1 - (r["step"] - 1) / total)) for r in train
+        ]  # what step s's update applied
         assert [s for s, _ in scalars[f"{stage}/dev/rougeLsum"]] == dev_steps
         assert set(scalars) == {f"{stage}/train/{k}" for k in train[0] if k not in ("stage", "split", "step")} | {
-            f"{stage}/dev/{m}" for m in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
+            f"{stage}/dev/{m}" for m in ("rouge1", "rouge2", "rougeL", "rougeLsum")
+        }
     results = json.loads((straight / "results.json").read_text())
     test = _scalars(straight / "tensorboard" / "eval")
     assert test["teacher/test/rougeLsum"] == [(0, pytest.approx(results["teacher_test"]["rougeLsum"]))]
@@ -191,7 +223,8 @@ def test_tensorboard_holds_losses_throughput_dev_test_and_config(straight):
 
 def _step_calls(trace: Path) -> int:
     """Calls of the jitted train step in a Perfetto trace (each is two nested events: Python's and JAX's)."""
-    events = json.load(gzip.open(trace))
+    with gzip.open(trace) as f:
+        events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
     spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "PjitFunction(step)")
     outer = [s for s in spans if not any(o != s and o[0] <= s[0] and s[1] <= o[1] for o in spans)]
@@ -228,15 +261,16 @@ def test_sigkill_during_distillation_then_rerun_logs_each_step_once_with_the_sam
         assert b[key] == a[key], key
     assert not (work / "profile").exists()  # no train.profile_steps, no trace
 
-    losses = lambda recs: [(r["stage"], r["split"], r["step"], r.get("loss"), r.get("rougeLsum"))
-                           for r in recs if r["split"] != "test"]
+    losses = lambda recs: [
+        (r["stage"], r["split"], r["step"], r.get("loss"), r.get("rougeLsum")) for r in recs if r["split"] != "test"
+    ]
     assert losses(_records(work)) == losses(_records(straight))  # each step once, the same numbers
     for run in ("teacher", "distill", "eval"):
         killed, whole = _scalars(work / "tensorboard" / run), _scalars(straight / "tensorboard" / run)
         assert killed.keys() == whole.keys()
         for tag in killed:
             assert [s for s, _ in killed[tag]] == [s for s, _ in whole[tag]], tag
-            if not tag.split("/")[-1] in ("step_time_s", "tokens_per_s", "tflops_per_device", "mfu"):
+            if tag.split("/")[-1] not in ("step_time_s", "tokens_per_s", "tflops_per_device", "mfu"):
                 assert [v for _, v in killed[tag]] == [v for _, v in whole[tag]], tag
 
 

@@ -9,7 +9,8 @@ from dq_jax.inference import metrics
 def test_identical_strings_score_100_on_every_rouge():
     text = "The storm hit Denver on Monday. About 40 thousand homes lost power."
     assert metrics.rouge([text], [text]) == pytest.approx(
-        {"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0, "rougeLsum": 100.0})
+        {"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0, "rougeLsum": 100.0}
+    )
 
 
 def test_rouge_by_hand_and_mean_over_examples():
@@ -21,8 +22,9 @@ def test_rouge_by_hand_and_mean_over_examples():
     #   unigrams: the x2, cat, on, mat = 5 shared -> F1 = 5/6
     #   bigrams: "the cat", "on the", "the mat" = 3 of 5 each -> F1 = 3/5
     #   LCS "the cat on the mat" = 5 -> F1 = 5/6
-    result = metrics.rouge(["the cat sat", "the cat sat on the mat"],
-                           ["the cat sat on the mat", "the cat lay on the mat"])
+    result = metrics.rouge(
+        ["the cat sat", "the cat sat on the mat"], ["the cat sat on the mat", "the cat lay on the mat"]
+    )
     assert result["rouge1"] == pytest.approx(100 * (2 / 3 + 5 / 6) / 2)  # 75.0
     assert result["rouge2"] == pytest.approx(100 * (4 / 7 + 3 / 5) / 2)  # 58.571...
     assert result["rougeL"] == pytest.approx(100 * (2 / 3 + 5 / 6) / 2)
@@ -46,15 +48,21 @@ def test_rouge_lsum_credits_reordered_sentences_that_rouge_l_does_not():
     assert result["rouge1"] == pytest.approx(100.0)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The storm hit Denver. Crews worked all night.", ["The storm hit Denver.", "Crews worked all night."]),
-    ("Who won? Maria Lopez did! 2 people lost.", ["Who won?", "Maria Lopez did!", "2 people lost."]),
-    ("Profit rose 3.5 percent. Shares fell 1.25 percent.", ["Profit rose 3.5 percent.", "Shares fell 1.25 percent."]),
-    ('He said "we won." Then he left.', ['He said "we won."', "Then he left."]),
-    ("It ended. and then nothing", ["It ended. and then nothing"]),  # lowercase: no new sentence
-    ("  one sentence without a full stop  ", ["one sentence without a full stop"]),
-    ("", []),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The storm hit Denver. Crews worked all night.", ["The storm hit Denver.", "Crews worked all night."]),
+        ("Who won? Maria Lopez did! 2 people lost.", ["Who won?", "Maria Lopez did!", "2 people lost."]),
+        (
+            "Profit rose 3.5 percent. Shares fell 1.25 percent.",
+            ["Profit rose 3.5 percent.", "Shares fell 1.25 percent."],
+        ),
+        ('He said "we won." Then he left.', ['He said "we won."', "Then he left."]),
+        ("It ended. and then nothing", ["It ended. and then nothing"]),  # lowercase: no new sentence
+        ("  one sentence without a full stop  ", ["one sentence without a full stop"]),
+        ("", []),
+    ],
+)
 def test_split_sentences(text, expected):
     assert metrics.split_sentences(text) == expected
 

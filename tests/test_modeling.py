@@ -27,8 +27,9 @@ def test_parity_with_hf_pytorch(saved):
     cfg, params = hf.load_pretrained(path)
     ids, am, dids, dam = padded_batch(cfg.vocab_size)
     ref = torch_forward(torch_model, ids, am, dids, dam)
-    out = modeling.Seq2SeqLM(cfg).apply({"params": params}, ids, am, dids, dam,
-                                        output_hidden_states=True, output_attentions=True)
+    out = modeling.Seq2SeqLM(cfg).apply(
+        {"params": params}, ids, am, dids, dam, output_hidden_states=True, output_attentions=True
+    )
     np.testing.assert_allclose(out.logits, ref.logits.numpy(), atol=1e-4, rtol=0)
     pairs = {
         "encoder_hidden_states": (cfg.encoder_layers + 1, ref.encoder_hidden_states),
@@ -57,8 +58,10 @@ def test_round_trip_is_bit_exact_and_loads_in_transformers(saved, tmp_path):
     reloaded, info = cls.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert reloaded.config.to_dict()["model_type"] == cfg.model_type
-    original = json.load(open(f"{path}/config.json"))
-    rewritten = json.load(open(f"{tmp_path}/config.json"))
+    with open(f"{path}/config.json") as f:
+        original = json.load(f)
+    with open(f"{tmp_path}/config.json") as f:
+        rewritten = json.load(f)
     for key, value in original.items():
         if key != "transformers_version":
             assert rewritten[key] == value, key
@@ -68,10 +71,12 @@ def test_pytorch_bin_checkpoint_loads(tmp_path):
     torch_model = make_hf_model("bart")
     torch.save(torch_model.state_dict(), tmp_path / "pytorch_model.bin")
     torch_model.config.save_pretrained(tmp_path)
-    cfg, params = hf.load_pretrained(str(tmp_path))
+    _cfg, params = hf.load_pretrained(str(tmp_path))
     np.testing.assert_array_equal(params["shared"]["embedding"], torch_model.model.shared.weight.detach().numpy())
-    np.testing.assert_array_equal(params["decoder"]["layers_1"]["fc2"]["kernel"],
-                                  torch_model.model.decoder.layers[1].fc2.weight.detach().numpy().T)
+    np.testing.assert_array_equal(
+        params["decoder"]["layers_1"]["fc2"]["kernel"],
+        torch_model.model.decoder.layers[1].fc2.weight.detach().numpy().T,
+    )
 
 
 def test_pytorch_bin_is_read_without_torch_or_its_pickle_code(tmp_path):
@@ -79,9 +84,17 @@ def test_pytorch_bin_is_read_without_torch_or_its_pickle_code(tmp_path):
     offsets and strides, scalars; a pickle that names anything else is refused, torch never imported."""
     import subprocess
     import sys
-    state = {"f": torch.randn(3, 4), "h": torch.randn(2, 3).half(), "b": torch.randn(5).to(torch.bfloat16),
-             "t": torch.randn(4, 6).t(), "slice": torch.arange(20.0)[5:11], "i": torch.arange(7),
-             "s": torch.tensor(2.5), "m": torch.tensor([True, False])}
+
+    state = {
+        "f": torch.randn(3, 4),
+        "h": torch.randn(2, 3).half(),
+        "b": torch.randn(5).to(torch.bfloat16),
+        "t": torch.randn(4, 6).t(),
+        "slice": torch.arange(20.0)[5:11],
+        "i": torch.arange(7),
+        "s": torch.tensor(2.5),
+        "m": torch.tensor([True, False]),
+    }
     torch.save(state, tmp_path / "state.bin")
     got = pytorch_bin.load_state_dict(str(tmp_path / "state.bin"))
     for k, v in state.items():
@@ -90,21 +103,40 @@ def test_pytorch_bin_is_read_without_torch_or_its_pickle_code(tmp_path):
     torch.save({"w": torch.nn.Linear(2, 2)}, tmp_path / "module.bin")  # pickles a class: not a state dict
     with pytest.raises(Exception, match="not part of a plain state dict"):
         pytorch_bin.load_state_dict(str(tmp_path / "module.bin"))
-    code = (f"import sys; from dq_jax.model import pytorch_bin; pytorch_bin.load_state_dict({str(tmp_path / 'state.bin')!r}); "
-            "assert 'torch' not in sys.modules")
+    code = (
+        "import sys; from dq_jax.model import pytorch_bin; "
+        f"pytorch_bin.load_state_dict({str(tmp_path / 'state.bin')!r}); "
+        "assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("model_type,cfg_cls", [("bart", transformers.BartConfig),
-                                                 ("mbart", transformers.MBartConfig)])
+@pytest.mark.parametrize("model_type,cfg_cls", [("bart", transformers.BartConfig), ("mbart", transformers.MBartConfig)])
 def test_full_size_param_count_matches_hf(model_type, cfg_cls):
     """BART-base and mBART-large shapes through eval_shape: no weights materialized."""
-    shapes = dict(bart=dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
-                            encoder_attention_heads=12, decoder_attention_heads=12,
-                            encoder_ffn_dim=3072, decoder_ffn_dim=3072),
-                  mbart=dict(vocab_size=250027, d_model=1024, encoder_layers=12, decoder_layers=12,
-                             encoder_attention_heads=16, decoder_attention_heads=16,
-                             encoder_ffn_dim=4096, decoder_ffn_dim=4096, scale_embedding=True))[model_type]
+    shapes = dict(
+        bart=dict(
+            vocab_size=50265,
+            d_model=768,
+            encoder_layers=6,
+            decoder_layers=6,
+            encoder_attention_heads=12,
+            decoder_attention_heads=12,
+            encoder_ffn_dim=3072,
+            decoder_ffn_dim=3072,
+        ),
+        mbart=dict(
+            vocab_size=250027,
+            d_model=1024,
+            encoder_layers=12,
+            decoder_layers=12,
+            encoder_attention_heads=16,
+            decoder_attention_heads=16,
+            encoder_ffn_dim=4096,
+            decoder_ffn_dim=4096,
+            scale_embedding=True,
+        ),
+    )[model_type]
     hf_cfg = cfg_cls(**shapes)
     with torch.device("meta"):
         torch_model = transformers.AutoModelForSeq2SeqLM.from_config(hf_cfg)
@@ -114,9 +146,11 @@ def test_full_size_param_count_matches_hf(model_type, cfg_cls):
     for path, leaf in hf_layout.flatten(abstract):
         name, transposed = hf_layout.flax_to_hf_name(path)
         ours[name] = tuple(leaf.shape)[::-1] if transposed else tuple(leaf.shape)
-    theirs = {k: tuple(v.shape) for k, v in torch_model.state_dict().items()
-              if k not in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
-                           "lm_head.weight")}
+    theirs = {
+        k: tuple(v.shape)
+        for k, v in torch_model.state_dict().items()
+        if k not in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight")
+    }
     assert ours == theirs
     n_ours = sum(int(np.prod(s)) for s in ours.values())
     n_params = sum(p.numel() for p in torch_model.parameters())  # tied embedding counted once
@@ -163,8 +197,11 @@ def test_dropout_is_active_only_when_not_deterministic(saved):
     cfg = cfg.replace(dropout=0.3, attention_dropout=0.2, activation_dropout=0.1)
     ids, am, dids, dam = padded_batch(cfg.vocab_size)
     model = modeling.Seq2SeqLM(cfg)
-    run = lambda det, seed: model.apply({"params": params}, ids, am, dids, dam, deterministic=det,
-                                        rngs={"dropout": jax.random.key(seed)}).logits
+    run = lambda det, seed: (
+        model.apply(
+            {"params": params}, ids, am, dids, dam, deterministic=det, rngs={"dropout": jax.random.key(seed)}
+        ).logits
+    )
     np.testing.assert_array_equal(run(True, 0), run(True, 1))
     assert not np.allclose(run(False, 0), run(False, 1))
     assert not np.allclose(run(False, 0), run(True, 0))
@@ -172,9 +209,9 @@ def test_dropout_is_active_only_when_not_deterministic(saved):
 
 def test_not_a_bart_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5", "vocab_size": 10, "d_model": 8}))
-    with pytest.raises(ValueError, match="model_type='t5'.*BART or mBART"):
+    with pytest.raises(ValueError, match=r"model_type='t5'.*BART or mBART"):
         hf.load_pretrained(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         hf.load_pretrained(str(tmp_path / ".."))
 
 
@@ -183,9 +220,11 @@ def test_missing_tensor_is_a_clear_error(saved, tmp_path):
     sd = load_file(f"{path}/model.safetensors")
     del sd["model.encoder.layers.1.fc1.weight"]
     from safetensors.numpy import save_file
+
     save_file(sd, tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(open(f"{path}/config.json").read())
-    with pytest.raises(ValueError, match="missing.*encoder/layers_1/fc1/kernel"):
+    with open(f"{path}/config.json") as f:
+        (tmp_path / "config.json").write_text(f.read())
+    with pytest.raises(ValueError, match=r"missing.*encoder/layers_1/fc1/kernel"):
         hf.load_pretrained(str(tmp_path))
 
 

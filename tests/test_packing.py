@@ -52,8 +52,7 @@ def test_hand_written_layout(codes, bits, expected):
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
-@pytest.mark.parametrize(
-    "shape", [(), (1,), (3,), (7,), (9,), (1001,), (3, 5), (2, 3, 7), (4, 0)])
+@pytest.mark.parametrize("shape", [(), (1,), (3,), (7,), (9,), (1001,), (3, 5), (2, 3, 7), (4, 0)])
 @pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64])
 def test_round_trip(bits, shape, dtype):
     rng = np.random.default_rng([bits, len(shape), int(np.prod(shape))])
@@ -84,8 +83,7 @@ def test_round_trip_property(data):
     bits = data.draw(st.sampled_from([1, 2, 4, 8]))
     lo, hi = RANGES[bits]
     elems = st.sampled_from([-1, 1]) if bits == 1 else st.integers(lo, hi)
-    codes = data.draw(hnp.arrays(np.int16, hnp.array_shapes(min_dims=0, max_dims=3,
-                                                            max_side=9), elements=elems))
+    codes = data.draw(hnp.arrays(np.int16, hnp.array_shapes(min_dims=0, max_dims=3, max_side=9), elements=elems))
     packed = pack(codes, bits)
     assert len(packed) == packed_nbytes(codes.size, bits)
     np.testing.assert_array_equal(unpack(packed, bits, codes.shape), codes)
@@ -102,8 +100,9 @@ def test_unpack_accepts_bytes_and_int_shape():
     assert unpack(bytes([0x53, 0x03]), 2, 5).tolist() == [-1, 0, 1, 1, -1]
 
 
-@pytest.mark.parametrize("codes, bits", [
-    ([0, 1], 1), ([2], 1), ([2], 2), ([-3], 2), ([8], 4), ([-9], 4), ([128], 8), ([-129], 8)])
+@pytest.mark.parametrize(
+    "codes, bits", [([0, 1], 1), ([2], 1), ([2], 2), ([-3], 2), ([8], 4), ([-9], 4), ([128], 8), ([-129], 8)]
+)
 def test_out_of_range_codes_raise(codes, bits):
     arr = np.array(codes, np.int32)
     with pytest.raises(ValueError, match=rf"min={arr.min()}, max={arr.max()}"):
@@ -133,9 +132,7 @@ def test_float_codes_raise():
 
 
 def test_imports_without_jax():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     code = "import sys; import dq_jax.quant.packing; assert 'jax' not in sys.modules, 'jax imported'"
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

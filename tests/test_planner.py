@@ -11,17 +11,26 @@ import jax.numpy as jnp
 import pytest
 
 from configs import demo
-from dq_jax.training import distill, train_step
 from dq_jax import planner, stages
-from dq_jax.parallel import sharding
 from dq_jax.model.config import ModelConfig
 from dq_jax.model.modeling import Seq2SeqLM
+from dq_jax.parallel import sharding
+from dq_jax.training import distill, train_step
 from tests.hf_models import distill_batch
 from train.settings import spec_from_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEACHER = ModelConfig(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                      decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64)
+TEACHER = ModelConfig(
+    vocab_size=128,
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    max_position_embeddings=64,
+)
 SRC, TGT, BATCH, ACCUM = 32, 16, 8, 2
 
 
@@ -34,9 +43,19 @@ def teacher_dir(tmp_path_factory):
 
 
 def _overrides(teacher_dir: str, **more) -> dict:
-    return {"teacher.path": teacher_dir, "teacher.scratch": "", "teacher.tokenizer": "", "student.layers": "1-1",
-            "data.synthetic": "", "data.max_source_length": SRC, "data.max_target_length": TGT,
-            "data.min_bucket": 16, "train.batch_size": BATCH, "train.grad_accum": ACCUM, **more}
+    return {
+        "teacher.path": teacher_dir,
+        "teacher.scratch": "",
+        "teacher.tokenizer": "",
+        "student.layers": "1-1",
+        "data.synthetic": "",
+        "data.max_source_length": SRC,
+        "data.max_target_length": TGT,
+        "data.min_bucket": 16,
+        "train.batch_size": BATCH,
+        "train.grad_accum": ACCUM,
+        **more,
+    }
 
 
 def _spec(teacher_dir: str, **more):
@@ -51,8 +70,12 @@ def _spec(teacher_dir: str, **more):
 
 
 def _bytes_on(device, tree) -> int:
-    return sum(shard.data.nbytes for leaf in jax.tree.leaves(tree) for shard in leaf.addressable_shards
-               if shard.device == device)
+    return sum(
+        shard.data.nbytes
+        for leaf in jax.tree.leaves(tree)
+        for shard in leaf.addressable_shards
+        if shard.device == device
+    )
 
 
 @pytest.mark.parametrize("mesh", [(1, 8, 1), pytest.param((2, 2, 2), marks=pytest.mark.slow)])
@@ -81,8 +104,13 @@ def test_argument_bytes_match_the_real_sharded_state_and_batch(teacher_dir, mesh
 
 def test_too_small_device_memory_exits_with_advice(teacher_dir):
     args = [f"--config.{k}={v}" for k, v in _overrides(teacher_dir, stages="distill").items()]
-    proc = subprocess.run([sys.executable, "-m", "train.plan", "--config", "configs/demo.py", *args,
-                           "--device_memory_gib=0.001"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.plan", "--config", "configs/demo.py", *args, "--device_memory_gib=0.001"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "skipped: teacher (not in stages)" in out
@@ -95,7 +123,9 @@ def test_too_small_device_memory_exits_with_advice(teacher_dir):
 def test_stages_that_do_not_run_are_skipped(teacher_dir):
     assert stages.trained_stages(_spec(teacher_dir)) == (("teacher", "distill"), ())
     assert stages.trained_stages(_spec(teacher_dir, stages="distill,eval")) == (
-        ("distill",), (("teacher", "not in stages"),))
+        ("distill",),
+        (("teacher", "not in stages"),),
+    )
     names, skipped = stages.trained_stages(_spec(teacher_dir, **{"teacher.finetune": False}))
     assert names == ("distill",) and skipped[0][0] == "teacher" and "finetune=False" in skipped[0][1]
     p = planner.plan(_spec(teacher_dir, stages="eval,export"))  # nothing trains: nothing compiles
@@ -112,8 +142,22 @@ def test_known_hub_teacher_falls_back_to_its_standard_shapes(monkeypatch):
 
 
 def test_advice_names_the_numbers():
-    stage = planner.StagePlan("distill", (2, 4, 1), 2, 16, 128, 32, "none", 1.0, 1e9, argument_bytes=3 << 30,
-                              output_bytes=2 << 30, alias_bytes=2 << 30, temp_bytes=10 << 30, code_bytes=0)
+    stage = planner.StagePlan(
+        "distill",
+        (2, 4, 1),
+        2,
+        16,
+        128,
+        32,
+        "none",
+        1.0,
+        1e9,
+        argument_bytes=3 << 30,
+        output_bytes=2 << 30,
+        alias_bytes=2 << 30,
+        temp_bytes=10 << 30,
+        code_bytes=0,
+    )
     p = planner.Plan(stages.TeacherShape(TEACHER, "test"), TEACHER, (stage,), (), stage.mesh, "cpu", 8, 8 << 30)
     assert p.too_big == (stage,) and stage.total_bytes == 13 << 30 and stage.rows_per_device == 2
     text = "\n".join(planner.advice(p, stage))

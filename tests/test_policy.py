@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dq_jax.model import hf_layout, modeling
-from dq_jax.quant import policy
 from dq_jax import quant
-from dq_jax.quant.codes import Codes
+from dq_jax.model import hf_layout, modeling
 from dq_jax.model.config import ModelConfig
-from dq_jax.quant.policy import ActRole, Role
+from dq_jax.quant import policy
+from dq_jax.quant.codes import Codes
 from dq_jax.quant.config import QuantConfig
+from dq_jax.quant.policy import ActRole, Role
 
 
 def _roles(params) -> dict[tuple[str, ...], policy.ParamInfo]:
@@ -26,8 +26,14 @@ def test_every_bart_base_parameter_has_its_role_and_axes():
         by_role[info.role] = by_role.get(info.role, 0) + 1
     # 6+6 layers: encoder 6 Linear kernels per layer, decoder 10; biases likewise; norms
     # 2 (scale, bias) x (2 per encoder layer, 3 per decoder layer, 2 embedding norms).
-    assert by_role == {Role.LINEAR: 6 * 6 + 6 * 10, Role.BIAS: 6 * 6 + 6 * 10, Role.NORM: 2 * (12 + 18 + 2),
-                       Role.TOKEN_EMBEDDING: 1, Role.POSITIONS: 2, Role.LOGITS_BIAS: 1}
+    assert by_role == {
+        Role.LINEAR: 6 * 6 + 6 * 10,
+        Role.BIAS: 6 * 6 + 6 * 10,
+        Role.NORM: 2 * (12 + 18 + 2),
+        Role.TOKEN_EMBEDDING: 1,
+        Role.POSITIONS: 2,
+        Role.LOGITS_BIAS: 1,
+    }
     get = lambda *p: infos[p]
     assert get("shared", "embedding") == policy.ParamInfo(Role.TOKEN_EMBEDDING, ("vocab", "embed"))
     assert get("encoder", "layers_0", "self_attn", "q_proj", "kernel").logical_axes == ("embed", "heads")
@@ -50,11 +56,21 @@ def test_training_masks_follow_the_roles():
     assert policy.classify(("lm_head", "kernel"), 2).logical_axes == ("embed", "vocab")
 
 
-@pytest.mark.parametrize("method, bits, kind, storage", [
-    ("dq_bart", 1, "binary", 1), ("dq_bart", 2, "ternary", 2), ("dq_bart", 3, "symmetric", 4),
-    ("dq_bart", 5, "symmetric", 8), ("dq_bart", 8, "symmetric", 8), ("symmetric", 2, "symmetric", 2),
-    ("mse", 4, "mse", 4), ("binary", 1, "binary", 1), ("tbt", 2, "tbt_ternary", 2), ("tbt", 1, "tbt_binary", 1),
-])
+@pytest.mark.parametrize(
+    "method, bits, kind, storage",
+    [
+        ("dq_bart", 1, "binary", 1),
+        ("dq_bart", 2, "ternary", 2),
+        ("dq_bart", 3, "symmetric", 4),
+        ("dq_bart", 5, "symmetric", 8),
+        ("dq_bart", 8, "symmetric", 8),
+        ("symmetric", 2, "symmetric", 2),
+        ("mse", 4, "mse", 4),
+        ("binary", 1, "binary", 1),
+        ("tbt", 2, "tbt_ternary", 2),
+        ("tbt", 1, "tbt_binary", 1),
+    ],
+)
 def test_weight_rules_by_method_and_bits(method, bits, kind, storage):
     q = QuantConfig(weight_bits=bits, embed_bits=bits, method=method)
     linear = policy.weight_rule(Role.LINEAR, q)
@@ -68,8 +84,17 @@ def test_weight_rules_by_method_and_bits(method, bits, kind, storage):
 
 
 def test_rules_follow_the_config():
-    q = QuantConfig(weight_bits=4, embed_bits=None, act_bits=8, weight_granularity="row", act_scale="example",
-                    weight_clip=1.5, act_clip=3.0, mse_steps=2, method="mse")
+    q = QuantConfig(
+        weight_bits=4,
+        embed_bits=None,
+        act_bits=8,
+        weight_granularity="row",
+        act_scale="example",
+        weight_clip=1.5,
+        act_clip=3.0,
+        mse_steps=2,
+        method="mse",
+    )
     assert policy.weight_rule(Role.LINEAR, q) == policy.WeightRule("mse", 4, (0,), 1.5, 2)
     assert policy.weight_rule(Role.TOKEN_EMBEDDING, q) is None and not policy.fp32_lm_head_copy(q)
     assert policy.param_rule(("decoder", "layers_0", "fc1", "kernel"), 2, q) == policy.weight_rule(Role.LINEAR, q)
@@ -94,9 +119,15 @@ def test_activation_rules():
     assert policy.act_rule(ActRole.QUERY, QuantConfig(weight_bits=2)) is None
 
 
-@pytest.mark.parametrize("q", [QuantConfig(weight_bits=2, embed_bits=2), QuantConfig(weight_bits=8, embed_bits=3),
-                               QuantConfig(weight_bits=4, embed_bits=4, method="mse", weight_granularity="row"),
-                               QuantConfig(weight_bits=1, embed_bits=2, method="tbt")])
+@pytest.mark.parametrize(
+    "q",
+    [
+        QuantConfig(weight_bits=2, embed_bits=2),
+        QuantConfig(weight_bits=8, embed_bits=3),
+        QuantConfig(weight_bits=4, embed_bits=4, method="mse", weight_granularity="row"),
+        QuantConfig(weight_bits=1, embed_bits=2, method="tbt"),
+    ],
+)
 def test_rule_codes_are_typed_and_reproduce_the_fake_quantizer(q):
     w = jnp.asarray(np.random.default_rng(0).normal(size=(6, 5)), jnp.float32)
     for role in (Role.LINEAR, Role.TOKEN_EMBEDDING):
@@ -112,7 +143,7 @@ def test_rule_codes_are_typed_and_reproduce_the_fake_quantizer(q):
 def test_codes_are_a_pytree_with_static_bits_and_axes():
     c = quant.symmetric_codes(jnp.arange(12, dtype=jnp.float32).reshape(3, 4), 4, reduce_axes=-1)
     assert (c.bits, c.axes, c.shape, c.granularity, c.scales.shape) == (4, (1,), (3, 4), "row", (3, 1))
-    leaves, treedef = jax.tree.flatten(c)
+    leaves, _treedef = jax.tree.flatten(c)
     assert len(leaves) == 2
     doubled = jax.jit(lambda c: jax.tree.map(lambda a: a * 2, c))(c)
     assert isinstance(doubled, Codes) and (doubled.bits, doubled.axes) == (4, (1,))

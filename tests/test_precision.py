@@ -25,6 +25,7 @@ def _dots(fn, *args):
                 inner = getattr(param, "jaxpr", None)
                 if inner is not None:
                     walk(inner if hasattr(inner, "eqns") else inner.jaxpr)
+
     walk(jax.make_jaxpr(fn)(*args).jaxpr)
     return found
 
@@ -35,7 +36,9 @@ def test_bf16_einsum_accumulates_in_fp32_forward_and_backward():
     b = jnp.asarray(rng.normal(size=(64, 7)), jnp.float32)
     y = precision.einsum("...i,io->...o", a, b, jnp.bfloat16)
     assert y.dtype == jnp.bfloat16
-    ref = jnp.einsum("...i,io->...o", a.astype(jnp.bfloat16).astype(jnp.float32), b.astype(jnp.bfloat16).astype(jnp.float32))
+    ref = jnp.einsum(
+        "...i,io->...o", a.astype(jnp.bfloat16).astype(jnp.float32), b.astype(jnp.bfloat16).astype(jnp.float32)
+    )
     np.testing.assert_allclose(np.asarray(y, np.float32), ref, rtol=1e-2, atol=1e-2)
     # a loss linear in y: the gradients differ from fp32's by the operands' bf16 rounding only
     c = jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.float32)
@@ -57,6 +60,7 @@ def test_fp32_einsum_is_the_plain_one():
     assert precision.compute_dtype("fp32") == jnp.float32 and precision.compute_dtype("bf16") == jnp.bfloat16
     from configs import demo
     from train.settings import spec_from_config
+
     c = demo.get_config()
     c.precision = "fp16"  # the run's settings check the name
     with pytest.raises(ValueError, match=r"precision='fp16'; choose one of \['fp32', 'bf16'\]"):
@@ -65,9 +69,18 @@ def test_fp32_einsum_is_the_plain_one():
 
 @pytest.mark.slow
 def test_bf16_model_stays_close_to_fp32_and_trains():
-    cfg = ModelConfig(vocab_size=96, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                      decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=40,
-                      dropout=0.0)
+    cfg = ModelConfig(
+        vocab_size=96,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=40,
+        dropout=0.0,
+    )
     ids = jnp.asarray(np.random.RandomState(0).randint(3, 96, (2, 9)))
     params = modeling.Seq2SeqLM(cfg).init(jax.random.key(0), ids, decoder_input_ids=ids)["params"]
     for quant in (None, QuantConfig(8, 8, 8, compute="codes")):
@@ -75,7 +88,7 @@ def test_bf16_model_stays_close_to_fp32_and_trains():
         bf16 = modeling.Seq2SeqLM(cfg, quant, dtype=jnp.bfloat16)
         out = bf16.apply({"params": params}, ids, None, ids).logits
         assert out.dtype == jnp.float32 and float(jnp.abs(out - f32).max()) < 0.05
-        grads = jax.grad(lambda p: jnp.mean(bf16.apply({"params": p}, ids, None, ids).logits ** 2))(params)
+        grads = jax.grad(lambda p, bf16=bf16: jnp.mean(bf16.apply({"params": p}, ids, None, ids).logits ** 2))(params)
         assert all(g.dtype == jnp.float32 and bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
 
 

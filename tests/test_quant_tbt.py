@@ -20,9 +20,7 @@ EPS = np.float32(1e-5)
 #   -> clip [.75, -1, .25, .5] -> round half-to-even [1, -1, 0, 0].
 # Row 1: mean|w| = 6 / 4 = 1.5; ternary alpha = 2, w / alpha = [-.75, 1.5, .75, 0] -> [-1, 1, 1, 0].
 # Row 2: all zero -> zero codes (ternary, scale 1) / +1 codes with scale 0 (binary).
-W = np.array([[0.75, -1.5, 0.25, 0.5],
-              [-1.5, 3.0, 1.5, 0.0],
-              [0.0, 0.0, 0.0, 0.0]], np.float32)
+W = np.array([[0.75, -1.5, 0.25, 0.5], [-1.5, 3.0, 1.5, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
 TERNARY_CODES = [[1, -1, 0, 0], [-1, 1, 1, 0], [0, 0, 0, 0]]
 TERNARY_SCALES = [[1.0], [2.0], [1.0]]
 TERNARY_Q = [[1.0, -1.0, 0.0, 0.0], [-2.0, 2.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
@@ -32,8 +30,7 @@ BINARY_SCALES = [[0.75], [1.5], [0.0]]
 BINARY_Q = [[0.75, -0.75, 0.75, 0.75], [-1.5, 1.5, 1.5, 1.5], [0.0, 0.0, 0.0, 0.0]]
 
 TBT = {
-    "ternary": (quant.tbt_ternary, quant.tbt_ternary_codes, TERNARY_CODES, TERNARY_SCALES,
-                TERNARY_Q),
+    "ternary": (quant.tbt_ternary, quant.tbt_ternary_codes, TERNARY_CODES, TERNARY_SCALES, TERNARY_Q),
     "binary": (quant.tbt_binary, quant.tbt_binary_codes, BINARY_CODES, BINARY_SCALES, BINARY_Q),
 }
 
@@ -72,8 +69,7 @@ def test_tbt_per_tensor_and_no_clipping():
     codes, scales = c.values, c.scales
     np.testing.assert_array_equal(scales, [[1.0]])
     np.testing.assert_array_equal(codes, TERNARY_CODES)  # row 1 / alpha: [-1.5, 3, 1.5, 0]
-    np.testing.assert_array_equal(quant.tbt_ternary(W, reduce_axes=None),
-                                  [[1, -1, 0, 0], [-1, 1, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(quant.tbt_ternary(W, reduce_axes=None), [[1, -1, 0, 0], [-1, 1, 1, 0], [0, 0, 0, 0]])
     np.testing.assert_array_equal(quant.tbt_binary_codes(W, reduce_axes=None).scales, [[0.75]])
     # A row [10, -6, 2, 0]: mean|w| = 4.5 -> binary alpha 4.5 (no clip at 2.5 in the mean);
     # ternary alpha = 6, w / alpha = [1.67, -1, .33, 0] -> [1, -1, 0, 0].
@@ -120,33 +116,41 @@ def test_tbt_bf16_and_jit(name):
 # --- elastic activations --------------------------------------------------------------------
 
 # Signed, alpha = .5, so v = 2x. 16 elements and Qp = 1 -> grad_scale = 1/sqrt(16) = .25.
-X = np.array([[0.125, -0.1875, 0.25, -0.25, 0.5, -0.5, 0.75, -0.75],
-              [1.0, -2.0, 0.0, 0.375, 0.0625, 0.3125, -0.4375, 3.0]], np.float32)
+X = np.array(
+    [[0.125, -0.1875, 0.25, -0.25, 0.5, -0.5, 0.75, -0.75], [1.0, -2.0, 0.0, 0.375, 0.0625, 0.3125, -0.4375, 3.0]],
+    np.float32,
+)
 # v = [[.25, -.375, .5, -.5, 1, -1, 1.5, -1.5], [2, -4, 0, .75, .125, .625, -.875, 6]]
 # Inside [-1, 1] (ends included):
 X_MASK = [[1, 1, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 1, 0]]
 C = np.array([[2, 1] * 4, [3] * 8], np.float32)  # loss = sum(q * C)
 SIGNED = {
     # 2 bits: round half-to-even then clip to [-1, 1]: .5 -> 0, -.5 -> 0, 1.5 -> 2 -> 1.
-    2: dict(q=[[0, 0, 0, 0, 0.5, -0.5, 0.5, -0.5], [0.5, -0.5, 0, 0.5, 0, 0.5, -0.5, 0.5]],
-            # r = round(v) - v inside, -1 below, +1 above.
-            r=[[-0.25, 0.375, -0.5, 0.5, 0, 0, 1, -1], [1, -1, 0, 0.25, -0.125, 0.375, -0.125, 1]],
-            # sum(r) = .125 + 1.375 = 1.5; sum(C * r) = .375 + 4.125 = 4.5.
-            dalpha_ones=1.5 * 0.25, dalpha_c=4.5 * 0.25),
+    2: dict(
+        q=[[0, 0, 0, 0, 0.5, -0.5, 0.5, -0.5], [0.5, -0.5, 0, 0.5, 0, 0.5, -0.5, 0.5]],
+        # r = round(v) - v inside, -1 below, +1 above.
+        r=[[-0.25, 0.375, -0.5, 0.5, 0, 0, 1, -1], [1, -1, 0, 0.25, -0.125, 0.375, -0.125, 1]],
+        # sum(r) = .125 + 1.375 = 1.5; sum(C * r) = .375 + 4.125 = 4.5.
+        dalpha_ones=1.5 * 0.25,
+        dalpha_c=4.5 * 0.25,
+    ),
     # 1 bit: sign(v) with sign(0) = +1.
-    1: dict(q=[[0.5, -0.5, 0.5, -0.5, 0.5, -0.5, 0.5, -0.5],
-               [0.5, -0.5, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5]],
-            # q = a * sign(x) does not round v: r = sign(x) everywhere (dq/da), as the TBT code.
-            r=[[1, -1, 1, -1, 1, -1, 1, -1], [1, -1, 1, 1, 1, 1, -1, 1]],
-            # sum(r) = 0 + 4 = 4; sum(C * r) = 4 + 12 = 16.
-            dalpha_ones=4 * 0.25, dalpha_c=16 * 0.25),
+    1: dict(
+        q=[[0.5, -0.5, 0.5, -0.5, 0.5, -0.5, 0.5, -0.5], [0.5, -0.5, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5]],
+        # q = a * sign(x) does not round v: r = sign(x) everywhere (dq/da), as the TBT code.
+        r=[[1, -1, 1, -1, 1, -1, 1, -1], [1, -1, 1, 1, 1, 1, -1, 1]],
+        # sum(r) = 0 + 4 = 4; sum(C * r) = 4 + 12 = 16.
+        dalpha_ones=4 * 0.25,
+        dalpha_c=16 * 0.25,
+    ),
 }
 
 
 def grads(x, alpha, bits, signed, c=None, reduce_axes=None):
     c = jnp.ones(np.shape(x), jnp.float32) if c is None else c
-    return jax.grad(lambda x, a: jnp.sum(quant.elastic(x, a, bits, signed, reduce_axes) * c),
-                    argnums=(0, 1))(jnp.asarray(x), jnp.asarray(alpha))
+    return jax.grad(lambda x, a: jnp.sum(quant.elastic(x, a, bits, signed, reduce_axes) * c), argnums=(0, 1))(
+        jnp.asarray(x), jnp.asarray(alpha)
+    )
 
 
 @pytest.mark.parametrize("bits", [1, 2])
@@ -172,8 +176,7 @@ def test_elastic_unsigned_2bit_table():
     # m = -1, alpha = 1: v = x + 1 = [0, .25, .5, .75, 1, 1.5, 2, 3] -> round [0, 0, 0, 1, 1, 2,
     # 2, 3] -> clip to [0, 2] -> q = codes - 1. 8 elements, Qp = 2 -> grad_scale = 1/4.
     x = np.array([[-1.0, -0.75, -0.5, -0.25], [0.0, 0.5, 1.0, 2.0]], np.float32)
-    np.testing.assert_array_equal(quant.elastic(x, jnp.float32(1.0), 2, False),
-                                  [[-1, -1, -1, 0], [0, 1, 1, 1]])
+    np.testing.assert_array_equal(quant.elastic(x, jnp.float32(1.0), 2, False), [[-1, -1, -1, 0], [0, 1, 1, 1]])
     gx, ga = grads(x, np.float32(1.0), 2, False)
     np.testing.assert_array_equal(gx, [[1, 1, 1, 1], [1, 1, 1, 0]])
     # r = [0, -.25, -.5, .25, 0, .5, 0, 2 (above)] -> sum 2.
@@ -182,12 +185,18 @@ def test_elastic_unsigned_2bit_table():
 
 def test_elastic_unsigned_1bit_table():
     # m = -1, alpha = .5: v = 2 (x + 1), levels {0, 1}. 16 elements, Qp = 1 -> grad_scale 1/4.
-    x = np.array([[-1, -0.875, -0.75, -0.625, -0.5, -0.25, 0.5, -0.9375],
-                  [-0.8125, -0.6875, -0.5625, -0.5, 1.0, -0.75, -1.0, 0.0]], np.float32)
+    x = np.array(
+        [
+            [-1, -0.875, -0.75, -0.625, -0.5, -0.25, 0.5, -0.9375],
+            [-0.8125, -0.6875, -0.5625, -0.5, 1.0, -0.75, -1.0, 0.0],
+        ],
+        np.float32,
+    )
     # v = [[0, .25, .5, .75, 1, 1.5, 3, .125], [.375, .625, .875, 1, 4, .5, 0, 2]]
     np.testing.assert_array_equal(
         quant.elastic(x, jnp.float32(0.5), 1, False),
-        [[-1, -1, -1, -0.5, -0.5, -0.5, -0.5, -1], [-1, -0.5, -0.5, -0.5, -0.5, -1, -1, -0.5]])
+        [[-1, -1, -1, -0.5, -0.5, -0.5, -0.5, -1], [-1, -0.5, -0.5, -0.5, -0.5, -1, -1, -0.5]],
+    )
     gx, ga = grads(x, np.float32(0.5), 1, False)
     np.testing.assert_array_equal(gx, [[1, 1, 1, 1, 1, 0, 0, 1], [1, 1, 1, 1, 0, 1, 1, 0]])
     # r = [[0, -.25, -.5, .25, 0, 1, 1, -.125], [-.375, .375, .125, 0, 1, -.5, 0, 1]]: 1.375 +
@@ -206,8 +215,7 @@ def test_elastic_unsigned_per_example_min():
     # r = [0, -.5, 0, 2] + [0, .25, .5, 0] = 2.25; numel 8, Qp 2 -> 1/4.
     assert float(ga) == 2.25 * 0.25
     # One min for the whole tensor (-2): example 0 has v = [5, 5.5, 6, 8], all at Qp -> 0.
-    np.testing.assert_array_equal(quant.elastic(x, jnp.float32(1.0), 2, False),
-                                  [[[0, 0], [0, 0]], [[-2, -1], [0, -2]]])
+    np.testing.assert_array_equal(quant.elastic(x, jnp.float32(1.0), 2, False), [[[0, 0], [0, 0]], [[-2, -1], [0, -2]]])
 
 
 def test_elastic_init_values():
@@ -261,10 +269,10 @@ def test_elastic_alpha_at_floor_still_learns():
 
 
 def test_elastic_alpha_shape_and_dtype_follow_alpha():
-    gx, ga = grads(X, np.array([0.5], np.float32), 2, True)
+    _gx, ga = grads(X, np.array([0.5], np.float32), 2, True)
     assert ga.shape == (1,) and ga.dtype == jnp.float32
     assert float(ga[0]) == SIGNED[2]["dalpha_ones"]
-    gx, ga = grads(X, jnp.array(0.5, jnp.bfloat16), 2, True)
+    _gx, ga = grads(X, jnp.array(0.5, jnp.bfloat16), 2, True)
     assert ga.dtype == jnp.bfloat16 and float(ga) == SIGNED[2]["dalpha_ones"]
 
 
@@ -306,8 +314,15 @@ def test_elastic_bad_bits(bits):
 
 
 def test_exported_names():
-    for name in ["tbt_ternary", "tbt_binary", "tbt_ternary_codes", "tbt_binary_codes", "elastic",
-                 "elastic_init", "elastic_levels"]:
+    for name in [
+        "tbt_ternary",
+        "tbt_binary",
+        "tbt_ternary_codes",
+        "tbt_binary_codes",
+        "elastic",
+        "elastic_init",
+        "elastic_levels",
+    ]:
         assert name in quant.__all__ and callable(getattr(quant, name))
 
 

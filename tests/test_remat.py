@@ -11,22 +11,36 @@ import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
-from dq_jax.training import distill, train_step
-from dq_jax.model import modeling, remat
-from dq_jax.parallel import sharding
-from dq_jax.inference.generation_config import GenerationConfig
 from dq_jax.inference.generate import generate
+from dq_jax.inference.generation_config import GenerationConfig
+from dq_jax.model import modeling, remat
 from dq_jax.model.config import ModelConfig
-from dq_jax.model.sizes import model_config
 from dq_jax.model.modeling import Seq2SeqLM
+from dq_jax.model.sizes import model_config
+from dq_jax.parallel import sharding
 from dq_jax.quant.config import QuantConfig
+from dq_jax.training import distill, train_step
 from tests.hf_models import distill_batch
 
-TEACHER = ModelConfig(vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                      decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=32,
-                      dropout=0.1, attention_dropout=0.1, activation_dropout=0.1)
-QUANTS = {"2-2-8": QuantConfig(2, 2, 8, compute="fake"), "2-2-8 codes": QuantConfig(2, 2, 8, compute="codes"),
-          "tbt 2-2-2": QuantConfig(2, 2, 2, method="tbt")}  # elastic: learned step sizes inside the remat region
+TEACHER = ModelConfig(
+    vocab_size=128,
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    max_position_embeddings=32,
+    dropout=0.1,
+    attention_dropout=0.1,
+    activation_dropout=0.1,
+)
+QUANTS = {
+    "2-2-8": QuantConfig(2, 2, 8, compute="fake"),
+    "2-2-8 codes": QuantConfig(2, 2, 8, compute="codes"),
+    "tbt 2-2-2": QuantConfig(2, 2, 2, method="tbt"),
+}  # elastic: learned step sizes inside the remat region
 MODES = ("full", "dots")
 # Dropout keys for the compiled losses: masks from XLA's RngBitGenerator compile several times
 # faster than threefry's; the remat region must reproduce them either way.
@@ -48,10 +62,12 @@ def setup():
     s_cfg, s_params = distill.init_student(TEACHER, t_params, 2, 1)
     leaves, tree = jax.tree.flatten(s_params)  # away from the teacher: every loss term non-zero
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    s_params = jax.tree.unflatten(tree, [np.asarray(x) + 0.01 * np.asarray(jax.random.normal(k, x.shape))
-                                         for x, k in zip(leaves, keys)])
-    dcfg = distill.DistillConfig(mode="dq_bart", encoder_map=distill.layer_map(2, 2),
-                                 decoder_map=distill.layer_map(2, 1))
+    s_params = jax.tree.unflatten(
+        tree, [np.asarray(x) + 0.01 * np.asarray(jax.random.normal(k, x.shape)) for x, k in zip(leaves, keys)]
+    )
+    dcfg = distill.DistillConfig(
+        mode="dq_bart", encoder_map=distill.layer_map(2, 2), decoder_map=distill.layer_map(2, 1)
+    )
     batch = {k: v[0] for k, v in distill_batch(TEACHER.vocab_size, accum=1, seed=0).items()}  # [B, L]
     return t_params, s_cfg, s_params, dcfg, batch
 
@@ -60,6 +76,7 @@ def test_names_and_options():
     assert remat.REMAT == ("none", "full", "dots")
     from configs import demo
     from train.settings import spec_from_config
+
     c = demo.get_config()
     c.train.remat = "some"  # the run's settings check the name; the model trusts them
     with pytest.raises(ValueError, match=r"train.remat='some'; choose one of \['none', 'full', 'dots'\]"):
@@ -73,8 +90,9 @@ def test_params_tree_is_identical(setup, quant):
     """Same names, shapes and dtypes (initial values: `test_loss_and_gradients_equal_none`)."""
     _, s_cfg, _, _, batch = setup
     ids, dids = batch["input_ids"], batch["decoder_input_ids"]
-    init = lambda mode: jax.eval_shape(lambda: Seq2SeqLM(s_cfg, QUANTS[quant], remat=mode).init(
-        jax.random.key(3), ids, decoder_input_ids=dids))
+    init = lambda mode: jax.eval_shape(
+        lambda: Seq2SeqLM(s_cfg, QUANTS[quant], remat=mode).init(jax.random.key(3), ids, decoder_input_ids=dids)
+    )
     ref = init("none")
     assert "layers_1" in ref["params"]["encoder"] and "self_attn" in ref["params"]["encoder"]["layers_1"]
     assert ("elastic" in ref) == QUANTS[quant].elastic
@@ -87,13 +105,20 @@ def _student_params(setup, quant, mode):
     """The student's trainable tree; TBT's step sizes initialized through the model with `mode`."""
     _, s_cfg, s_params, _, batch = setup
     model = Seq2SeqLM(s_cfg, QUANTS[quant], remat=mode)
-    return model, modeling.init_elastic(model, s_params, batch["input_ids"], batch["attention_mask"],
-                                        batch["decoder_input_ids"])
+    return model, modeling.init_elastic(
+        model, s_params, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"]
+    )
 
 
-@pytest.mark.parametrize("quant,modes", [("2-2-8", MODES), pytest.param("2-2-8 codes", ("full",), marks=pytest.mark.slow),
-                                         pytest.param("tbt 2-2-2", ("full",), marks=pytest.mark.slow)],
-                         ids=["2-2-8", "2-2-8 codes", "tbt 2-2-2"])
+@pytest.mark.parametrize(
+    "quant,modes",
+    [
+        ("2-2-8", MODES),
+        pytest.param("2-2-8 codes", ("full",), marks=pytest.mark.slow),
+        pytest.param("tbt 2-2-2", ("full",), marks=pytest.mark.slow),
+    ],
+    ids=["2-2-8", "2-2-8 codes", "tbt 2-2-2"],
+)
 def test_loss_and_gradients_equal_none(setup, quant, modes):
     """The train step's student loss (dropout on, all DQ terms) and its gradient, compiled as the
     step is (with `remat.compiler_options`)."""
@@ -115,8 +140,10 @@ def test_loss_and_gradients_equal_none(setup, quant, modes):
     ref_params, ref_loss, ref_terms, ref_grad = grad("none")
     assert ref_terms["logits"] > 0 and ref_terms["enc_attn"] > 0 and _rel(ref_grad, ref_grad) == 0
     if QUANTS[quant].elastic:
-        assert modeling.ELASTIC in ref_grad and float(jnp.abs(ref_grad[modeling.ELASTIC]["encoder"]["layers_0"]
-                                                               ["fc1"]["act"]["alpha"])) > 0
+        assert (
+            modeling.ELASTIC in ref_grad
+            and float(jnp.abs(ref_grad[modeling.ELASTIC]["encoder"]["layers_0"]["fc1"]["act"]["alpha"])) > 0
+        )
     for mode in modes:
         params, loss, terms, g = grad(mode)
         assert _rel(params, ref_params) == 0, mode  # TBT's step sizes initialize the same under remat
@@ -174,8 +201,10 @@ def test_dots_saves_projections_not_attention_scores(setup):
 
     def residuals(mode):
         model = Seq2SeqLM(s_cfg, QUANTS["2-2-8"], remat=mode)
-        loss = lambda p: jnp.sum(model.apply({"params": p}, batch["input_ids"], batch["attention_mask"],
-                                             batch["decoder_input_ids"]).logits ** 2)
+        loss = lambda p: jnp.sum(
+            model.apply({"params": p}, batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"]).logits
+            ** 2
+        )
         out = io.StringIO()
         with contextlib.redirect_stdout(out):  # the public API prints "f32[2,6,32] output of dot_general from ..."
             print_saved_residuals(loss, s_params)
@@ -195,17 +224,28 @@ def test_dots_saves_projections_not_attention_scores(setup):
 def test_full_remat_lowers_compiled_temporaries():
     """A compile (no allocation) of the student's gradient at a moderate size."""
     cfg = model_config("tiny", dropout=0.1)
-    params = jax.eval_shape(lambda: Seq2SeqLM(cfg).init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
-                                                        decoder_input_ids=jnp.zeros((1, 2), jnp.int32)))["params"]
+    params = jax.eval_shape(
+        lambda: Seq2SeqLM(cfg).init(
+            jax.random.key(0), jnp.zeros((1, 2), jnp.int32), decoder_input_ids=jnp.zeros((1, 2), jnp.int32)
+        )
+    )["params"]
     ids, dids = jax.ShapeDtypeStruct((8, 128), jnp.int32), jax.ShapeDtypeStruct((8, 32), jnp.int32)
 
     def temp_bytes(mode):
         model = Seq2SeqLM(cfg, QuantConfig(2, 2, 8), remat=mode)
 
         def loss(p, x, d):
-            out = model.apply({"params": p}, x, None, d, output_hidden_states=True, output_attentions=True,
-                              deterministic=False, rngs={"dropout": DROPOUT_KEY})
-            return jnp.mean(out.logits ** 2) + sum(jnp.mean(a ** 2) for a in out.encoder_attentions)
+            out = model.apply(
+                {"params": p},
+                x,
+                None,
+                d,
+                output_hidden_states=True,
+                output_attentions=True,
+                deterministic=False,
+                rngs={"dropout": DROPOUT_KEY},
+            )
+            return jnp.mean(out.logits**2) + sum(jnp.mean(a**2) for a in out.encoder_attentions)
 
         fn = jax.jit(jax.grad(loss), compiler_options=remat.compiler_options(mode) or None)
         return fn.lower(params, ids, dids).compile().memory_analysis().temp_size_in_bytes

@@ -22,7 +22,7 @@ def _logits(cfg, params, quant, *batch):
 
 
 def test_param_tree_is_the_teachers(teacher):
-    cfg, params = teacher
+    cfg, _params = teacher
     fp = modeling.abstract_params(cfg)
     q = modeling.abstract_params(cfg, QuantConfig(2, 2, 8))
     assert jax.tree.structure(fp) == jax.tree.structure(q)
@@ -52,6 +52,7 @@ def test_exactly_the_linear_kernels_and_the_embedding_are_quantized(teacher):
     a pre-quantized embedding table (per row): positional embeddings, LayerNorms, biases and
     final_logits_bias are untouched."""
     from dq_jax import quant
+
     cfg, params = teacher
     batch = padded_batch(cfg.vocab_size)
 
@@ -62,10 +63,10 @@ def test_exactly_the_linear_kernels_and_the_embedding_are_quantized(teacher):
         if names[0] == "shared":
             return quant.symmetric(x, 4, 2.5, (-1,))
         return x
+
     manual = jax.tree_util.tree_map_with_path(prequantize, params)
     q = QuantConfig(weight_bits=8, embed_bits=4, method="symmetric", quantize_lm_head=True)
-    np.testing.assert_allclose(_logits(cfg, params, q, *batch), _logits(cfg, manual, None, *batch),
-                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(_logits(cfg, params, q, *batch), _logits(cfg, manual, None, *batch), atol=1e-6, rtol=0)
     # by default the tied LM head keeps the fp32 table, as in the reference
     q_ref = QuantConfig(weight_bits=8, embed_bits=4, method="symmetric")
     assert np.abs(_logits(cfg, params, q_ref, *batch) - _logits(cfg, manual, None, *batch)).max() > 1e-4

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pytest
 
 from configs import demo
-from dq_jax.data import batches as data
-from dq_jax.data.config import DataConfig
-from dq_jax.data.columns import TextColumn, TokenColumn, Tokenized
 from dq_jax import pipeline, stages
+from dq_jax.data import batches as data
+from dq_jax.data.columns import TextColumn, TokenColumn, Tokenized
+from dq_jax.data.config import DataConfig
 from train.settings import spec_from_config
 from train.sweeps import plan
 from train.sweeps.grid import Point
@@ -19,10 +19,14 @@ from train.sweeps.grid import Point
 
 def _split(n: int) -> Tokenized:
     """Row i's source is [0, i + 10, 2] (so a batch names its rows), its target [0, 7, 2]."""
-    refs = TextColumn(pa.chunked_array([pa.array([f"ref {i}" for i in range(n // 2)]),
-                                             pa.array([f"ref {i}" for i in range(n // 2, n)])]))
-    return Tokenized(TokenColumn.from_lists([[0, i + 10, 2] for i in range(n)]),
-                          TokenColumn.from_lists([[0, 7, 2]] * n), refs)
+    refs = TextColumn(
+        pa.chunked_array(
+            [pa.array([f"ref {i}" for i in range(n // 2)]), pa.array([f"ref {i}" for i in range(n // 2, n)])]
+        )
+    )
+    return Tokenized(
+        TokenColumn.from_lists([[0, i + 10, 2] for i in range(n)]), TokenColumn.from_lists([[0, 7, 2]] * n), refs
+    )
 
 
 def _rows(spec):
@@ -68,10 +72,16 @@ def test_training_batches_read_only_the_subset():
     full = _split(64)
     split, record = pipeline.student_train_split(spec, _rows(spec), full)
     rows = data.fraction_rows(64, 0.25, 4)
-    assert record == {"fraction": 0.25, "seed": 4, "examples": 16, "of": 64,
-                      "rows_sha256": hashlib.sha256(rows.astype("<i8").tobytes()).hexdigest()}
-    it = data.TrainIterator(split, DataConfig(min_bucket=4), batch_size=4, accum=1, seed=4, pad=1, start=2,
-                            model_type="bart")
+    assert record == {
+        "fraction": 0.25,
+        "seed": 4,
+        "examples": 16,
+        "of": 64,
+        "rows_sha256": hashlib.sha256(rows.astype("<i8").tobytes()).hexdigest(),
+    }
+    it = data.TrainIterator(
+        split, DataConfig(min_bucket=4), batch_size=4, accum=1, seed=4, pad=1, start=2, model_type="bart"
+    )
     assert it.steps_per_epoch == 4
     seen = [int(v) - 10 for _ in range(it.steps_per_epoch) for v in next(it)["input_ids"][0, :, 1]]
     assert sorted(seen) == sorted(rows.tolist())  # one epoch: every subset row once, nothing else
@@ -90,20 +100,29 @@ def test_the_whole_split_by_default_and_the_seed_follows_the_run_seed():
 
 @pytest.mark.parametrize("value", [0.0, -0.5, 1.01])
 def test_a_fraction_outside_zero_one_is_refused_naming_the_key(value):
-    with pytest.raises(ValueError, match=rf"^student.train_fraction={value!r} is out of range: it must be a finite "
-                                         r"number in \(0, 1\]\.$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^student.train_fraction={value!r} is out of range: it must be a finite "
+        r"number in \(0, 1\]\.$",
+    ):
         _spec(train_fraction=value)
 
 
 def test_a_fraction_smaller_than_one_batch_fails_before_training():
     spec = _spec(train_fraction=0.1)  # demo: batch 16
-    with pytest.raises(ValueError, match=r"^student.train_fraction=0.1 keeps 10 of the 100 training examples, fewer "
-                                         r"than one batch of 16 \(train.batch_size x train.grad_accum\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^student.train_fraction=0.1 keeps 10 of the 100 training examples, fewer "
+        r"than one batch of 16 \(train.batch_size x train.grad_accum\)",
+    ):
         pipeline.student_train_split(spec, _rows(spec), _split(100))
 
 
 def test_students_with_other_fractions_and_seeds_share_one_teacher(tmp_path):
-    planned = plan.plan_sweep("configs/demo.py", str(tmp_path / "s"), [
-        Point("a", {}), Point("b", {"student.train_fraction": "0.1", "student.seed": "2"})])
+    planned = plan.plan_sweep(
+        "configs/demo.py",
+        str(tmp_path / "s"),
+        [Point("a", {}), Point("b", {"student.train_fraction": "0.1", "student.seed": "2"})],
+    )
     assert [t.name for t in planned.teachers] == ["teacher"]
     assert planned.teacher_of == {"a": "teacher", "b": "teacher"}

@@ -7,19 +7,18 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from safetensors import safe_open
 
 from configs import common, demo, xsum
-from dq_jax.training import distill, train_step
-from dq_jax.export import hf_dir as export
-from dq_jax.model import hf, hf_layout, modeling
-from dq_jax.export import packed
-from dq_jax.quant import policy
 from dq_jax import quant
+from dq_jax.export import hf_dir as export
+from dq_jax.export import packed
+from dq_jax.model import hf, hf_layout, modeling
 from dq_jax.parallel import sharding
+from dq_jax.quant import policy
 from dq_jax.quant.config import ELASTIC, QuantConfig
+from dq_jax.training import distill, train_step
 from tests.hf_models import make_hf_model, padded_batch
 
 
@@ -42,7 +41,7 @@ def test_quant_config_tbt_rules():
     assert not QuantConfig(2, 2, 8, method="tbt").elastic
     assert not QuantConfig(2, 2, 2).elastic  # DQ-BART's 2-bit activations stay dynamic symmetric
     assert QuantConfig(1, 1, 1, method="tbt").elastic
-    with pytest.raises(ValueError, match="1-bit activations need quant.method='tbt'"):
+    with pytest.raises(ValueError, match=r"1-bit activations need quant\.method='tbt'"):
         QuantConfig(2, 2, 1)
     with pytest.raises(ValueError, match=r"allowed bits: \[1, 2\]"):
         QuantConfig(4, 2, 8, method="tbt")
@@ -60,12 +59,21 @@ def test_elastic_step_sizes_initialize_from_the_first_batch(teacher):
     assert all(v.shape == () and v.dtype == np.float32 and v > 0 for v in alphas.values())
     # the first encoder Linear sees the embedding output: its step size is TBT's signed init of it
     h = model.apply({"params": params}, ids, method=lambda m, i: m.encoder.embed_inputs(i, 0, True))
-    np.testing.assert_allclose(alphas[("encoder", "layers_0", "self_attn", "q_proj", "act", "alpha")],
-                               quant.elastic_init(h, 2, True), rtol=1e-6)  # h fused differently under jit
+    np.testing.assert_allclose(
+        alphas[("encoder", "layers_0", "self_attn", "q_proj", "act", "alpha")],
+        quant.elastic_init(h, 2, True),
+        rtol=1e-6,
+    )  # h fused differently under jit
     # fc2 (after GELU) and probabilities use the unsigned quantizer: 4 mean|x| / sqrt(2)
     fc2 = alphas[("encoder", "layers_0", "fc2", "act", "alpha")]
-    _, inter = model.apply(modeling.variables(p), ids, am, dids, mutable=["intermediates"],
-                           capture_intermediates=lambda mdl, _: mdl.name == "fc1")
+    _, inter = model.apply(
+        modeling.variables(p),
+        ids,
+        am,
+        dids,
+        mutable=["intermediates"],
+        capture_intermediates=lambda mdl, _: mdl.name == "fc1",
+    )
     h1 = inter["intermediates"]["encoder"]["layers_0"]["fc1"]["__call__"][0]
     np.testing.assert_allclose(fc2, quant.elastic_init(jax.nn.gelu(h1, approximate=False), 2, False), rtol=1e-6)
     # a student without elastic activations is left alone
@@ -89,9 +97,17 @@ def test_tbt_weights_are_per_output_row_ternary(teacher):
     ours = modeling.Seq2SeqLM(cfg, q).apply({"params": params}, ids, am, dids, dam).logits
     fq_all = export.fake_quantized_params(params, q)
     head_fp = dict(fq_all, shared={"embedding": params["shared"]["embedding"]})  # reference: fp32 head
-    again = modeling.Seq2SeqLM(cfg.replace(tie_word_embeddings=False)).apply(
-        {"params": dict(head_fp, shared=fq_all["shared"], lm_head={"kernel": params["shared"]["embedding"].T})},
-        ids, am, dids, dam).logits
+    again = (
+        modeling.Seq2SeqLM(cfg.replace(tie_word_embeddings=False))
+        .apply(
+            {"params": dict(head_fp, shared=fq_all["shared"], lm_head={"kernel": params["shared"]["embedding"].T})},
+            ids,
+            am,
+            dids,
+            dam,
+        )
+        .logits
+    )
     np.testing.assert_allclose(np.asarray(ours), np.asarray(again), atol=1e-5, rtol=0)
 
 
@@ -102,18 +118,24 @@ def test_step_sizes_train_replicated_and_checkpointable(teacher):
     student = modeling.Seq2SeqLM(scfg, QuantConfig(2, 2, 2, method="tbt"))
     sparams = modeling.init_elastic(student, sparams, ids, am, dids)
     labels = np.where(dam == 1, np.roll(dids, -1, axis=1), -100)
-    batch = {k: v[None] for k, v in dict(input_ids=ids, attention_mask=am, decoder_input_ids=dids,
-                                         decoder_attention_mask=dam, labels=labels).items()}
+    batch = {
+        k: v[None]
+        for k, v in dict(
+            input_ids=ids, attention_mask=am, decoder_input_ids=dids, decoder_attention_mask=dam, labels=labels
+        ).items()
+    }
     dcfg = distill.DistillConfig(encoder_map=(0, 1), decoder_map=(1,))
-    tx = train_step.make_optimizer(train_step.OptimConfig(learning_rate=1e-2, total_steps=10, weight_decay=0.1),
-                                   sparams)
+    tx = train_step.make_optimizer(
+        train_step.OptimConfig(learning_rate=1e-2, total_steps=10, weight_decay=0.1), sparams
+    )
     mesh = sharding.make_mesh((2, 2, 2))
     state, st_sh = train_step.init_state(sparams, tx, jax.random.key(0), mesh)
     for leaf in jax.tree.leaves(state.params[ELASTIC]):
         assert leaf.sharding.is_fully_replicated
     t_sh = sharding.param_shardings(params, mesh)
-    step = train_step.compile_step(train_step.make_train_step(student, modeling.Seq2SeqLM(cfg), dcfg, tx),
-                                   mesh, st_sh, t_sh)
+    step = train_step.compile_step(
+        train_step.make_train_step(student, modeling.Seq2SeqLM(cfg), dcfg, tx), mesh, st_sh, t_sh
+    )
     new, metrics = step(state, jax.device_put(params, t_sh), train_step.shard_batch(batch, mesh))
     assert np.isfinite(metrics["loss"]) and float(metrics["finite"]) == 1.0
     before = dict(hf_layout.flatten(jax.device_get(sparams[ELASTIC])))
@@ -162,6 +184,7 @@ def test_tbt_presets_and_learning_rates():
     assert c.train.learning_rate == 2.5e-4
     assert xsum.get_config("tbt=w2a2").train.learning_rate == 3.5e-4
     from configs import cnn_dm
+
     assert cnn_dm.get_config("tbt=W2A2").train.learning_rate == 7e-4
     assert cnn_dm.get_config("tbt=W1A1").quant.act_bits == 1
     assert demo.get_config("tbt=W2A8").train.learning_rate == demo.get_config().train.learning_rate

@@ -25,6 +25,7 @@ def test_step_flops_count_every_micro_batch_once_per_shape():
     def step(state, teacher, batch):
         def micro(acc, x):  # x: [B, K]
             return acc + jnp.sum(x @ state["w"]), None
+
         return jax.lax.scan(micro, 0.0, batch["x"])[0]
 
     jitted = jax.jit(step)
@@ -58,13 +59,25 @@ def test_the_timer_keeps_each_batch_shape_of_its_window():
     assert timer.steps == 0 and timer.batches() == [] and timer.seconds() < 5.0
 
 
-@pytest.mark.parametrize("kind,precision,expected", [
-    ("NVIDIA A100-SXM4-80GB", "bf16", 312.0), ("NVIDIA A100-SXM4-40GB", "fp32", 156.0),
-    ("NVIDIA A100 80GB PCIe", "bf16", 312.0), ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
-    ("NVIDIA H100 80GB HBM3", "fp32", 494.5), ("NVIDIA H100 PCIe", "bf16", 756.0),
-    ("TPU v4", "bf16", 275.0), ("TPU v5 lite", "bf16", 197.0), ("TPU v5e", "fp32", 197.0),
-    ("TPU v5", "bf16", 459.0), ("TPU v5p", "bf16", 459.0),
-    ("TPU v4 lite", "bf16", None), ("cpu", "fp32", None), ("NVIDIA GeForce RTX 3090", "bf16", None)])
+@pytest.mark.parametrize(
+    "kind,precision,expected",
+    [
+        ("NVIDIA A100-SXM4-80GB", "bf16", 312.0),
+        ("NVIDIA A100-SXM4-40GB", "fp32", 156.0),
+        ("NVIDIA A100 80GB PCIe", "bf16", 312.0),
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
+        ("NVIDIA H100 80GB HBM3", "fp32", 494.5),
+        ("NVIDIA H100 PCIe", "bf16", 756.0),
+        ("TPU v4", "bf16", 275.0),
+        ("TPU v5 lite", "bf16", 197.0),
+        ("TPU v5e", "fp32", 197.0),
+        ("TPU v5", "bf16", 459.0),
+        ("TPU v5p", "bf16", 459.0),
+        ("TPU v4 lite", "bf16", None),
+        ("cpu", "fp32", None),
+        ("NVIDIA GeForce RTX 3090", "bf16", None),
+    ],
+)
 def test_known_peaks_by_device_kind(kind, precision, expected):
     found = known_peak(kind, precision)
     assert (found[1] if found else None) == expected
@@ -83,10 +96,11 @@ def test_cpu_peak_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatc
     first = throughput.measured_cpu_peak("fp32", n=128, repeat=2)
     assert first > 0
     cached = json.loads((tmp_path / "cpu_peak.json").read_text())
-    assert list(cached.values()) == [first] and list(cached)[0].endswith("| fp32")
+    assert list(cached.values()) == [first] and next(iter(cached)).endswith("| fp32")
 
     def must_not_measure(*_):
         raise AssertionError("measured again")
+
     assert throughput.measured_cpu_peak("fp32", measure=must_not_measure) == first
     # another precision is another measurement, kept beside the first
     assert throughput.measured_cpu_peak("bf16", measure=lambda *_: 123.0) == 123.0

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from dq_jax.data import source as data_source
-from dq_jax.data import tokenization
-from dq_jax.model import hf
-from dq_jax.data import token_cache
+from dq_jax.data import token_cache, tokenization
 from dq_jax.data.byte_level_bpe import IdRows
 from dq_jax.data.config import DataConfig
+from dq_jax.model import hf
 
 HIT = "tokenization cache hit"
 
@@ -28,8 +27,11 @@ def tok(shared_data):
 def xsum(shared_data) -> list[dict]:
     """XSum validation rows with both texts non-empty (the rows load_split keeps), id dropped."""
     rows = [json.loads(line) for line in (shared_data / "xsum" / "validation.jsonl").read_text().splitlines()]
-    return [{"document": r["document"], "summary": r["summary"]} for r in rows
-            if r["document"].strip() and r["summary"].strip()]
+    return [
+        {"document": r["document"], "summary": r["summary"]}
+        for r in rows
+        if r["document"].strip() and r["summary"].strip()
+    ]
 
 
 def _write(path, rows) -> str:
@@ -72,6 +74,7 @@ def _entries(cfg) -> list[str]:
 
 def test_second_call_hits_and_tokenizes_nothing(tmp_path, tok, xsum, caplog, monkeypatch):
     import datasets
+
     cfg = _cfg(tmp_path, _write(tmp_path / "train.jsonl", xsum[:40]))
     first, hit = _run(cfg, tok, caplog)
     assert not hit and len(first) == 40
@@ -79,13 +82,15 @@ def test_second_call_hits_and_tokenizes_nothing(tmp_path, tok, xsum, caplog, mon
 
     def refuse(*args, **kwargs):
         raise AssertionError("tokenized again on a cache hit")
+
     monkeypatch.setattr(datasets.Dataset, "map", refuse)
     monkeypatch.setattr(data_source, "load_split", refuse)
     second, hit = _run(cfg, tok, caplog)
     assert hit
     _assert_same(first, second)
-    assert [r.getMessage() for r in caplog.records if HIT in r.getMessage()][0].startswith(
-        f"train: {HIT} ({tmp_path / 'train.jsonl'})")
+    assert next(r.getMessage() for r in caplog.records if HIT in r.getMessage()).startswith(
+        f"train: {HIT} ({tmp_path / 'train.jsonl'})"
+    )
 
 
 def test_key_follows_content_lengths_and_tokenizer(tmp_path, tok, xsum, caplog, shared_data):
@@ -114,8 +119,12 @@ def test_key_follows_content_lengths_and_tokenizer(tmp_path, tok, xsum, caplog, 
     more = hf.load_tokenizer(str(shared_data / "tokenizers" / "bart-base_roberta-base"))
     more.add_tokens(["<extra_token>"])
     assert not _run(_cfg(tmp_path, path, cache_dir=cache), more, caplog)[1]
-    assert not _run(DataConfig(validation_files=(path,), cache_dir=cache, max_source_length=64,
-                               max_target_length=16), tok, caplog, split="validation")[1]
+    assert not _run(
+        DataConfig(validation_files=(path,), cache_dir=cache, max_source_length=64, max_target_length=16),
+        tok,
+        caplog,
+        split="validation",
+    )[1]
     assert _run(_cfg(tmp_path, path, cache_dir=cache), tok, caplog)[1]  # the first entry is still there
 
 
@@ -135,10 +144,20 @@ def test_bart_ids_are_the_tokenizers_with_eos_kept(tmp_path, tok, xsum, caplog):
 
 
 def test_mbart_truncation_keeps_eos_and_the_language_code(tmp_path, mbart_tok, shared_data, caplog):
-    rows = [json.loads(line) for line in (shared_data / "wmt16_en_ro" / "validation.jsonl").read_text().splitlines()[:48]]
+    rows = [
+        json.loads(line) for line in (shared_data / "wmt16_en_ro" / "validation.jsonl").read_text().splitlines()[:48]
+    ]
     rows = [{"en": r["en"], "ro": r["ro"]} for r in rows]
-    cfg = _cfg(tmp_path, _write(tmp_path / "wmt.jsonl", rows), source_column="en", target_column="ro",
-               src_lang="en_XX", tgt_lang="ro_RO", max_source_length=24, max_target_length=20)
+    cfg = _cfg(
+        tmp_path,
+        _write(tmp_path / "wmt.jsonl", rows),
+        source_column="en",
+        target_column="ro",
+        src_lang="en_XX",
+        tgt_lang="ro_RO",
+        max_source_length=24,
+        max_target_length=20,
+    )
     out, _ = _run(cfg, mbart_tok, caplog)
     assert tokenization.special_suffix(mbart_tok) == 2
     eos, en, ro = mbart_tok.eos_token_id, *mbart_tok.convert_tokens_to_ids(["en_XX", "ro_RO"])
@@ -164,11 +183,13 @@ _AWKWARD = [
     "Hello  world\t\tfoo\n\nbar it's   they'll  42  3.14 -- (x) " * 12,
     "a\u00a0b\u3000c\x1cd\u2028e f  g\u00a0 h " * 14,
     "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8" * 30,
-    "\U0001F600 \U0001F600\U0001F600 caf\u00e9 na\u00efve " * 15,
+    "\U0001f600 \U0001f600\U0001f600 caf\u00e9 na\u00efve " * 15,
     " <mask> <s> </s> token<mask> " * 20,
     " ".join(["x" * 30, "y" * 41, "zq" * 17] * 8),
     "   leading spaces then words " * 20,
-    "word " * 8, "word " * 9, "",
+    "word " * 8,
+    "word " * 9,
+    "",
 ]
 
 
@@ -179,8 +200,10 @@ def test_long_texts_encoded_from_a_prefix_give_the_whole_texts_ids(tok, mbart_to
     through `tiktoken` and through the tokenizer."""
     assert tokenization.prefix_exact(tok)
     assert not tokenization.prefix_exact(mbart_tok)  # sentencepiece normalizer and Metaspace
-    cnn = [json.loads(line)["document"]
-           for line in (shared_data / "cnn_dailymail" / "validation_stories_allennlp.jsonl").read_text().splitlines()]
+    cnn = [
+        json.loads(line)["document"]
+        for line in (shared_data / "cnn_dailymail" / "validation_stories_allennlp.jsonl").read_text().splitlines()
+    ]
     texts = [r["document"] for r in xsum[:200]] + cnn + _AWKWARD
     suffix = tokenization.special_suffix(tok)
     fast = tokenization.Encoder.of(tok)
@@ -195,8 +218,12 @@ def test_long_texts_encoded_from_a_prefix_give_the_whole_texts_ids(tok, mbart_to
                 assert a.to_pylist() == b.to_pylist() and cut_a.tolist() == cut_b.tolist(), (max_len, target)
         cuts = [t for t in texts if tokenization._prefix_cut(t, limit) is not t]
         cut_rows += len(cuts)
-        again_rows += int((tokenization._token_ids(tok, [tokenization._prefix_cut(t, limit) for t in cuts],
-                                                  False).lengths() <= max_len).sum())
+        again_rows += int(
+            (
+                tokenization._token_ids(tok, [tokenization._prefix_cut(t, limit) for t in cuts], False).lengths()
+                <= max_len
+            ).sum()
+        )
     assert cut_rows > 200 and again_rows > 0  # both branches ran
 
 
@@ -221,8 +248,9 @@ def test_prefix_cut_stops_before_a_space_after_a_non_space():
 
 
 def _same_entry_key(cfg, tok) -> str:
-    return os.path.join(token_cache.cache_root(cfg),
-                        token_cache.cache_key(cfg, "train", data_source.origin(cfg, "train"), tok))
+    return os.path.join(
+        token_cache.cache_root(cfg), token_cache.cache_key(cfg, "train", data_source.origin(cfg, "train"), tok)
+    )
 
 
 def test_leftovers_of_an_interrupted_job_are_never_used(tmp_path, tok, xsum, caplog):
@@ -256,8 +284,10 @@ def test_an_entry_without_meta_json_is_rebuilt(tmp_path, tok, xsum, caplog, left
     entry = _same_entry_key(cfg, tok)
     os.makedirs(entry)
     if leftover == "dataset_only":  # e.g. written by hand, or meta.json lost
-        shutil.copytree(os.path.join(_same_entry_key(_cfg(tmp_path, path, cache_dir=str(tmp_path / "reference")),
-                                                     tok), "dataset"), os.path.join(entry, "dataset"))
+        shutil.copytree(
+            os.path.join(_same_entry_key(_cfg(tmp_path, path, cache_dir=str(tmp_path / "reference")), tok), "dataset"),
+            os.path.join(entry, "dataset"),
+        )
     out, hit = _run(cfg, tok, caplog)
     assert not hit
     _assert_same(out, reference)
@@ -266,6 +296,7 @@ def test_an_entry_without_meta_json_is_rebuilt(tmp_path, tok, xsum, caplog, left
 
 def test_parallel_tokenization_equals_serial(tmp_path, tok, xsum, caplog, monkeypatch):
     import concurrent.futures
+
     short = [{"document": r["document"][:400], "summary": r["summary"]} for r in xsum]
     rows = (short * (-(-5000 // len(short))))[:5000]
     path = _write(tmp_path / "big.jsonl", rows)
@@ -275,6 +306,7 @@ def test_parallel_tokenization_equals_serial(tmp_path, tok, xsum, caplog, monkey
         def __init__(self, max_workers, mp_context):
             pools.append((max_workers, mp_context.get_start_method()))
             super().__init__(max_workers, mp_context=mp_context)
+
     monkeypatch.setattr(tokenization.concurrent.futures, "ProcessPoolExecutor", Pool)
     monkeypatch.setattr(tokenization, "_MIN_ROWS_PER_PROC", 2000)  # two workers for a small file
     serial, _ = _run(_cfg(tmp_path, path, cache_dir=str(tmp_path / "serial"), num_proc=1), tok, caplog)
@@ -285,6 +317,5 @@ def test_parallel_tokenization_equals_serial(tmp_path, tok, xsum, caplog, monkey
         np.testing.assert_array_equal(a.lengths(), b.lengths())
         np.testing.assert_array_equal(np.concatenate(a.values), np.concatenate(b.values))
     assert list(serial.references) == list(parallel.references) == [r["summary"] for r in rows]
-    assert (serial.truncated_source, serial.truncated_target) == (parallel.truncated_source,
-                                                                  parallel.truncated_target)
+    assert (serial.truncated_source, serial.truncated_target) == (parallel.truncated_source, parallel.truncated_target)
     assert serial.truncated_source > 0

@@ -6,16 +6,25 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from dq_jax.training import distill, train_step
-from dq_jax.parallel import sharding
 from dq_jax.model.config import ModelConfig
 from dq_jax.model.modeling import Seq2SeqLM
+from dq_jax.parallel import sharding
 from dq_jax.quant.config import QuantConfig
+from dq_jax.training import distill, train_step
 from tests.hf_models import distill_batch
 
-TEACHER = ModelConfig(vocab_size=128, d_model=32, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
-                      decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                      max_position_embeddings=32, dropout=0.1)
+TEACHER = ModelConfig(
+    vocab_size=128,
+    d_model=32,
+    encoder_layers=3,
+    decoder_layers=3,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    max_position_embeddings=32,
+    dropout=0.1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +36,12 @@ def setup():
     # move the student away from the teacher so every distillation term is non-zero
     leaves, tree = jax.tree.flatten(student_params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    student_params = jax.tree.unflatten(tree, [np.asarray(x) + 0.01 * np.asarray(jax.random.normal(k, x.shape))
-                                               for x, k in zip(leaves, keys)])
-    dcfg = distill.DistillConfig(mode="dq_bart", encoder_map=distill.layer_map(3, 2),
-                                 decoder_map=distill.layer_map(3, 1))
+    student_params = jax.tree.unflatten(
+        tree, [np.asarray(x) + 0.01 * np.asarray(jax.random.normal(k, x.shape)) for x, k in zip(leaves, keys)]
+    )
+    dcfg = distill.DistillConfig(
+        mode="dq_bart", encoder_map=distill.layer_map(3, 2), decoder_map=distill.layer_map(3, 1)
+    )
     return teacher_params, student_cfg, student_params, dcfg
 
 
@@ -58,8 +69,10 @@ def _max_rel(a, b):
 
 
 # fp32 is -m slow: the 2-2-8 case runs the same meshes and sharded step with the quantizers on
-@pytest.mark.parametrize("quant,tol", [pytest.param(None, 1e-5, id="fp32", marks=pytest.mark.slow),
-                                       pytest.param(QuantConfig(2, 2, 8), 1e-3, id="2-2-8")])
+@pytest.mark.parametrize(
+    "quant,tol",
+    [pytest.param(None, 1e-5, id="fp32", marks=pytest.mark.slow), pytest.param(QuantConfig(2, 2, 8), 1e-3, id="2-2-8")],
+)
 def test_meshes_match_single_device(setup, quant, tol):
     ref_state, ref_losses, _ = _run(setup, (1, 1, 1), quant, devices=jax.devices()[:1])
     assert all(m["finite"] == 1 for m in ref_losses)
@@ -79,7 +92,7 @@ def test_meshes_match_single_device(setup, quant, tol):
 
 
 def test_state_is_sharded_by_the_rules(setup):
-    state, _, mesh = _run(setup, (2, 2, 2), steps=1)
+    state, _, _mesh = _run(setup, (2, 2, 2), steps=1)
     emb = state.params["shared"]["embedding"]
     assert emb.sharding.spec == P("tensor", "fsdp")
     assert emb.addressable_shards[0].data.shape == (TEACHER.vocab_size // 2, TEACHER.d_model // 2)
@@ -103,11 +116,14 @@ def test_compiled_step_has_no_host_round_trips(setup):
     teacher = jax.device_put(teacher_params, t_sh)
     step = train_step.compile_step(
         train_step.make_train_step(Seq2SeqLM(student_cfg, QuantConfig(2, 2, 8)), Seq2SeqLM(TEACHER), dcfg, tx),
-        mesh, st_sh, t_sh)
+        mesh,
+        st_sh,
+        t_sh,
+    )
     batch = train_step.shard_batch(distill_batch(TEACHER.vocab_size), mesh)
     state, _ = step(state, teacher, batch)  # compile outside the guard
     with jax.transfer_guard("disallow"):
-        state, metrics = step(state, teacher, batch)
+        state, _metrics = step(state, teacher, batch)
     assert int(state.step) == 2
 
 
@@ -120,7 +136,8 @@ def test_non_finite_step_is_skipped_and_recorded(setup):
     state, st_sh = train_step.init_state(bad, tx, jax.random.key(0), mesh)
     t_sh = sharding.param_shardings(teacher_params, mesh)
     step = train_step.compile_step(
-        train_step.make_train_step(Seq2SeqLM(student_cfg), Seq2SeqLM(TEACHER), dcfg, tx), mesh, st_sh, t_sh)
+        train_step.make_train_step(Seq2SeqLM(student_cfg), Seq2SeqLM(TEACHER), dcfg, tx), mesh, st_sh, t_sh
+    )
     before = jax.device_get((state.params, state.opt_state))
     batch = train_step.shard_batch(distill_batch(TEACHER.vocab_size), mesh)
     state, metrics = step(state, jax.device_put(teacher_params, t_sh), batch)

@@ -32,17 +32,25 @@ def main(argv: list[str]) -> int | None:
     import torch
     import transformers
 
-    from dq_jax.model import hf, modeling
     from dq_jax import size
+    from dq_jax.model import hf, modeling
     from dq_jax.model.config import ModelConfig
     from dq_jax.quant.config import QuantConfig
 
     os.makedirs(args.workdir, exist_ok=True)
     torch.manual_seed(0)
-    hf_cfg = transformers.BartConfig(vocab_size=512, d_model=64, encoder_layers=2, decoder_layers=2,
-                                     encoder_attention_heads=4, decoder_attention_heads=4,
-                                     encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=64,
-                                     attn_implementation="eager")
+    hf_cfg = transformers.BartConfig(
+        vocab_size=512,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
     teacher_dir = os.path.join(args.workdir, "teacher_hf")
     transformers.BartForConditionalGeneration(hf_cfg).eval().save_pretrained(teacher_dir)
     torch_model = transformers.BartForConditionalGeneration.from_pretrained(teacher_dir).eval()
@@ -55,19 +63,27 @@ def main(argv: list[str]) -> int | None:
 
     rows = []
     base = ModelConfig()
-    base_shapes = {L: modeling.abstract_params(base.replace(encoder_layers=L[0], decoder_layers=L[1]))
-                   for L in ((6, 6),)}
+    base_shapes = {
+        L: modeling.abstract_params(base.replace(encoder_layers=L[0], decoder_layers=L[1])) for L in ((6, 6),)
+    }
     teacher_mib = size.paper_size_mib(base_shapes[(6, 6)], None, None)
     for name, q in [("fp32", None), ("8-8-8", QuantConfig(8, 8, 8)), ("2-2-8", QuantConfig(2, 2, 8))]:
         logits = jax.jit(modeling.Seq2SeqLM(cfg, q).apply)({"params": params}, ids, None, dids).logits
         mib = size.paper_size_mib(base_shapes[(6, 6)], q and q.weight_bits, q and q.embed_bits)
-        rows.append({"model": name, "max |logits - torch fp32|": float(np.abs(np.asarray(logits) - ref).max()),
-                     "BART-base size MiB (paper)": round(mib, 1), "ratio": round(teacher_mib / mib, 1)})
+        rows.append(
+            {
+                "model": name,
+                "max |logits - torch fp32|": float(np.abs(np.asarray(logits) - ref).max()),
+                "BART-base size MiB (paper)": round(mib, 1),
+                "ratio": round(teacher_mib / mib, 1),
+            }
+        )
     header = list(rows[0])
     print(" | ".join(header))
     for r in rows:
-        print(" | ".join(f"{r[h]:.3g}" if isinstance(r[h], float) and h.startswith("max") else str(r[h])
-                         for h in header))
+        print(
+            " | ".join(f"{r[h]:.3g}" if isinstance(r[h], float) and h.startswith("max") else str(r[h]) for h in header)
+        )
     with open(os.path.join(args.workdir, "check.json"), "w") as f:
         json.dump(rows, f, indent=2)
 

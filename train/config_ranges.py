@@ -96,8 +96,11 @@ def check_ranges(c: ml_collections.ConfigDict) -> None:
         value = _get(c, key)
         must = f"{kind} {bound}".strip()
         if names is not None:
-            if not (isinstance(value, (tuple, list)) and len(value) == names.count(",") + 1
-                    and all(is_kind(v) and ok(v) for v in value)):
+            if not (
+                isinstance(value, (tuple, list))
+                and len(value) == names.count(",") + 1
+                and all(is_kind(v) and ok(v) for v in value)
+            ):
                 raise ValueError(f"{key}={value!r} is out of range: it must be {names}, each {must}.")
         elif not is_kind(value):
             raise ValueError(f"{key}={value!r} is not {kind}: it must be {must}.")
@@ -106,5 +109,7 @@ def check_ranges(c: ml_collections.ConfigDict) -> None:
     if list(c.mesh).count(-1) > 1:
         raise ValueError(f"mesh={tuple(c.mesh)} is out of range: at most one axis may be -1.")
     if c.eval.min_length >= c.eval.max_length:
-        raise ValueError(f"eval.min_length={c.eval.min_length} is out of range: it must be less than "
-                         f"eval.max_length={c.eval.max_length}.")
+        raise ValueError(
+            f"eval.min_length={c.eval.min_length} is out of range: it must be less than "
+            f"eval.max_length={c.eval.max_length}."
+        )

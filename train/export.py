@@ -20,16 +20,19 @@ from train.flags import parse_flags
 
 def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("workdir", None, "The finished run's directory.", flag_values=fv, required=True)
-    flags.DEFINE_enum("format", None, ["hf", "packed"], "An HF directory or one packed file.", flag_values=fv,
-                      required=True)
-    flags.DEFINE_string("out", None, "default: WORKDIR/export/hf or WORKDIR/export/student.packed.safetensors",
-                        flag_values=fv)
+    flags.DEFINE_enum(
+        "format", None, ["hf", "packed"], "An HF directory or one packed file.", flag_values=fv, required=True
+    )
+    flags.DEFINE_string(
+        "out", None, "default: WORKDIR/export/hf or WORKDIR/export/student.packed.safetensors", flag_values=fv
+    )
 
 
 def main(argv: list[str]) -> int:
     """Exports; `argv` is the whole command line, program name first (`sys.argv`)."""
     args = parse_flags(argv, _define, __doc__)
     from dq_jax.export.workdir import export_workdir
+
     try:
         out = export_workdir(args.workdir, args.format, args.out)
     except (FileNotFoundError, ValueError) as e:

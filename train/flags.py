@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 import sys
 import types
-from typing import Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from absl import flags
 from ml_collections import config_flags
@@ -31,8 +32,9 @@ HELP = ("--help", "-help", "-h", "--helpfull", "-helpfull", "--helpshort", "-hel
 _REQUIRED = re.compile(r"^flag --([\w.-]+)=None: Flag --\1 must have a value other than None\.$")
 
 
-def parse_flags(argv: Sequence[str], define: Callable[[flags.FlagValues], None], doc: str = "", *,
-                config: bool = False) -> types.SimpleNamespace:
+def parse_flags(
+    argv: Sequence[str], define: Callable[[flags.FlagValues], None], doc: str = "", *, config: bool = False
+) -> types.SimpleNamespace:
     """Parses `argv` (the whole command line, program name first, as absl expects) with the flags
     `define(fv)` puts on a fresh FlagValues; `config=True` adds the required `--config` file flag,
     whose `--config.x=v` overrides ml_collections reads from this same `argv`. Returns the values
@@ -41,11 +43,12 @@ def parse_flags(argv: Sequence[str], define: Callable[[flags.FlagValues], None],
     argv = [str(a) for a in argv]
     fv = flags.FlagValues()
     if config:
-        config_flags.DEFINE_config_file("config", None, "Config file, optionally with ':variant'.", flag_values=fv,
-                                        lock_config=True, sys_argv=argv)
+        config_flags.DEFINE_config_file(
+            "config", None, "Config file, optionally with ':variant'.", flag_values=fv, lock_config=True, sys_argv=argv
+        )
         flags.mark_flag_as_required("config", flag_values=fv)
     define(fv)
-    args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    args = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
     if any(a in HELP for a in args):
         print(help_text(fv, doc))
         sys.exit(0)
@@ -55,7 +58,7 @@ def parse_flags(argv: Sequence[str], define: Callable[[flags.FlagValues], None],
             hasattr(fv["config"].value, "lock")  # a config file that failed to load raises its OSError here
     except flags.Error as e:
         fail(_flag_error(e))
-    except Exception as e:  # noqa: BLE001 - anything get_config or a --config.x=v override raises
+    except Exception as e:
         if not config:
             raise
         fail(f"bad --config: {_config_error(e)}")

@@ -20,8 +20,11 @@ from absl import flags
 from train.flags import parse_flags
 
 # (flag, least value, why): checked right after parsing, before anything is read
-_AT_LEAST = (("batch-size", 1, ""), ("num-beams", 1, ""),
-             ("max-length", 2, " (it counts the decoder start token: 2 is one generated token)"))
+_AT_LEAST = (
+    ("batch-size", 1, ""),
+    ("num-beams", 1, ""),
+    ("max-length", 2, " (it counts the decoder start token: 2 is one generated token)"),
+)
 
 
 def _mib(n: int) -> str:
@@ -43,10 +46,16 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("output", None, "one output line per input line", flag_values=fv, required=True)
     flags.DEFINE_integer("batch-size", 16, "documents per batch", flag_values=fv)
     flags.DEFINE_integer("num-beams", None, "default: the run's setting", flag_values=fv)
-    flags.DEFINE_integer("max-length", None, "decoder tokens, the start token included; default: the run's setting",
-                         flag_values=fv)
-    flags.DEFINE_enum("compute", "codes", ["codes", "fake"],
-                      "products on integer codes (default) or on dequantized weights", flag_values=fv)
+    flags.DEFINE_integer(
+        "max-length", None, "decoder tokens, the start token included; default: the run's setting", flag_values=fv
+    )
+    flags.DEFINE_enum(
+        "compute",
+        "codes",
+        ["codes", "fake"],
+        "products on integer codes (default) or on dequantized weights",
+        flag_values=fv,
+    )
 
 
 def _fail(message) -> int:
@@ -65,6 +74,7 @@ def main(argv: list[str]) -> int:
     from dq_jax.export.packed import PackedFileError
     from dq_jax.inference import loading as inference
     from dq_jax.inference import text
+
     try:
         inference.model_kind(args.model)
     except (FileNotFoundError, ValueError) as e:
@@ -88,8 +98,11 @@ def main(argv: list[str]) -> int:
         return _fail(f"--max-length {gen.max_length} must be above the run's min_length {gen.min_length}.")
     encoded = text.encode(student, lines)
     if encoded.truncated:
-        print(f"warning: {encoded.truncated} of {len(lines)} lines are longer than the model's "
-              f"{encoded.max_tokens} source positions and were truncated.", file=sys.stderr)
+        print(
+            f"warning: {encoded.truncated} of {len(lines)} lines are longer than the model's "
+            f"{encoded.max_tokens} source positions and were truncated.",
+            file=sys.stderr,
+        )
     try:
         result = text.generate_texts(student, encoded, args.batch_size, gen)
     except ValueError as e:  # settings the model cannot run, e.g. max_length beyond its positions
@@ -98,12 +111,18 @@ def main(argv: list[str]) -> int:
     with open(args.output, "w", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in result.texts))
     steady = result.steady_tokens_per_second
-    speed = (f"{steady:.1f} tokens/s once compiled, {result.tokens_per_second:.1f} overall" if steady is not None else
-             f"{result.tokens_per_second:.1f} tokens/s, compilation included: every batch had a new shape")
-    print(f"wrote {len(result.texts)} lines to {args.output}: {result.tokens} tokens in {result.seconds:.1f} s "
-          f"({speed})")
-    print(f"weights resident: {_mib(student.resident_bytes)} as codes (int8 containers) vs "
-          f"{_mib(student.fp32_bytes)} in fp32 ({student.fp32_bytes / student.resident_bytes:.1f}x smaller)")
+    speed = (
+        f"{steady:.1f} tokens/s once compiled, {result.tokens_per_second:.1f} overall"
+        if steady is not None
+        else f"{result.tokens_per_second:.1f} tokens/s, compilation included: every batch had a new shape"
+    )
+    print(
+        f"wrote {len(result.texts)} lines to {args.output}: {result.tokens} tokens in {result.seconds:.1f} s ({speed})"
+    )
+    print(
+        f"weights resident: {_mib(student.resident_bytes)} as codes (int8 containers) vs "
+        f"{_mib(student.fp32_bytes)} in fp32 ({student.fp32_bytes / student.resident_bytes:.1f}x smaller)"
+    )
     return 0
 
 

@@ -26,6 +26,7 @@ def main(argv: list[str]) -> int | None:
     workdir = args.workdir
     from dq_jax.parallel import distributed
     from train.settings import distributed_from_config, spec_from_config
+
     try:
         spec = spec_from_config(args.config)  # every config check happens here, before any work
         dist = distributed_from_config(args.config)
@@ -37,17 +38,22 @@ def main(argv: list[str]) -> int | None:
     except Exception as e:  # the runtime reports a missing coordinator or peer as assorted errors
         sys.exit(f"error: could not join the distributed runtime ({dist.coordinator_address or 'auto'}): {e}")
     import jax
+
     log_name = "run.log" if jax.process_index() == 0 else f"run.process{jax.process_index()}.log"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=[logging.FileHandler(os.path.join(workdir, log_name)),
-                                  logging.StreamHandler(sys.stderr)], force=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.FileHandler(os.path.join(workdir, log_name)), logging.StreamHandler(sys.stderr)],
+        force=True,
+    )
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax reports every file it writes
-    from dq_jax.utils import compilation_cache
     from dq_jax import pipeline
     from dq_jax.training.checkpoint import CheckpointError
     from dq_jax.training.trainer import Interrupted, NonFiniteLossError
+    from dq_jax.utils import compilation_cache
     from dq_jax.utils.workdir_lock import Busy
     from train.report import print_results
+
     logger = logging.getLogger("train.main")
     compilation_cache.enable(spec.compilation_cache)
     try:
@@ -63,8 +69,10 @@ def main(argv: list[str]) -> int | None:
         if e.errno != errno.ENOSPC:
             raise
         logger.error("%s", e)
-        sys.exit(f"error: disk full writing {e.filename or workdir}; checkpoints already written are "
-                 "intact: free space and rerun the same command to resume.")
+        sys.exit(
+            f"error: disk full writing {e.filename or workdir}; checkpoints already written are "
+            "intact: free space and rerun the same command to resume."
+        )
     logger.info("%s", compilation_cache.summary())
     if distributed.is_main():
         print_results(results)

@@ -20,11 +20,16 @@ def print_results(results: dict) -> None:
     for who in ("teacher", "student"):
         test = results.get(f"{who}_test") or {}
         teacher = who == "teacher"
-        rows.append({"model": who, **{k: _mib(test.get(k)) for k in TASK_METRICS},
-                     "mib": _mib(size.get(f"{who}_mib")),
-                     "ratio": _ratio(1.0 if teacher else size.get("compression_ratio")),
-                     "packed": _mib(size.get("teacher_mib" if teacher else "packed_student_mib")),
-                     "p_ratio": _ratio(1.0 if teacher else size.get("packed_compression_ratio"))})
+        rows.append(
+            {
+                "model": who,
+                **{k: _mib(test.get(k)) for k in TASK_METRICS},
+                "mib": _mib(size.get(f"{who}_mib")),
+                "ratio": _ratio(1.0 if teacher else size.get("compression_ratio")),
+                "packed": _mib(size.get("teacher_mib" if teacher else "packed_student_mib")),
+                "p_ratio": _ratio(1.0 if teacher else size.get("packed_compression_ratio")),
+            }
+        )
     print()
     print(format_table(rows, headers=_HEADERS))
     print(f"\nresults: {results.get('workdir')}/results.json")

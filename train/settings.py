@@ -12,16 +12,24 @@ import json
 
 import ml_collections
 
-from dq_jax.model import sizes as model_sizes
 from dq_jax.model import precision, remat
+from dq_jax.model import sizes as model_sizes
 from dq_jax.parallel.distributed import ENV, DistributedConfig
 from dq_jax.quant.config import QuantConfig
-from dq_jax.spec import (STAGES, SYNTHETIC_TASKS, DataSpec, DistillSpec, EvalSettings, RunSpec, StudentSpec,
-                         TeacherSpec, TrainSettings)
+from dq_jax.spec import (
+    STAGES,
+    SYNTHETIC_TASKS,
+    DataSpec,
+    DistillSpec,
+    EvalSettings,
+    RunSpec,
+    StudentSpec,
+    TeacherSpec,
+    TrainSettings,
+)
 from dq_jax.stages import DISTILL, TEACHER, trained_stages
 from dq_jax.training import distill as distill_lib
 from train.config_ranges import check_ranges
-
 
 
 def _files(value: str) -> tuple[str, ...]:
@@ -92,16 +100,25 @@ def _distill(d: ml_collections.ConfigDict) -> DistillSpec:
 def _data(d: ml_collections.ConfigDict) -> DataSpec:
     if d.synthetic and d.synthetic not in SYNTHETIC_TASKS:
         raise ValueError(f"data.synthetic={d.synthetic!r}; the only generated task is 'demo'.")
-    return _section(DataSpec, d, name=d.name or None, subset=d.subset or None, revision=d.revision or None,
-                    cache_dir=d.cache_dir or None, train_files=_files(d.train_files),
-                    validation_files=_files(d.validation_files), test_files=_files(d.test_files),
-                    max_examples=d.max_examples or None, src_lang=d.src_lang or None, tgt_lang=d.tgt_lang or None)
+    return _section(
+        DataSpec,
+        d,
+        name=d.name or None,
+        subset=d.subset or None,
+        revision=d.revision or None,
+        cache_dir=d.cache_dir or None,
+        train_files=_files(d.train_files),
+        validation_files=_files(d.validation_files),
+        test_files=_files(d.test_files),
+        max_examples=d.max_examples or None,
+        src_lang=d.src_lang or None,
+        tgt_lang=d.tgt_lang or None,
+    )
 
 
 def _teacher(t: ml_collections.ConfigDict, stages: tuple[str, ...], train: TrainSettings) -> TeacherSpec:
     if not (t.tokenizer or t.path):
-        raise ValueError("No tokenizer: set teacher.path (an HF checkpoint with tokenizer files) or "
-                         "teacher.tokenizer.")
+        raise ValueError("No tokenizer: set teacher.path (an HF checkpoint with tokenizer files) or teacher.tokenizer.")
     if t.scratch and t.scratch not in model_sizes.SCRATCH:
         raise ValueError(f"teacher.scratch={t.scratch!r}; choose one of {sorted(model_sizes.SCRATCH)}.")
     if not t.path:
@@ -110,30 +127,47 @@ def _teacher(t: ml_collections.ConfigDict, stages: tuple[str, ...], train: Train
         if "teacher" not in stages:
             raise ValueError("teacher.scratch needs the 'teacher' stage; add it to stages.")
     teacher_train = dataclasses.replace(train, learning_rate=t.learning_rate, steps=t.steps, epochs=t.epochs)
-    return TeacherSpec(path=t.path, scratch=t.scratch, tokenizer=t.tokenizer, finetune=t.finetune,
-                       train=teacher_train)
+    return TeacherSpec(path=t.path, scratch=t.scratch, tokenizer=t.tokenizer, finetune=t.finetune, train=teacher_train)
 
 
 def spec_from_config(c: ml_collections.ConfigDict) -> RunSpec:
     stages = _stages(c)
     check_ranges(c)
     q = c.quant
-    quant = _section(QuantConfig, q, weight_bits=_none_if_zero(q.weight_bits), embed_bits=_none_if_zero(q.embed_bits),
-                     act_bits=_none_if_zero(q.act_bits))
+    quant = _section(
+        QuantConfig,
+        q,
+        weight_bits=_none_if_zero(q.weight_bits),
+        embed_bits=_none_if_zero(q.embed_bits),
+        act_bits=_none_if_zero(q.act_bits),
+    )
     train, ev = _train(c.train), _section(EvalSettings, c.eval)
     distill = _distill(c.distill)
-    student = StudentSpec(layers=_layers(c.student.layers),
-                          encoder_map=_map(c.student.encoder_map, "student.encoder_map"),
-                          decoder_map=_map(c.student.decoder_map, "student.decoder_map"),
-                          train_fraction=float(c.student.train_fraction),
-                          seed=c.seed if c.student.seed == -1 else c.student.seed)
+    student = StudentSpec(
+        layers=_layers(c.student.layers),
+        encoder_map=_map(c.student.encoder_map, "student.encoder_map"),
+        decoder_map=_map(c.student.decoder_map, "student.decoder_map"),
+        train_fraction=float(c.student.train_fraction),
+        seed=c.seed if c.student.seed == -1 else c.student.seed,
+    )
     data = _data(c.data)
     if c.precision not in precision.PRECISIONS:
         raise ValueError(f"precision={c.precision!r}; choose one of {list(precision.PRECISIONS)}.")
-    spec = RunSpec(seed=c.seed, stages=stages, mesh=tuple(c.mesh), precision=c.precision,
-                   compilation_cache=c.compilation_cache, teacher=_teacher(c.teacher, stages, train),
-                   student=student, quant=quant, distill=distill, data=data, train=train, eval=ev,
-                   config_json=json.dumps(c.to_dict(), default=str))
+    spec = RunSpec(
+        seed=c.seed,
+        stages=stages,
+        mesh=tuple(c.mesh),
+        precision=c.precision,
+        compilation_cache=c.compilation_cache,
+        teacher=_teacher(c.teacher, stages, train),
+        student=student,
+        quant=quant,
+        distill=distill,
+        data=data,
+        train=train,
+        eval=ev,
+        config_json=json.dumps(c.to_dict(), default=str),
+    )
     _check_lengths(spec)
     return spec
 
@@ -144,8 +178,10 @@ def _check_lengths(spec: RunSpec) -> None:
     trained = trained_stages(spec)[0]
     for name, section, ts in ((DISTILL, "train", spec.train), (TEACHER, "teacher", spec.teacher.train)):
         if name in trained and ts.steps == 0 and ts.epochs == 0:
-            raise ValueError(f"{section}.steps=0 and {section}.epochs=0 train nothing: set {section}.steps >= 1 "
-                             f"(it overrides epochs) or {section}.epochs >= 1.")
+            raise ValueError(
+                f"{section}.steps=0 and {section}.epochs=0 train nothing: set {section}.steps >= 1 "
+                f"(it overrides epochs) or {section}.epochs >= 1."
+            )
 
 
 def distributed_from_config(c: ml_collections.ConfigDict, environ=None) -> DistributedConfig:
@@ -154,10 +190,14 @@ def distributed_from_config(c: ml_collections.ConfigDict, environ=None) -> Distr
     dist = DistributedConfig(**c.distributed.to_dict()).with_env(environ)
     if dist.enabled and not dist.auto:  # auto: Slurm, Open MPI or Cloud TPU give the rest
         if dist.num_processes < 1:
-            raise ValueError(f"distributed.coordinator_address={dist.coordinator_address!r} needs "
-                             f"distributed.num_processes (or {ENV['num_processes']}) >= 1, or distributed.auto=True "
-                             "on Slurm, Open MPI or Cloud TPU.")
+            raise ValueError(
+                f"distributed.coordinator_address={dist.coordinator_address!r} needs "
+                f"distributed.num_processes (or {ENV['num_processes']}) >= 1, or distributed.auto=True "
+                "on Slurm, Open MPI or Cloud TPU."
+            )
         if not 0 <= dist.process_id < dist.num_processes:
-            raise ValueError(f"distributed.process_id={dist.process_id} (or {ENV['process_id']}) must be in "
-                             f"0..{dist.num_processes - 1} for {dist.num_processes} processes.")
+            raise ValueError(
+                f"distributed.process_id={dist.process_id} (or {ENV['process_id']}) must be in "
+                f"0..{dist.num_processes - 1} for {dist.num_processes} processes."
+            )
     return dist

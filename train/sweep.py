@@ -52,7 +52,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import flags
 
@@ -65,11 +65,16 @@ from train.sweeps.state import SWEEP_FILE, read_json, record_plan
 
 
 def _define(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("config", None, "configs/NAME.py[:variant]; omitted: the one DIR/sweep.json records",
-                        flag_values=fv)
+    flags.DEFINE_string(
+        "config", None, "configs/NAME.py[:variant]; omitted: the one DIR/sweep.json records", flag_values=fv
+    )
     flags.DEFINE_string("workdir", None, "the sweep directory", flag_values=fv, required=True)
-    flags.DEFINE_multi_string("grid", [], "an axis KEY=V1,V2 ('K1+K2=...' sets both; ';' separates values that "
-                              "contain commas)", flag_values=fv)
+    flags.DEFINE_multi_string(
+        "grid",
+        [],
+        "an axis KEY=V1,V2 ('K1+K2=...' sets both; ';' separates values that contain commas)",
+        flag_values=fv,
+    )
     flags.DEFINE_multi_string("set", [], "KEY=VALUE, a fixed override for every job", flag_values=fv)
     flags.DEFINE_string("sweep", None, "NAME: the config's named sweep c.sweeps.NAME", flag_values=fv)
     flags.DEFINE_boolean("print-commands", False, "print the commands one a line; run nothing", flag_values=fv)
@@ -85,8 +90,9 @@ def main(argv: Sequence[str]) -> int:
     try:
         if args.report:
             if args.grid or args.sweep or args.set or args.print_commands:
-                raise SweepError("--report reads DIR/sweep.json; it takes no --grid, --sweep, --set or "
-                                 "--print-commands.")
+                raise SweepError(
+                    "--report reads DIR/sweep.json; it takes no --grid, --sweep, --set or --print-commands."
+                )
             rows = write_report(workdir)
             with open(os.path.join(workdir, "sweep.md")) as f:
                 print(f.read())

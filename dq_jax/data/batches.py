@@ -12,7 +12,7 @@ is fully described by `{"epoch", "position"}`, which checkpoints store.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -51,12 +51,21 @@ def shift_right(labels: np.ndarray, start: int | None, pad: int, model_type: str
 
 def batch_lengths(data: Tokenized, idx: np.ndarray, cfg: DataConfig) -> tuple[int, int]:
     """Bucketed (source, target) lengths of a batch of examples `idx`."""
-    return (bucket(max(len(data.source[int(i)]) for i in idx), cfg.min_bucket, cfg.max_source_length),
-            bucket(max(len(data.target[int(i)]) for i in idx), cfg.min_bucket, cfg.max_target_length))
+    return (
+        bucket(max(len(data.source[int(i)]) for i in idx), cfg.min_bucket, cfg.max_source_length),
+        bucket(max(len(data.target[int(i)]) for i in idx), cfg.min_bucket, cfg.max_target_length),
+    )
 
 
-def collate(data: Tokenized, idx: np.ndarray, cfg: DataConfig, pad: int, start: int | None,
-            model_type: str, lengths: tuple[int, int] | None = None) -> dict:
+def collate(
+    data: Tokenized,
+    idx: np.ndarray,
+    cfg: DataConfig,
+    pad: int,
+    start: int | None,
+    model_type: str,
+    lengths: tuple[int, int] | None = None,
+) -> dict:
     """Examples `idx` -> padded arrays `[len(idx), L]` at bucketed lengths (or `lengths`, the
     whole global batch's, when `idx` is one process's share of it)."""
     src = [data.source[int(i)] for i in idx]
@@ -68,8 +77,13 @@ def collate(data: Tokenized, idx: np.ndarray, cfg: DataConfig, pad: int, start: 
         ids[i, : len(s)], labels[i, : len(t)] = s, t
     dec = shift_right(labels, start, pad, model_type)
     dec_mask = (np.arange(lt)[None] < np.array([len(t) for t in tgt])[:, None]).astype(np.int32)
-    return dict(input_ids=ids, attention_mask=(ids != pad).astype(np.int32), decoder_input_ids=dec,
-                decoder_attention_mask=dec_mask, labels=np.where(dec_mask == 1, labels, -100).astype(np.int32))
+    return dict(
+        input_ids=ids,
+        attention_mask=(ids != pad).astype(np.int32),
+        decoder_input_ids=dec,
+        decoder_attention_mask=dec_mask,
+        labels=np.where(dec_mask == 1, labels, -100).astype(np.int32),
+    )
 
 
 def epoch_order(lengths: np.ndarray, batch: int, seed: int, epoch: int) -> np.ndarray:
@@ -95,9 +109,19 @@ class TrainIterator:
     it then yields `[A, len(rows), L]`, padded to the lengths of the whole global batch. The
     order of examples depends on the seed only, so every process agrees on the global batch."""
 
-    def __init__(self, data: Tokenized, cfg: DataConfig, batch_size: int, accum: int, seed: int,
-                 pad: int, start: int | None, model_type: str, state: dict | None = None,
-                 rows: np.ndarray | None = None):
+    def __init__(
+        self,
+        data: Tokenized,
+        cfg: DataConfig,
+        batch_size: int,
+        accum: int,
+        seed: int,
+        pad: int,
+        start: int | None,
+        model_type: str,
+        state: dict | None = None,
+        rows: np.ndarray | None = None,
+    ):
         self.data, self.cfg, self.batch, self.accum, self.seed = data, cfg, batch_size, accum, seed
         self.pad, self.start, self.model_type = pad, start, model_type
         self.rows = None if rows is None else np.asarray(rows)
@@ -118,8 +142,11 @@ class TrainIterator:
             self._order = (self.state["epoch"], order)
         order = self._order[1]
         idx = order[self.state["position"]]
-        self.state = ({"epoch": self.state["epoch"] + 1, "position": 0} if self.state["position"] + 1 >= len(order)
-                      else {"epoch": self.state["epoch"], "position": self.state["position"] + 1})
+        self.state = (
+            {"epoch": self.state["epoch"] + 1, "position": 0}
+            if self.state["position"] + 1 >= len(order)
+            else {"epoch": self.state["epoch"], "position": self.state["position"] + 1}
+        )
         lengths = batch_lengths(self.data, idx, self.cfg)
         local = idx.reshape(self.accum, self.batch)
         if self.rows is not None:
@@ -128,13 +155,14 @@ class TrainIterator:
         return {k: v.reshape(*local.shape, *v.shape[1:]) for k, v in out.items()}
 
 
-def eval_batches(data: Tokenized, cfg: DataConfig, batch_size: int, pad: int, start: int | None,
-                 model_type: str) -> Iterator[tuple[np.ndarray, dict]]:
+def eval_batches(
+    data: Tokenized, cfg: DataConfig, batch_size: int, pad: int, start: int | None, model_type: str
+) -> Iterator[tuple[np.ndarray, dict]]:
     """Length-sorted batches covering every example once: yields (example indices, batch); the
     last batch is filled up by repeating its first example (callers drop those rows)."""
     order = np.argsort(data.source.lengths(), kind="stable")
     for i in range(0, len(order), batch_size):
-        idx = order[i: i + batch_size]
+        idx = order[i : i + batch_size]
         padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
         yield idx, collate(data, padded, cfg, pad, start, model_type)
 
@@ -149,8 +177,9 @@ class Batching:
     start: int | None
     model_type: str
 
-    def train(self, data: Tokenized, batch_size: int, accum: int, seed: int,
-              rows: np.ndarray | None = None) -> TrainIterator:
+    def train(
+        self, data: Tokenized, batch_size: int, accum: int, seed: int, rows: np.ndarray | None = None
+    ) -> TrainIterator:
         return TrainIterator(data, self.cfg, batch_size, accum, seed, self.pad, self.start, self.model_type, rows=rows)
 
     def eval(self, data: Tokenized, batch_size: int) -> Iterator[tuple[np.ndarray, dict]]:

@@ -50,7 +50,7 @@ class IdRows(NamedTuple):
     offsets: np.ndarray  # int64, [rows + 1]
 
     @classmethod
-    def from_lists(cls, rows: list[list[int]]) -> "IdRows":
+    def from_lists(cls, rows: list[list[int]]) -> IdRows:
         lengths = np.fromiter(map(len, rows), np.int64, len(rows))
         offsets = np.zeros(len(rows) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -64,9 +64,9 @@ class IdRows(NamedTuple):
         return np.diff(self.offsets)
 
     def row(self, i: int) -> np.ndarray:
-        return self.values[self.offsets[i]: self.offsets[i + 1]]
+        return self.values[self.offsets[i] : self.offsets[i + 1]]
 
-    def framed(self, prefix: list[int], suffix: list[int]) -> "IdRows":
+    def framed(self, prefix: list[int], suffix: list[int]) -> IdRows:
         """Every row as `prefix + row + suffix`."""
         p, s = len(prefix), len(suffix)
         offsets = self.offsets + np.arange(len(self.offsets), dtype=np.int64) * (p + s)
@@ -81,15 +81,15 @@ class IdRows(NamedTuple):
         values[body] = self.values
         return IdRows(values, offsets)
 
-    def replaced(self, which: list[int], other: "IdRows") -> "IdRows":
+    def replaced(self, which: list[int], other: IdRows) -> IdRows:
         """These rows with row `which[k]` replaced by `other`'s row `k` (`which` ascending)."""
         if not which:
             return self
         pieces, start = [], 0
         for k, i in enumerate(which):
-            pieces += [self.values[self.offsets[start]: self.offsets[i]], other.row(k)]
+            pieces += [self.values[self.offsets[start] : self.offsets[i]], other.row(k)]
             start = i + 1
-        pieces.append(self.values[self.offsets[start]:])
+        pieces.append(self.values[self.offsets[start] :])
         lengths = self.lengths()
         lengths[which] = other.lengths()
         offsets = np.zeros(len(self.offsets), np.int64)
@@ -104,6 +104,7 @@ class ByteLevelBPE:
     def __init__(self, merges: list[tuple[str, str]], vocab: dict[str, int], added: list[str]):
         import tiktoken
         from transformers.convert_slow_tokenizer import bytes_to_unicode
+
         char_of = bytes_to_unicode()
         byte_of = {ch: b for b, ch in char_of.items()}
         ranks = {bytes([b]): b for b in range(256)}
@@ -112,8 +113,7 @@ class ByteLevelBPE:
         self._ids = np.empty(len(ranks), np.int32)  # tiktoken's rank -> the tokenizer's id
         for token, rank in ranks.items():
             self._ids[rank] = vocab["".join(char_of[b] for b in token)]
-        self._encoding = tiktoken.Encoding("byte_level_bpe", pat_str=_PATTERN, mergeable_ranks=ranks,
-                                           special_tokens={})
+        self._encoding = tiktoken.Encoding("byte_level_bpe", pat_str=_PATTERN, mergeable_ranks=ranks, special_tokens={})
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
         self._parts = (merges, vocab, added)
 
@@ -121,7 +121,7 @@ class ByteLevelBPE:
         return ByteLevelBPE, self._parts
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> "ByteLevelBPE | None":
+    def from_tokenizer(cls, tokenizer) -> ByteLevelBPE | None:
         """The tokenizer's BPE through `tiktoken` when its pipeline is byte-level BPE and nothing
         else (module docstring), else None."""
         backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -130,22 +130,33 @@ class ByteLevelBPE:
         spec = json.loads(backend.to_str())
         model, pre, post = spec.get("model") or {}, spec.get("pre_tokenizer") or {}, spec.get("post_processor")
         posts = (post or {}).get("processors", [post]) if (post or {}).get("type") == "Sequence" else [post]
-        if not (spec.get("normalizer") is None
-                and pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")
-                and model.get("type") == "BPE" and model.get("dropout") is None
-                and not model.get("continuing_subword_prefix") and not model.get("end_of_word_suffix")
-                and not model.get("byte_fallback") and not model.get("ignore_merges")
-                and all(p is None or p.get("type") in _ADDING_ONLY for p in posts)):
+        if not (
+            spec.get("normalizer") is None
+            and pre.get("type") == "ByteLevel"
+            and pre.get("use_regex", True)
+            and not pre.get("add_prefix_space")
+            and model.get("type") == "BPE"
+            and model.get("dropout") is None
+            and not model.get("continuing_subword_prefix")
+            and not model.get("end_of_word_suffix")
+            and not model.get("byte_fallback")
+            and not model.get("ignore_merges")
+            and all(p is None or p.get("type") in _ADDING_ONLY for p in posts)
+        ):
             return None
         from transformers.convert_slow_tokenizer import bytes_to_unicode
+
         alphabet, vocab = set(bytes_to_unicode().values()), model["vocab"]
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         results = ["".join(m) for m in merges]
         # Every byte is a token, and every merge makes a token no other merge makes (`tiktoken`
         # ranks tokens, not pairs: a token from two merges would have one rank for both).
-        if not (all(ch in vocab for ch in alphabet) and len(set(results)) == len(results)
-                and all(len(m) == 2 and set(m[0] + m[1]) <= alphabet for m in merges)
-                and all(r in vocab for r in results)):
+        if not (
+            all(ch in vocab for ch in alphabet)
+            and len(set(results)) == len(results)
+            and all(len(m) == 2 and set(m[0] + m[1]) <= alphabet for m in merges)
+            and all(r in vocab for r in results)
+        ):
             return None
         return cls(merges, vocab, [t["content"] for t in spec.get("added_tokens", [])])
 
@@ -160,4 +171,3 @@ class ByteLevelBPE:
         """The tokenizer's ids of each text, without special tokens."""
         rows = IdRows.from_lists([self._encoding.encode_ordinary(t) for t in texts])
         return IdRows(self._ids[rows.values], rows.offsets)
-

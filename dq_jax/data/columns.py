@@ -8,7 +8,7 @@ batch reads its rows.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,16 +25,17 @@ class TokenColumn:
     rows: np.ndarray | None = None  # a view of these rows of the column, in this order (None: all)
 
     @classmethod
-    def from_arrow(cls, column) -> "TokenColumn":
+    def from_arrow(cls, column) -> TokenColumn:
         chunks = [c for c in column.chunks if len(c)]
         values = tuple(c.values.to_numpy() for c in chunks)
         offsets = tuple(c.offsets.to_numpy() for c in chunks)
         return cls(values, offsets, np.cumsum([0] + [len(c) for c in chunks]))
 
     @classmethod
-    def from_lists(cls, rows) -> "TokenColumn":
+    def from_lists(cls, rows) -> TokenColumn:
         """From token id sequences in memory (tests, small inputs)."""
         import pyarrow as pa
+
         return cls.from_arrow(pa.chunked_array([pa.array([list(map(int, r)) for r in rows], pa.list_(pa.int32()))]))
 
     def __len__(self) -> int:
@@ -48,7 +49,7 @@ class TokenColumn:
         c = int(np.searchsorted(self.starts, i, side="right")) - 1
         o = self.offsets[c]
         j = i - self.starts[c]
-        return self.values[c][o[j]: o[j + 1]]
+        return self.values[c][o[j] : o[j + 1]]
 
     def lengths(self) -> np.ndarray:
         """[N] the length of every row, from the offsets alone."""
@@ -57,15 +58,15 @@ class TokenColumn:
         every = np.concatenate([np.diff(o) for o in self.offsets])[: int(self.starts[-1])]
         return every if self.rows is None else every[self.rows]
 
-    def head(self, n: int) -> "TokenColumn":
+    def head(self, n: int) -> TokenColumn:
         if self.rows is not None:
             return self.take(np.arange(min(n, len(self))))
         return dataclasses.replace(self, starts=np.minimum(self.starts, n))
 
-    def take(self, idx: np.ndarray) -> "TokenColumn":
+    def take(self, idx: np.ndarray) -> TokenColumn:
         """A view of rows `idx` (in that order) without copying any ids."""
         idx = np.asarray(idx, np.int64)
-        if len(idx) and not (0 <= idx.min() and idx.max() < len(self)):
+        if len(idx) and not (idx.min() >= 0 and idx.max() < len(self)):
             raise IndexError(f"rows outside [0, {len(self)})")
         return dataclasses.replace(self, rows=idx if self.rows is None else self.rows[idx])
 
@@ -87,7 +88,7 @@ class TextColumn(Sequence[str]):
             return TextColumn(self.column.slice(start, max(stop - start, 0)))
         return self.column[i].as_py()
 
-    def take(self, idx: np.ndarray) -> "TextColumn":
+    def take(self, idx: np.ndarray) -> TextColumn:
         return TextColumn(self.column.take(np.asarray(idx, np.int64)))
 
 
@@ -104,12 +105,13 @@ class Tokenized:
     def __len__(self) -> int:
         return len(self.source)
 
-    def head(self, n: int) -> "Tokenized":
+    def head(self, n: int) -> Tokenized:
         """The first `n` examples."""
-        return dataclasses.replace(self, source=self.source.head(n), target=self.target.head(n),
-                                   references=self.references[:n])
+        return dataclasses.replace(
+            self, source=self.source.head(n), target=self.target.head(n), references=self.references[:n]
+        )
 
-    def take(self, idx: np.ndarray) -> "Tokenized":
+    def take(self, idx: np.ndarray) -> Tokenized:
         """Examples `idx`, in that order: views of the token columns, no ids copied. The truncation
         counts stay those of the whole split, which is what was tokenized."""
         source, target = self.source.take(idx), self.target.take(idx)  # these check idx

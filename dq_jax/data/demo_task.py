@@ -20,8 +20,9 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 TASK_VERSION = "dq-jax-demo-v1"
 DEFAULT_SIZES = {"train": 20000, "validation": 300, "test": 500}
@@ -29,36 +30,59 @@ MIN_WORDS, MAX_WORDS = 40, 90
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3 as in BART; "<mask>" goes last
 TOKENIZER_VOCAB = 1000  # the trained tokenizer's size, special tokens included
 
-FIRST = ("Maria James Sarah David Laura Michael Anna Peter Emma Thomas Julia Daniel Helen Robert "
-         "Clara Simon Grace Martin Alice Paul Nina George Rachel Oliver Sophie Henry Lucy Adam "
-         "Irene Victor Hannah Samuel Olivia Lewis Ruth Edward Chloe Frank Diana Owen").split()
-LAST = ("Lopez Walker Chen Patel Novak Brennan Okafor Fischer Moreau Silva Tanaka Kowalski Reyes "
-        "Lindqvist Murphy Haddad Costa Adler Grant Ward Romero Jensen Duncan Keller Ivanova Barros "
-        "Quinn Mendez Hart Sato Nolan Fraser Ortiz Berg Dalton Ferreira Lamb Price Young Rossi").split()
-CITIES = ("Denver Boston Lisbon Glasgow Leeds Dublin Oslo Lyon Porto Bristol Austin Seattle Cardiff "
-          "Geneva Munich Turin Krakow Valencia Toronto Ottawa Dallas Phoenix Atlanta Hamburg Vienna "
-          "Madrid Naples Antwerp Belfast Aberdeen").split()
-PREFIXES = ("Northwind Bluestone Redfield Silverlake Harbor Greenway Ironbridge Westgate Eastmoor "
-            "Summit Oakridge Clearwater Highland Riverside Kingsley Brightwater Stonehill Maple "
-            "Falcon Granite").split()
-SECTORS = {"Bank": "banking", "Energy": "energy", "Foods": "food", "Motors": "carmaking",
-           "Airlines": "airline", "Telecom": "telecoms", "Pharma": "drugs", "Steel": "steel",
-           "Media": "media", "Retail": "retail"}
+FIRST = (
+    "Maria James Sarah David Laura Michael Anna Peter Emma Thomas Julia Daniel Helen Robert "
+    "Clara Simon Grace Martin Alice Paul Nina George Rachel Oliver Sophie Henry Lucy Adam "
+    "Irene Victor Hannah Samuel Olivia Lewis Ruth Edward Chloe Frank Diana Owen"
+).split()
+LAST = (
+    "Lopez Walker Chen Patel Novak Brennan Okafor Fischer Moreau Silva Tanaka Kowalski Reyes "
+    "Lindqvist Murphy Haddad Costa Adler Grant Ward Romero Jensen Duncan Keller Ivanova Barros "
+    "Quinn Mendez Hart Sato Nolan Fraser Ortiz Berg Dalton Ferreira Lamb Price Young Rossi"
+).split()
+CITIES = (
+    "Denver Boston Lisbon Glasgow Leeds Dublin Oslo Lyon Porto Bristol Austin Seattle Cardiff "
+    "Geneva Munich Turin Krakow Valencia Toronto Ottawa Dallas Phoenix Atlanta Hamburg Vienna "
+    "Madrid Naples Antwerp Belfast Aberdeen"
+).split()
+PREFIXES = (
+    "Northwind Bluestone Redfield Silverlake Harbor Greenway Ironbridge Westgate Eastmoor "
+    "Summit Oakridge Clearwater Highland Riverside Kingsley Brightwater Stonehill Maple "
+    "Falcon Granite"
+).split()
+SECTORS = {
+    "Bank": "banking",
+    "Energy": "energy",
+    "Foods": "food",
+    "Motors": "carmaking",
+    "Airlines": "airline",
+    "Telecom": "telecoms",
+    "Pharma": "drugs",
+    "Steel": "steel",
+    "Media": "media",
+    "Retail": "retail",
+}
 MASCOTS = "Rovers United Rangers Wolves Lions Eagles Giants Athletic".split()
 PARTIES = "Green Labour Liberal Reform Unity Progress Civic National".split()
 WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
-MONTHS = ("January February March April May June July August September October November "
-          "December").split()
+MONTHS = ("January February March April May June July August September October November December").split()
 FACILITIES = "factory warehouse laboratory depot office".split()
-RESULT_REASONS = ("strong demand in Europe", "lower fuel costs", "weak sales in the spring",
-                  "higher interest rates", "a cold winter", "new contracts in Asia",
-                  "rising wages", "a stronger dollar")
-SITE_REASONS = ("good transport links", "a skilled workforce", "lower costs", "space to grow",
-                "strong local support")
+RESULT_REASONS = (
+    "strong demand in Europe",
+    "lower fuel costs",
+    "weak sales in the spring",
+    "higher interest rates",
+    "a cold winter",
+    "new contracts in Asia",
+    "rising wages",
+    "a stronger dollar",
+)
+SITE_REASONS = ("good transport links", "a skilled workforce", "lower costs", "space to grow", "strong local support")
 
 
 class Example(NamedTuple):
     """One event's sentences, before `_example` orders them and picks the distractors."""
+
     lead: str  # always the document's first sentence
     facts: list[str]  # what the summary is made from: all kept, in a shuffled order
     extras: list[str]  # distractors: 0-3 of them are kept
@@ -72,6 +96,7 @@ class Phrasings:
     Each sentence is a tuple of its alternative phrasings: the lead and the facts may have
     several, one of which is drawn; distractors and the summary have exactly one.
     """
+
     lead: tuple[str, ...]
     facts: tuple[tuple[str, ...], ...]
     extras: tuple[str, ...]
@@ -109,10 +134,11 @@ class Phrasings:
 
     def fill(self, lead: str, facts: list[str], **slots: object) -> Example:
         """The `Example` from the drawn `lead` and `facts` templates, with all slots filled in."""
+
         def text(template: str) -> str:
             return template.format(**slots)
-        return Example(text(lead), [text(t) for t in facts], [text(t) for t in self.extras],
-                       text(self.summary))
+
+        return Example(text(lead), [text(t) for t in facts], [text(t) for t in self.extras], text(self.summary))
 
 
 def _draw(r: random.Random, phrasings: tuple[str, ...]) -> str:
@@ -157,9 +183,25 @@ def _results(r: random.Random) -> Example:
     reason = r.choice(RESULT_REASONS)  # the one value drawn between the lead and the facts
     facts = RESULTS.draw_facts(r)
     expected = r.randrange(12, 96)
-    return RESULTS.fill(lead, facts, org=org, sector=sector, rival=rival, city=city, city2=city2, boss=boss,
-                        day=day, day2=day2, month=month, month2=month2, now=now, before=before,
-                        reason=reason, expected=expected, verb="rises" if now > before else "falls")
+    return RESULTS.fill(
+        lead,
+        facts,
+        org=org,
+        sector=sector,
+        rival=rival,
+        city=city,
+        city2=city2,
+        boss=boss,
+        day=day,
+        day2=day2,
+        month=month,
+        month2=month2,
+        now=now,
+        before=before,
+        reason=reason,
+        expected=expected,
+        verb="rises" if now > before else "falls",
+    )
 
 
 MATCH = Phrasings.parse("""
@@ -185,10 +227,31 @@ def _match(r: random.Random) -> Example:
     lead = MATCH.draw_lead(r)
     facts = MATCH.draw_facts(r)
     crowd, mascot3, month = r.randrange(12, 60), r.choice(MASCOTS), r.choice(MONTHS)
-    (win, w, scorer), (lose, l, _) = sorted([(home, h, p_home), (away, a, p_away)], key=lambda t: -t[1])
-    return MATCH.fill(lead, facts, home=home, away=away, home_city=home_city, city3=city3, day=day, h=h, a=a,
-                      p_home=p_home, p_away=p_away, p_hurt=p_hurt, crowd=crowd, mascot3=mascot3,
-                      month=month, win=win, lose=lose, w=w, l=l, scorer=scorer)
+    (win, win_goals, scorer), (lose, lose_goals, _) = sorted(
+        [(home, h, p_home), (away, a, p_away)], key=lambda t: -t[1]
+    )
+    return MATCH.fill(
+        lead,
+        facts,
+        home=home,
+        away=away,
+        home_city=home_city,
+        city3=city3,
+        day=day,
+        h=h,
+        a=a,
+        p_home=p_home,
+        p_away=p_away,
+        p_hurt=p_hurt,
+        crowd=crowd,
+        mascot3=mascot3,
+        month=month,
+        win=win,
+        lose=lose,
+        w=win_goals,
+        l=lose_goals,
+        scorer=scorer,
+    )
 
 
 ELECTION = Phrasings.parse("""
@@ -203,8 +266,10 @@ summary {winner} of the {party_w} Party wins {city} mayoral race with {share_w} 
 """)
 # The candidates' lines are shuffled, not drawn one by one: the winner takes either phrasing
 # and the loser the other.
-CANDIDATE_LINES = ("{name} of the {party} Party won {share} percent of the vote, official results showed.",
-                   "{name}, the {party} Party candidate, received {share} percent.")
+CANDIDATE_LINES = (
+    "{name} of the {party} Party won {share} percent of the vote, official results showed.",
+    "{name}, the {party} Party candidate, received {share} percent.",
+)
 
 
 def _election(r: random.Random) -> Example:
@@ -219,10 +284,21 @@ def _election(r: random.Random) -> Example:
     lines = list(CANDIDATE_LINES)
     r.shuffle(lines)
     turnout = r.randrange(30, 71)
-    return ELECTION.fill(lead, facts, city=city, city2=city2, winner=winner, former=former, party_w=party_w,
-                         share_w=share_w, minor=minor, day=day, turnout=turnout,
-                         winner_line=lines[0].format(name=winner, party=party_w, share=share_w),
-                         loser_line=lines[1].format(name=loser, party=party_l, share=share_l))
+    return ELECTION.fill(
+        lead,
+        facts,
+        city=city,
+        city2=city2,
+        winner=winner,
+        former=former,
+        party_w=party_w,
+        share_w=share_w,
+        minor=minor,
+        day=day,
+        turnout=turnout,
+        winner_line=lines[0].format(name=winner, party=party_w, share=share_w),
+        loser_line=lines[1].format(name=loser, party=party_l, share=share_l),
+    )
 
 
 SITE = Phrasings.parse("""
@@ -250,10 +326,24 @@ def _site(r: random.Random) -> Example:
     lead = SITE.draw_lead(r)
     facts = SITE.draw_facts(r)
     reason, staff = r.choice(SITE_REASONS), r.randrange(20, 100)
-    return SITE.fill(lead, facts, org=org, city=city, city3=city3, first_other=others[0], boss=boss,
-                     facility=facility, jobs=jobs, day=day, month=month, month2=month2, reason=reason,
-                     staff=staff, considered=" and ".join([", ".join(others[:-1]), others[-1]]),
-                     count={2: "two", 3: "three"}[k])
+    return SITE.fill(
+        lead,
+        facts,
+        org=org,
+        city=city,
+        city3=city3,
+        first_other=others[0],
+        boss=boss,
+        facility=facility,
+        jobs=jobs,
+        day=day,
+        month=month,
+        month2=month2,
+        reason=reason,
+        staff=staff,
+        considered=" and ".join([", ".join(others[:-1]), others[-1]]),
+        count={2: "two", 3: "three"}[k],
+    )
 
 
 STORM = Phrasings.parse("""
@@ -278,8 +368,20 @@ def _storm(r: random.Random) -> Example:
     lead = STORM.draw_lead(r)
     facts = STORM.draw_facts(r)
     wind, restored = r.randrange(40, 96), r.randrange(2, homes)
-    return STORM.fill(lead, facts, city=city, city2=city2, utility=utility, spokesperson=spokesperson,
-                      homes=homes, day=day, day2=day2, day3=day3, wind=wind, restored=restored)
+    return STORM.fill(
+        lead,
+        facts,
+        city=city,
+        city2=city2,
+        utility=utility,
+        spokesperson=spokesperson,
+        homes=homes,
+        day=day,
+        day2=day2,
+        day3=day3,
+        wind=wind,
+        restored=restored,
+    )
 
 
 APPOINTMENT = Phrasings.parse("""
@@ -303,12 +405,24 @@ def _appointment(r: random.Random) -> Example:
     lead = APPOINTMENT.draw_lead(r)
     facts = APPOINTMENT.draw_facts(r)
     rise, staff = r.randrange(2, 10), r.randrange(12, 96)
-    return APPOINTMENT.fill(lead, facts, org=org, new=new, old=old, rival1=rival1, rival2=rival2, city2=city2,
-                            years=years, day=day, month=month, rise=rise, staff=staff)
+    return APPOINTMENT.fill(
+        lead,
+        facts,
+        org=org,
+        new=new,
+        old=old,
+        rival1=rival1,
+        rival2=rival2,
+        city2=city2,
+        years=years,
+        day=day,
+        month=month,
+        rise=rise,
+        staff=staff,
+    )
 
 
-EVENTS: tuple[Callable[[random.Random], Example], ...] = (
-    _results, _match, _election, _site, _storm, _appointment)
+EVENTS: tuple[Callable[[random.Random], Example], ...] = (_results, _match, _election, _site, _storm, _appointment)
 
 
 def _example(r: random.Random) -> tuple[str, str]:
@@ -395,15 +509,21 @@ def _texts(files: list[str], columns: tuple[str, str]):
     is an error naming its file, line and column)."""
     from dq_jax.data.config import DataConfig
     from dq_jax.data.source import load_split
-    rows, _ = load_split(DataConfig(train_files=tuple(files), source_column=columns[0], target_column=columns[1]),
-                         "train")
+
+    rows, _ = load_split(
+        DataConfig(train_files=tuple(files), source_column=columns[0], target_column=columns[1]), "train"
+    )
     for source, target in zip(rows[columns[0]], rows[columns[1]]):
         yield source
         yield target
 
 
-def train_tokenizer(files: list[str], out_dir: str, vocab_size: int = TOKENIZER_VOCAB,
-                    columns: tuple[str, str] = ("document", "summary")) -> str:
+def train_tokenizer(
+    files: list[str],
+    out_dir: str,
+    vocab_size: int = TOKENIZER_VOCAB,
+    columns: tuple[str, str] = ("document", "summary"),
+) -> str:
     """Train a BART-style byte-level BPE on the sources and targets (`columns`) of `files`.
 
     Ids: `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, then bytes and merges, `<mask>` last, so the
@@ -412,8 +532,12 @@ def train_tokenizer(files: list[str], out_dir: str, vocab_size: int = TOKENIZER_
     loads it. Idempotent through `tokenizer_manifest.json` (input hashes and vocab size).
     """
     os.makedirs(out_dir, exist_ok=True)
-    record = {"task": TASK_VERSION, "vocab_size": vocab_size, "columns": list(columns),
-              "inputs": [_sha256_file(p) for p in files]}
+    record = {
+        "task": TASK_VERSION,
+        "vocab_size": vocab_size,
+        "columns": list(columns),
+        "inputs": [_sha256_file(p) for p in files],
+    }
     manifest_path = os.path.join(out_dir, "tokenizer_manifest.json")
     outputs = {name: os.path.join(out_dir, name) for name in ("tokenizer.json", "tokenizer_config.json")}
     if _manifest_matches(manifest_path, record, outputs):
@@ -427,18 +551,31 @@ def train_tokenizer(files: list[str], out_dir: str, vocab_size: int = TOKENIZER_
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(_texts(files, columns), trainer=trainer)
     tokenizer.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
     tokenizer.post_processor = processors.RobertaProcessing(  # (sep, cls) positionally
-        ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>")),
-        trim_offsets=True, add_prefix_space=False)
+        ("</s>", tokenizer.token_to_id("</s>")),
+        ("<s>", tokenizer.token_to_id("<s>")),
+        trim_offsets=True,
+        add_prefix_space=False,
+    )
 
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>", mask_token="<mask>", model_max_length=1024,
-        clean_up_tokenization_spaces=False)  # cleanup would edit text and break decode(encode(x)) == x
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        model_max_length=1024,
+        clean_up_tokenization_spaces=False,
+    )  # cleanup would edit text and break decode(encode(x)) == x
     wrapped.save_pretrained(out_dir)
     hashes = {name: _sha256_file(p) for name, p in outputs.items()}
     _write_atomic(manifest_path, json.dumps({**record, "sha256": hashes}, indent=1).encode())

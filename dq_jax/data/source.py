@@ -17,7 +17,7 @@ import json
 import logging
 import os
 
-from dq_jax.data.config import DataConfig, SPLITS
+from dq_jax.data.config import SPLITS, DataConfig
 
 log = logging.getLogger(__name__)
 BUILDERS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}  # `datasets` packaged builders
@@ -49,6 +49,7 @@ def _first_row_columns(path: str) -> list[str]:
     builder = _builder(path)
     if builder == "parquet":
         import pyarrow.parquet as pq
+
         try:
             return list(pq.read_schema(path).names)
         except Exception as e:  # pyarrow's messages do not name the file
@@ -97,8 +98,10 @@ def _check_file(path: str, split: str, columns: tuple[str, str]) -> None:
         raise ValueError(f"The {split} split ({path}) is empty.")
     for col in columns:
         if col not in found:
-            raise ValueError(f"Column {col!r} not found in {path}; it has {sorted(found)}. "
-                             "Set data.source_column / data.target_column.")
+            raise ValueError(
+                f"Column {col!r} not found in {path}; it has {sorted(found)}. "
+                "Set data.source_column / data.target_column."
+            )
 
 
 def file_digest(path: str) -> str:
@@ -119,27 +122,33 @@ def origin(cfg: DataConfig, split: str, fingerprint: str = "") -> Origin:
 
 def _load_hub(cfg: DataConfig, split: str):
     import datasets
+
     try:
         return datasets.load_dataset(cfg.name, cfg.subset, split=split, revision=cfg.revision)
     except RuntimeError as e:
         if SCRIPT_REFUSED not in str(e) or cfg.revision:
             raise
-    log.warning("%s has only a loading script, which datasets no longer runs; loading the hub's parquet "
-                "conversion (revision %s) instead.", cfg.name, PARQUET_REVISION)
-    return datasets.load_dataset(cfg.name, data_dir=cfg.subset or "default", split=split,
-                                 revision=PARQUET_REVISION)
+    log.warning(
+        "%s has only a loading script, which datasets no longer runs; loading the hub's parquet "
+        "conversion (revision %s) instead.",
+        cfg.name,
+        PARQUET_REVISION,
+    )
+    return datasets.load_dataset(cfg.name, data_dir=cfg.subset or "default", split=split, revision=PARQUET_REVISION)
 
 
 def _load_file(path: str, columns: tuple[str, str]):
     import datasets
+
     try:
         # csv cells are text: no number inference, and an empty cell is "" (dropped like an empty
         # string elsewhere); only a row with too few cells leaves a null
         options = {}
         if _builder(path) == "csv":
             text = datasets.Value("string")
-            options = dict(features=datasets.Features({c: text for c in _first_row_columns(path)}),
-                           keep_default_na=False)
+            options = dict(
+                features=datasets.Features(dict.fromkeys(_first_row_columns(path), text)), keep_default_na=False
+            )
         ds = datasets.load_dataset(_builder(path), data_files=[path], split="train", **options)
     except Exception as e:  # pyarrow/datasets report bad rows without a line: find it and say where
         _diagnose(path, columns)
@@ -156,17 +165,22 @@ def _is_string_column(feature) -> bool:
 def _check_values(ds, origin_name: str, columns: tuple[str, str]) -> None:
     """Each column present, typed string, with no nulls; else the first bad row, named."""
     import pyarrow.compute as pc
+
     for col in columns:
         if col not in ds.column_names:
-            raise ValueError(f"Column {col!r} not found in {origin_name}; it has {sorted(ds.column_names)}. "
-                             "Set data.source_column / data.target_column.")
+            raise ValueError(
+                f"Column {col!r} not found in {origin_name}; it has {sorted(ds.column_names)}. "
+                "Set data.source_column / data.target_column."
+            )
         nulls = ds.data.column(col).null_count
         if not _is_string_column(ds.features[col]) or nulls:
             if os.path.isfile(origin_name):
                 _diagnose(origin_name, columns)
             bad = pc.index(pc.is_null(ds.data.column(col)), True).as_py() if nulls else 0
-            raise ValueError(f"{origin_name}: row {bad + 1} has no string in column {col!r} "
-                             f"(the column's type is {ds.features[col]}); every row needs a text.")
+            raise ValueError(
+                f"{origin_name}: row {bad + 1} has no string in column {col!r} "
+                f"(the column's type is {ds.features[col]}); every row needs a text."
+            )
 
 
 def _rows_with_lines(path: str):
@@ -174,6 +188,7 @@ def _rows_with_lines(path: str):
     builder = _builder(path)
     if builder == "parquet":
         import pyarrow.parquet as pq
+
         for i, row in enumerate(pq.read_table(path).to_pylist()):
             yield f"row {i + 1}", row
         return
@@ -209,8 +224,10 @@ def _diagnose(path: str, columns: tuple[str, str]) -> None:
                 if row[col] is None:
                     raise ValueError(f"{path}: {where} has a null {col!r}; every row needs a text there.")
                 if not isinstance(row[col], str):
-                    raise ValueError(f"{path}: {where} has {row[col]!r:.40} ({type(row[col]).__name__}) as "
-                                     f"{col!r}; it must be a string.")
+                    raise ValueError(
+                        f"{path}: {where} has {row[col]!r:.40} ({type(row[col]).__name__}) as "
+                        f"{col!r}; it must be a string."
+                    )
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not valid UTF-8 text (byte {e.start}); re-encode it as UTF-8.") from e
 
@@ -218,20 +235,32 @@ def _diagnose(path: str, columns: tuple[str, str]) -> None:
 def _drop_empty(ds, cfg: DataConfig, description: str, split: str):
     """Rows whose source or target is empty (or whitespace) dropped, counted in the log."""
     import pyarrow.compute as pc
-    empty = {col: pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(ds.data.column(col))), 0)
-             for col in (cfg.source_column, cfg.target_column)}
+
+    empty = {
+        col: pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(ds.data.column(col))), 0)
+        for col in (cfg.source_column, cfg.target_column)
+    }
     counts = {col: pc.sum(e).as_py() or 0 for col, e in empty.items()}
     for col, n in counts.items():
         if n == len(ds):
-            raise ValueError(f"Every {col!r} in the {split} split ({description}) is empty; check "
-                             f"data.{'source' if col == cfg.source_column else 'target'}_column.")
+            raise ValueError(
+                f"Every {col!r} in the {split} split ({description}) is empty; check "
+                f"data.{'source' if col == cfg.source_column else 'target'}_column."
+            )
     if not any(counts.values()):
         return ds
     keep = pc.invert(pc.or_(*empty.values()))
-    log.warning("%s: dropped %d rows with an empty %r and %d with an empty %r (%s).", split,
-                counts[cfg.source_column], cfg.source_column, counts[cfg.target_column], cfg.target_column,
-                description)
+    log.warning(
+        "%s: dropped %d rows with an empty %r and %d with an empty %r (%s).",
+        split,
+        counts[cfg.source_column],
+        cfg.source_column,
+        counts[cfg.target_column],
+        cfg.target_column,
+        description,
+    )
     import numpy as np
+
     return ds.select(np.flatnonzero(keep.to_numpy(zero_copy_only=False)))
 
 
@@ -239,6 +268,7 @@ def load_split(cfg: DataConfig, split: str):
     """One split as a `datasets.Dataset` with the source and target columns only, every value a
     non-empty string, the first `max_examples` rows when set; and its `Origin`."""
     import datasets
+
     columns = (cfg.source_column, cfg.target_column)
     files = split_files(cfg, split)
     if files:

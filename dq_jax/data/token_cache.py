@@ -22,13 +22,15 @@ import shutil
 import time
 
 from dq_jax.data import source as data_source
-from dq_jax.data.config import DataConfig
 from dq_jax.data.columns import TextColumn, TokenColumn, Tokenized
+from dq_jax.data.config import DataConfig
 from dq_jax.data.tokenization import Encoder, tokenize
 from dq_jax.utils import user_cache
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when an entry's layout or the tokenization rule changes
+
+
 def cache_root(cfg: DataConfig) -> str:
     return os.path.join(cfg.cache_dir, "tokenized") if cfg.cache_dir else user_cache.path("tokenized")
 
@@ -51,24 +53,33 @@ def tokenizer_identity(tokenizer) -> str:
 
 
 def cache_key(cfg: DataConfig, split: str, origin: data_source.Origin, tokenizer) -> str:
-    parts = {"format": FORMAT, "split": split, "rows": list(origin.identity), "tokenizer": tokenizer_identity(tokenizer),
-             "columns": [cfg.source_column, cfg.target_column], "max_lengths": [cfg.max_source_length,
-                                                                                cfg.max_target_length],
-             "max_examples": cfg.max_examples, "langs": [cfg.src_lang, cfg.tgt_lang]}
+    parts = {
+        "format": FORMAT,
+        "split": split,
+        "rows": list(origin.identity),
+        "tokenizer": tokenizer_identity(tokenizer),
+        "columns": [cfg.source_column, cfg.target_column],
+        "max_lengths": [cfg.max_source_length, cfg.max_target_length],
+        "max_examples": cfg.max_examples,
+        "langs": [cfg.src_lang, cfg.tgt_lang],
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
 
 
 def _build(cfg: DataConfig, split: str, tokenizer, ds, key: str, entry: str) -> None:
     """Tokenizes `ds` into the cache entry `entry` (written aside, then renamed into place)."""
     import pyarrow.compute as pc
+
     work = f"{entry}.tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(os.path.join(work, "map"))
     try:
         out = tokenize(ds, Encoder.of(tokenizer), cfg, split, key, os.path.join(work, "map"))
-        meta = {"rows": len(out), "truncated_source": pc.sum(out.data.column("source_cut")).as_py() or 0,
-                "truncated_target": pc.sum(out.data.column("target_cut")).as_py() or 0}
+        meta = {
+            "rows": len(out),
+            "truncated_source": pc.sum(out.data.column("source_cut")).as_py() or 0,
+            "truncated_target": pc.sum(out.data.column("target_cut")).as_py() or 0,
+        }
         out.remove_columns(["source_cut", "target_cut"]).save_to_disk(os.path.join(work, "dataset"))
         del out
         shutil.rmtree(os.path.join(work, "map"))
@@ -88,6 +99,7 @@ def _build(cfg: DataConfig, split: str, tokenizer, ds, key: str, entry: str) -> 
 def tokenized_split(cfg: DataConfig, split: str, tokenizer) -> Tokenized:
     """`split` tokenized: from the cache when an entry matches, else tokenized and cached."""
     import datasets
+
     if cfg.src_lang:
         tokenizer.src_lang, tokenizer.tgt_lang = cfg.src_lang, cfg.tgt_lang
     ds = None
@@ -109,9 +121,13 @@ def tokenized_split(cfg: DataConfig, split: str, tokenizer) -> Tokenized:
     with open(os.path.join(entry, "meta.json")) as f:
         meta = json.load(f)
     table = datasets.load_from_disk(os.path.join(entry, "dataset")).data
-    out = Tokenized(TokenColumn.from_arrow(table.column("source_ids")),
-                    TokenColumn.from_arrow(table.column("target_ids")), TextColumn(table.column("reference")),
-                    meta["truncated_source"], meta["truncated_target"])
+    out = Tokenized(
+        TokenColumn.from_arrow(table.column("source_ids")),
+        TokenColumn.from_arrow(table.column("target_ids")),
+        TextColumn(table.column("reference")),
+        meta["truncated_source"],
+        meta["truncated_target"],
+    )
     _report(out, cfg, split)
     return out
 
@@ -119,8 +135,18 @@ def tokenized_split(cfg: DataConfig, split: str, tokenizer) -> Tokenized:
 def _report(data: Tokenized, cfg: DataConfig, split: str) -> None:
     n = len(data)
     if data.truncated_source == n and n > 1:
-        log.warning("%s: all %d sources are longer than max_source_length=%d and were truncated.",
-                    split, n, cfg.max_source_length)
-    log.info("%s: %d examples; truncated %d sources (> %d tokens) and %d targets (> %d tokens)", split, n,
-             data.truncated_source, cfg.max_source_length, data.truncated_target, cfg.max_target_length)
-
+        log.warning(
+            "%s: all %d sources are longer than max_source_length=%d and were truncated.",
+            split,
+            n,
+            cfg.max_source_length,
+        )
+    log.info(
+        "%s: %d examples; truncated %d sources (> %d tokens) and %d targets (> %d tokens)",
+        split,
+        n,
+        data.truncated_source,
+        cfg.max_source_length,
+        data.truncated_target,
+        cfg.max_target_length,
+    )

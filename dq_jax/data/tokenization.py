@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from dq_jax.data.config import DataConfig
 from dq_jax.data.byte_level_bpe import ByteLevelBPE, IdRows
+from dq_jax.data.config import DataConfig
 
 # Below this many rows per worker, one process is faster than several: starting a worker
 # (spawn, imports, the tokenizer) costs seconds, and `tiktoken` encodes ~6000 XSum rows a second.
@@ -32,8 +32,8 @@ _CUT_CHARS_PER_TOKEN = 5
 def _around(full: list[int], bare: list[int]) -> tuple[list[int], list[int]] | None:
     """The special tokens before and after a text's own ids `bare` in its encoding `full`
     (None when `bare` is not in it)."""
-    start = next((i for i in range(len(full) - len(bare) + 1) if full[i: i + len(bare)] == bare), None)
-    return None if start is None else (full[:start], full[start + len(bare):])
+    start = next((i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), None)
+    return None if start is None else (full[:start], full[start + len(bare) :])
 
 
 def special_suffix(tokenizer) -> int:
@@ -46,6 +46,7 @@ def special_suffix(tokenizer) -> int:
 def _truncated(rows: IdRows, max_len: int, suffix: int):
     """(Arrow list<int32> of the rows cut to `max_len` keeping their special suffix, [N] bool cut)."""
     import pyarrow as pa
+
     lengths = rows.lengths()
     cut = lengths > max_len
     kept = np.minimum(lengths, max_len)
@@ -67,8 +68,12 @@ def _token_ids(tokenizer, texts: list[str], target: bool) -> IdRows:
     on and back exactly as its `__call__(text_target=...)` does (mBART: the target language's
     special tokens)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or not hasattr(backend, "encode_batch_fast") or backend.truncation is not None \
-            or backend.padding is not None:
+    if (
+        backend is None
+        or not hasattr(backend, "encode_batch_fast")
+        or backend.truncation is not None
+        or backend.padding is not None
+    ):
         return IdRows.from_lists(tokenizer(text_target=texts)["input_ids"] if target else tokenizer(texts)["input_ids"])
     switch = target and hasattr(tokenizer, "_switch_to_target_mode")
     if switch:  # sets the backend's post-processor to the target's special tokens
@@ -94,8 +99,12 @@ def prefix_exact(tokenizer) -> bool:
         return False
     spec = json.loads(backend.to_str())
     pre = spec.get("pre_tokenizer") or {}
-    return (spec.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
-            and not any(any(ch.isspace() for ch in t["content"]) for t in spec.get("added_tokens", [])))
+    return (
+        spec.get("normalizer") is None
+        and pre.get("type") == "ByteLevel"
+        and pre.get("use_regex", True)
+        and not any(any(ch.isspace() for ch in t["content"]) for t in spec.get("added_tokens", []))
+    )
 
 
 def _prefix_cut(text: str, limit: int) -> str:
@@ -124,7 +133,7 @@ class Encoder:
     suffix: int  # `special_suffix`: the special tokens truncation keeps at a row's end
 
     @classmethod
-    def of(cls, tokenizer) -> "Encoder":
+    def of(cls, tokenizer) -> Encoder:
         bpe = ByteLevelBPE.from_tokenizer(tokenizer)
         frames = ()
         if bpe is not None:
@@ -166,31 +175,53 @@ def _encode(batch: dict, encoder: Encoder, cfg: DataConfig):
     """A batch of rows -> an Arrow table of token ids, truncation flags and the reference texts
     (`datasets.map`; a table, so the ids go to Arrow as flat arrays, not as Python lists)."""
     import pyarrow as pa
-    src, cut_s = _truncated(encoder.kept_ids(batch[cfg.source_column], False, cfg.max_source_length),
-                            cfg.max_source_length, encoder.suffix)
-    tgt, cut_t = _truncated(encoder.kept_ids(batch[cfg.target_column], True, cfg.max_target_length),
-                            cfg.max_target_length, encoder.suffix)
-    return pa.table({"source_ids": src, "target_ids": tgt, "source_cut": cut_s, "target_cut": cut_t,
-                     "reference": pa.array(batch[cfg.target_column], pa.string())})
+
+    src, cut_s = _truncated(
+        encoder.kept_ids(batch[cfg.source_column], False, cfg.max_source_length), cfg.max_source_length, encoder.suffix
+    )
+    tgt, cut_t = _truncated(
+        encoder.kept_ids(batch[cfg.target_column], True, cfg.max_target_length), cfg.max_target_length, encoder.suffix
+    )
+    return pa.table(
+        {
+            "source_ids": src,
+            "target_ids": tgt,
+            "source_cut": cut_s,
+            "target_cut": cut_t,
+            "reference": pa.array(batch[cfg.target_column], pa.string()),
+        }
+    )
 
 
 def _features():
     import datasets
+
     ids = datasets.List(datasets.Value("int32"))
-    return datasets.Features({"source_ids": ids, "target_ids": ids, "source_cut": datasets.Value("bool"),
-                              "target_cut": datasets.Value("bool"), "reference": datasets.Value("string")})
+    return datasets.Features(
+        {
+            "source_ids": ids,
+            "target_ids": ids,
+            "source_cut": datasets.Value("bool"),
+            "target_cut": datasets.Value("bool"),
+            "reference": datasets.Value("string"),
+        }
+    )
 
 
 def _map_kwargs(ds, encoder: Encoder, cfg: DataConfig) -> dict:
-    return dict(batched=True, batch_size=1000, remove_columns=ds.column_names, features=_features(),
-                fn_kwargs=dict(encoder=encoder, cfg=cfg))
+    return dict(
+        batched=True,
+        batch_size=1000,
+        remove_columns=ds.column_names,
+        features=_features(),
+        fn_kwargs=dict(encoder=encoder, cfg=cfg),
+    )
 
 
 def _tokenize_shard(shard, encoder: Encoder, cfg: DataConfig, path: str, fingerprint: str, desc: str) -> str:
     """One worker's share, written to `path` (runs in a spawned process)."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: its rayon threads would oversubscribe
-    shard.map(_encode, cache_file_name=path, new_fingerprint=fingerprint, desc=desc,
-              **_map_kwargs(shard, encoder, cfg))
+    shard.map(_encode, cache_file_name=path, new_fingerprint=fingerprint, desc=desc, **_map_kwargs(shard, encoder, cfg))
     return path
 
 
@@ -204,16 +235,30 @@ def tokenize(ds, encoder: Encoder, cfg: DataConfig, split: str, key: str, work: 
     """`ds` tokenized into Arrow files under `work`, by `data.num_proc` processes when the split
     is large enough to pay for their start-up."""
     import datasets
+
     procs = processes(cfg, len(ds))
     if procs == 1:  # workers would cost more than they save (`tokenizers` still uses its own threads)
-        return ds.map(_encode, cache_file_name=os.path.join(work, "tokens.arrow"), new_fingerprint=key,
-                      desc=f"tokenize {split}", **_map_kwargs(ds, encoder, cfg))
+        return ds.map(
+            _encode,
+            cache_file_name=os.path.join(work, "tokens.arrow"),
+            new_fingerprint=key,
+            desc=f"tokenize {split}",
+            **_map_kwargs(ds, encoder, cfg),
+        )
     # Spawned, not forked (as `datasets.map(num_proc=...)` would): this process runs JAX's
     # threads, and a fork copies any lock one of them holds.
     with concurrent.futures.ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [pool.submit(_tokenize_shard, ds.shard(procs, i, contiguous=True), encoder, cfg,
-                            os.path.join(work, f"tokens-{i:03d}.arrow"), f"{key}-{i}",
-                            f"tokenize {split} [{i + 1}/{procs}]")
-                for i in range(procs)]
+        jobs = [
+            pool.submit(
+                _tokenize_shard,
+                ds.shard(procs, i, contiguous=True),
+                encoder,
+                cfg,
+                os.path.join(work, f"tokens-{i:03d}.arrow"),
+                f"{key}-{i}",
+                f"tokenize {split} [{i + 1}/{procs}]",
+            )
+            for i in range(procs)
+        ]
         files = [job.result() for job in jobs]
     return datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in files])

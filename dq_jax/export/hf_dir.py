@@ -16,11 +16,11 @@ import os
 
 import numpy as np
 
+from dq_jax.model.config import ModelConfig
 from dq_jax.model.hf import save_pretrained
 from dq_jax.model.hf_layout import flatten, join_step_sizes, split_step_sizes, unflatten, untie_lm_head
-from dq_jax.model.config import ModelConfig
-from dq_jax.quant.policy import param_rule
 from dq_jax.quant.config import QuantConfig
+from dq_jax.quant.policy import param_rule
 
 META_FILE = "dq_jax.json"  # beside HF weights: the quant config and what HF's config.json cannot hold
 
@@ -39,17 +39,25 @@ def fake_quantized_params(params: dict, quant: QuantConfig) -> dict:
     return join_step_sizes(unflatten(out), elastic)
 
 
-def export_hf(cfg: ModelConfig, params: dict, quant: QuantConfig, out_dir: str, tokenizer_dir: str | None = None,
-              generation_config: dict | None = None) -> str:
+def export_hf(
+    cfg: ModelConfig,
+    params: dict,
+    quant: QuantConfig,
+    out_dir: str,
+    tokenizer_dir: str | None = None,
+    generation_config: dict | None = None,
+) -> str:
     """HF directory with the student's fake-quantized weights (loads with from_pretrained), and
     `dq_jax.json` with the quant config and any learned activation step sizes."""
     params, elastic = split_step_sizes(params)
     cfg, with_head = untie_lm_head(cfg, params, quant)
     fq = fake_quantized_params(with_head, quant)  # a separate lm_head stays fp32
     save_pretrained(cfg, fq, out_dir, tokenizer_dir, generation_config)
-    note = ("PyTorch BART has no activation quantizers: this model computes with full-precision activations. "
-            f"The student was trained with {quant.act_bits}-bit activations"
-            + (" and the learned step sizes below." if elastic else "."))
+    note = (
+        "PyTorch BART has no activation quantizers: this model computes with full-precision activations. "
+        f"The student was trained with {quant.act_bits}-bit activations"
+        + (" and the learned step sizes below." if elastic else ".")
+    )
     with open(os.path.join(out_dir, META_FILE), "w") as f:
         json.dump({"quant_config": dataclasses.asdict(quant), "activations": note, "elastic": elastic}, f, indent=2)
     return out_dir

@@ -23,20 +23,20 @@ import os
 
 import numpy as np
 
-from dq_jax.quant import packing
-from dq_jax.model.hf_layout import (TOKENIZER_FILES, flatten, flax_to_hf_name, hf_to_flax_name, join_step_sizes,
-                              needs_lm_head_copy, split_step_sizes, state_dict_to_params, unflatten, untie_lm_head)
+from dq_jax.model import hf_layout
 from dq_jax.model.config import ModelConfig
-from dq_jax.quant.policy import Role, WeightRule, component_of, param_rule
+from dq_jax.model.hf_layout import flatten, flax_to_hf_name, hf_to_flax_name, join_step_sizes
+from dq_jax.quant import packing
 from dq_jax.quant.config import ELASTIC, QuantConfig, split_elastic
+from dq_jax.quant.policy import Role, WeightRule, component_of, param_rule
 
 FORMAT = "dq-jax-packed"
 VERSION = 1
-PRECISIONS = ("fp32", "bf16")
 # safetensors writes tensors in this dtype order (then by name), which decides their offsets.
 _DTYPE_ORDER = {"F32": 0, "U8": 1}
-_NUMPY = {"F32": np.float32, "U8": np.uint8}
+_ITEMSIZE = {"F32": 4, "U8": 1}
 _HEAD = ("lm_head", "kernel")
+_HEAD_COPY = "LM head (fp32 copy)"
 
 
 class PackedFileError(ValueError):
@@ -49,6 +49,16 @@ class NotPackedError(PackedFileError):
     def __init__(self, message: str, readable: bool):
         super().__init__(message)
         self.readable = readable
+
+
+@dataclasses.dataclass(frozen=True)
+class Extras:
+    """What the header carries besides the model: the tokenizer's files (read from
+    `tokenizer_dir`), the generation settings and the precision the student trained in."""
+
+    tokenizer_dir: str | None = None
+    generation_config: dict | None = None
+    precision: str = "fp32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +75,7 @@ class Stored:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(_NUMPY[self.dtype]).itemsize
+        return int(np.prod(self.shape, dtype=np.int64)) * _ITEMSIZE[self.dtype]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,78 +96,56 @@ def _scales_shape(shape: tuple[int, ...], rule: WeightRule) -> tuple[int, ...]:
     return tuple(1 if i in axes else d for i, d in enumerate(shape))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Student:
-    """The shapes a file stores for a student: its (untied where needed) config, each weight's
-    Flax path and shape, and the Flax paths of its step sizes."""
-
-    cfg: ModelConfig
-    shapes: dict[tuple[str, ...], tuple[int, ...]]
-    step_sizes: tuple[tuple[str, ...], ...]
-    head_copy: bool  # `lm_head` is the fp32 copy of the embedding the file adds
-
-    @classmethod
-    def of(cls, cfg: ModelConfig, trainable, quant: QuantConfig | None) -> "_Student":
-        """From a trainable tree of arrays or shapes (`jax.ShapeDtypeStruct`s)."""
-        weights, elastic = split_elastic(trainable)
-        shapes = {p: tuple(int(d) for d in np.shape(v)) for p, v in flatten(weights)}
-        copy = needs_lm_head_copy(cfg, quant)
-        if copy:
-            shapes[_HEAD] = shapes[("shared", "embedding")][::-1]
-            cfg = cfg.replace(tie_word_embeddings=False)
-        return cls(cfg, shapes, tuple(p for p, _ in flatten(elastic or {})), copy)
-
-    def layout(self, quant: QuantConfig | None) -> list[Stored]:
-        """Codes and scales of each quantized tensor, every other tensor in fp32, the step sizes."""
-        out = [Stored(f"{ELASTIC}.{'.'.join(p)}", "F32", (), Role.STEP_SIZE.value, 1, 32) for p in self.step_sizes]
-        # the LM-head copy last, as size reports list it
-        for path, shape in sorted(self.shapes.items(), key=lambda kv: (self.head_copy and kv[0] == _HEAD, kv[0])):
-            name, transposed = flax_to_hf_name(path)
-            n = int(np.prod(shape, dtype=np.int64))
-            rule = param_rule(path, len(shape), quant)
-            if rule is None:
-                copy = self.head_copy and path == _HEAD
-                out.append(Stored(name, "F32", shape[::-1] if transposed else shape,
-                                  "LM head (fp32 copy)" if copy else component_of(path, len(shape)), n, 32))
-                continue
-            scales = _scales_shape(shape, rule)
-            out.append(Stored(name + ".codes", "U8", (packing.packed_nbytes(n, rule.storage_bits),),
-                              component_of(path, len(shape)), n, rule.storage_bits))
-            out.append(Stored(name + ".scales", "F32", scales[::-1] if transposed else scales, "scales",
-                              int(np.prod(scales)), 32))
-        return out
-
-    def entries(self, quant: QuantConfig | None) -> dict:
-        """The header's index of quantized tensors: HF name -> shape (HF layout), storage bits, kind."""
-        out = {}
-        for path, shape in sorted(self.shapes.items()):
-            rule = param_rule(path, len(shape), quant)
-            if rule is not None:
-                name, transposed = flax_to_hf_name(path)
-                out[name] = {"shape": list(shape[::-1] if transposed else shape), "bits": rule.storage_bits,
-                             "kind": rule.kind}
-        return out
-
-
-def _metadata(student: _Student, quant: QuantConfig, generation_config: dict | None, tokenizer_dir: str | None,
-              precision: str) -> dict[str, str]:
-    return {"format": FORMAT, "version": str(VERSION), "model_config": json.dumps(student.cfg.to_hf_dict()),
-            "quant_config": json.dumps(dataclasses.asdict(quant)), "precision": precision,
-            "quantized": json.dumps(student.entries(quant)), "generation_config": json.dumps(generation_config or {}),
-            "tokenizer": json.dumps(tokenizer_files(tokenizer_dir))}
+def _plan(cfg: ModelConfig, trainable, quant: QuantConfig | None) -> tuple[ModelConfig, list[Stored], dict]:
+    """What the file stores for a student of these shapes (arrays or `jax.ShapeDtypeStruct`s):
+    the (untied where needed) config, every tensor, and the header's index of quantized ones."""
+    weights, elastic = split_elastic(trainable)
+    elastic = elastic or {}
+    shapes = {p: tuple(int(d) for d in np.shape(v)) for p, v in flatten(weights)}
+    head_copy = hf_layout.needs_lm_head_copy(cfg, quant)
+    if head_copy:
+        shapes[_HEAD] = shapes[("shared", "embedding")][::-1]
+        cfg = cfg.replace(tie_word_embeddings=False)
+    stored = [Stored(f"{ELASTIC}.{'.'.join(p)}", "F32", (), Role.STEP_SIZE.value, 1, 32) for p, _ in flatten(elastic)]
+    entries = {}
+    # the LM-head copy last, as size reports list it
+    for path, shape in sorted(shapes.items(), key=lambda kv: (head_copy and kv[0] == _HEAD, kv[0])):
+        name, transposed = flax_to_hf_name(path)
+        hf = (lambda s: s[::-1]) if transposed else (lambda s: s)
+        n, rule = int(np.prod(shape, dtype=np.int64)), param_rule(path, len(shape), quant)
+        component = _HEAD_COPY if head_copy and path == _HEAD else component_of(path, len(shape))
+        if rule is None:
+            stored.append(Stored(name, "F32", hf(shape), component, n, 32))
+            continue
+        scales, bits = _scales_shape(shape, rule), rule.storage_bits
+        stored.append(Stored(f"{name}.codes", "U8", (packing.packed_nbytes(n, bits),), component, n, bits))
+        stored.append(Stored(f"{name}.scales", "F32", hf(scales), "scales", int(np.prod(scales)), 32))
+        entries[name] = {"shape": list(hf(shape)), "bits": bits, "kind": rule.kind}
+    return cfg, stored, entries
 
 
 def tokenizer_files(tokenizer_dir: str | None) -> dict[str, str]:
     """The tokenizer files the file carries (text files only: a sentencepiece model is binary)."""
-    if not tokenizer_dir or not os.path.isdir(tokenizer_dir):
-        return {}
     files = {}
-    for name in TOKENIZER_FILES:
+    for name in hf_layout.TOKENIZER_FILES if tokenizer_dir and os.path.isdir(tokenizer_dir) else ():
         p = os.path.join(tokenizer_dir, name)
         if os.path.exists(p) and name != "sentencepiece.bpe.model":
             with open(p, encoding="utf-8") as f:
                 files[name] = f.read()
     return files
+
+
+def _metadata(cfg: ModelConfig, quant: QuantConfig, entries: dict, extras: Extras) -> dict[str, str]:
+    return {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "model_config": json.dumps(cfg.to_hf_dict()),
+        "quant_config": json.dumps(dataclasses.asdict(quant)),
+        "precision": extras.precision,
+        "quantized": json.dumps(entries),
+        "generation_config": json.dumps(extras.generation_config or {}),
+        "tokenizer": json.dumps(tokenizer_files(extras.tokenizer_dir)),
+    }
 
 
 def _header_bytes(stored: list[Stored], metadata: dict[str, str]) -> int:
@@ -172,13 +160,11 @@ def _header_bytes(stored: list[Stored], metadata: dict[str, str]) -> int:
     return n + (-n % 8)
 
 
-def file_bytes(cfg: ModelConfig, trainable, quant: QuantConfig, tokenizer_dir: str | None = None,
-               generation_config: dict | None = None, precision: str = "fp32") -> int:
+def file_bytes(cfg: ModelConfig, trainable, quant: QuantConfig, extras: Extras | None = None) -> int:
     """The size of the file `write` writes for a student of these shapes (arrays or
-    `jax.ShapeDtypeStruct`s) and settings, to the byte: 8 + header + tensors."""
-    student = _Student.of(cfg, trainable, quant)
-    stored = student.layout(quant)
-    meta = _metadata(student, quant, generation_config, tokenizer_dir, precision)
+    `jax.ShapeDtypeStruct`s) and extras, to the byte: 8 + header + tensors."""
+    stored_cfg, stored, entries = _plan(cfg, trainable, quant)
+    meta = _metadata(stored_cfg, quant, entries, extras or Extras())
     return 8 + _header_bytes(stored, meta) + sum(s.nbytes for s in stored)
 
 
@@ -186,28 +172,20 @@ def components(cfg: ModelConfig, trainable, quant: QuantConfig | None) -> list[d
     """The file's tensor bytes by component (elements, stored bits, bytes, MiB): codes at their
     storage width, fp32 scales, fp32 for everything unquantized, the fp32 LM-head copy, step sizes."""
     rows: dict[str, dict] = {}
-    for s in _Student.of(cfg, trainable, quant).layout(quant):
+    for s in _plan(cfg, trainable, quant)[1]:
         r = rows.setdefault(s.component, {"component": s.component, "elements": 0, "bytes": 0, "bits": s.bits})
         r["elements"] += s.elements
         r["bytes"] += s.nbytes
-    for r in rows.values():
-        r["mib"] = r["bytes"] / 2 ** 20
-    return list(rows.values())
+    return [dict(r, mib=r["bytes"] / 2**20) for r in rows.values()]
 
 
-def _numpy_codes(value, rule: WeightRule) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes and scales of one tensor (Flax layout), exactly as training computes them."""
-    codes = rule.codes(np.asarray(value, np.float32))
-    return np.asarray(codes.values), np.asarray(codes.scales, np.float32)
-
-
-def write(cfg: ModelConfig, params: dict, quant: QuantConfig, path: str, tokenizer_dir: str | None = None,
-          generation_config: dict | None = None, precision: str = "fp32") -> str:
+def write(cfg: ModelConfig, params: dict, quant: QuantConfig, path: str, extras: Extras | None = None) -> str:
     """The packed file of a student's master `params` (with any `elastic` step sizes) at `path`."""
     from safetensors.numpy import save_file
-    student = _Student.of(cfg, params, quant)
-    weights, elastic = split_step_sizes(params)
-    _, weights = untie_lm_head(cfg, weights, quant)
+
+    stored_cfg, _, entries = _plan(cfg, params, quant)
+    weights, elastic = hf_layout.split_step_sizes(params)
+    _, weights = hf_layout.untie_lm_head(cfg, weights, quant)
     tensors = {f"{ELASTIC}.{k.replace('/', '.')}": np.asarray(v, np.float32) for k, v in elastic.items()}
     for fpath, value in flatten(weights):
         name, transposed = flax_to_hf_name(fpath)
@@ -216,13 +194,14 @@ def write(cfg: ModelConfig, params: dict, quant: QuantConfig, path: str, tokeniz
             value = np.asarray(value, np.float32)
             tensors[name] = np.ascontiguousarray(value.T if transposed else value)
             continue
-        codes, scales = _numpy_codes(value, rule)
+        codes = rule.codes(np.asarray(value, np.float32))  # exactly as training quantizes it
+        values, scales = np.asarray(codes.values), np.asarray(codes.scales, np.float32)
         if transposed:
-            codes, scales = codes.T, scales.T
-        tensors[name + ".codes"] = packing.pack(codes, rule.storage_bits)
-        tensors[name + ".scales"] = np.ascontiguousarray(scales)
+            values, scales = values.T, scales.T
+        tensors[f"{name}.codes"] = packing.pack(values, rule.storage_bits)
+        tensors[f"{name}.scales"] = np.ascontiguousarray(scales)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(tensors, path, metadata=_metadata(student, quant, generation_config, tokenizer_dir, precision))
+    save_file(tensors, path, metadata=_metadata(stored_cfg, quant, entries, extras or Extras()))
     return path
 
 
@@ -231,6 +210,7 @@ def read_header(path: str) -> Header:
     is ours and its version one this dq-jax reads. Files written before the precision was
     recorded are fp32."""
     from safetensors import safe_open
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"Packed file {path} does not exist.")
     try:
@@ -242,28 +222,35 @@ def read_header(path: str) -> Header:
         raise NotPackedError(f"{path} is not a dq-jax packed file (format={meta.get('format')!r}).", True)
     version = int(meta.get("version", "0"))
     if version > VERSION:
-        raise PackedFileError(f"{path} has packed format version {version}, newer than this dq-jax reads "
-                              f"({VERSION}); upgrade dq-jax.")
+        raise PackedFileError(
+            f"{path} has packed format version {version}, newer than this dq-jax reads ({VERSION}); upgrade dq-jax."
+        )
     try:
-        return Header(json.loads(meta["model_config"]), QuantConfig.from_dict(json.loads(meta["quant_config"])),
-                      meta.get("precision", "fp32"), json.loads(meta["quantized"]),
-                      json.loads(meta["generation_config"]), json.loads(meta["tokenizer"]))
+        return Header(
+            json.loads(meta["model_config"]),
+            QuantConfig.from_dict(json.loads(meta["quant_config"])),
+            meta.get("precision", "fp32"),
+            json.loads(meta["quantized"]),
+            json.loads(meta["generation_config"]),
+            json.loads(meta["tokenizer"]),
+        )
     except (KeyError, ValueError, TypeError) as e:
         raise PackedFileError(f"{path} has a damaged packed header ({type(e).__name__}: {e}).") from e
 
 
 def _read_tensors(path: str) -> dict[str, np.ndarray]:
     from safetensors import safe_open
+
     try:
         with safe_open(path, framework="np") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
     except Exception as e:  # a header that reads over a truncated body
         raise PackedFileError(f"{path} is not a readable packed file (truncated or corrupt?): {e}") from e
 
 
 def _step_sizes(raw: dict[str, np.ndarray]) -> dict[str, float]:
     prefix = ELASTIC + "."
-    return {k[len(prefix):].replace(".", "/"): float(v) for k, v in raw.items() if k.startswith(prefix)}
+    return {k[len(prefix) :].replace(".", "/"): float(v) for k, v in raw.items() if k.startswith(prefix)}
 
 
 def read_state_dict(path: str) -> tuple[Header, dict[str, np.ndarray], dict[str, float]]:
@@ -285,69 +272,74 @@ def load(path: str) -> tuple[ModelConfig, QuantConfig, dict]:
     learned activation step sizes under `elastic` if it has any)."""
     header, sd, elastic = read_state_dict(path)
     cfg = ModelConfig.from_hf_dict(header.model_config)
-    params = state_dict_to_params(sd, tied=cfg.tie_word_embeddings)
+    params = hf_layout.state_dict_to_params(sd, tied=cfg.tie_word_embeddings)
     return cfg, header.quant, join_step_sizes(params, elastic)
 
 
 def to_hf(path: str, out_dir: str) -> str:
     """An HF PyTorch directory from a packed file, with numpy and safetensors only."""
     from safetensors.numpy import save_file
+
     header, sd, _ = read_state_dict(path)
     os.makedirs(out_dir, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, os.path.join(out_dir, "model.safetensors"),
-              metadata={"format": "pt"})
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(header.model_config, f, indent=2, sort_keys=True)
+    weights = {k: np.ascontiguousarray(v) for k, v in sd.items()}
+    save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    files = {"config.json": json.dumps(header.model_config, indent=2, sort_keys=True)}
     if header.generation_config:
-        with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-            json.dump(header.generation_config, f, indent=2, sort_keys=True)
-    for name, text in header.tokenizer.items():
+        files["generation_config.json"] = json.dumps(header.generation_config, indent=2, sort_keys=True)
+    for name, text in {**files, **header.tokenizer}.items():
         with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
             f.write(text)
     return out_dir
+
+
+def _codes(name: str, entry: dict, packed_values: np.ndarray, scales: np.ndarray, quant: QuantConfig):
+    """One stored tensor (HF `[out, in]` layout) -> (its Flax path, int8 `Codes` in Flax layout),
+    checked against what the quant config gives that tensor."""
+    import jax
+
+    from dq_jax.quant.codes import Codes
+
+    fpath, transposed = hf_to_flax_name(name)
+    values = packing.unpack(packed_values, entry["bits"], tuple(entry["shape"]))  # int8, HF layout
+    if transposed:
+        values, scales = values.T, scales.T
+    rule = param_rule(fpath, values.ndim, quant)
+    if rule is None or (rule.kind, rule.storage_bits) != (entry["kind"], entry["bits"]):
+        raise PackedFileError(
+            f"{name} is stored as {entry['kind']} at {entry['bits']} bits, but its quant config "
+            f"quantizes it as {rule and (rule.kind, rule.storage_bits)}."
+        )
+    like = jax.eval_shape(rule.codes, jax.ShapeDtypeStruct(values.shape, np.float32))  # bits and axes, from shapes
+    if like.scales.shape != scales.shape:
+        raise PackedFileError(f"{name}.scales has shape {scales.shape}, expected {like.scales.shape}.")
+    values, scales = np.ascontiguousarray(values, np.int8), np.ascontiguousarray(scales, np.float32)
+    return fpath, Codes(values, scales, like.bits, like.axes)
 
 
 def read_codes(path: str) -> tuple[ModelConfig, Header, dict]:
     """(config, header, Flax params with every quantized weight as int8 `Codes` in Flax layout and
     the rest as stored), equal to quantizing the master params once. numpy arrays; the fp32
     weights of quantized tensors never exist."""
-    import jax
-
-    from dq_jax.quant.codes import Codes
     from dq_jax.model.hf import check_params
+
     header = read_header(path)
     try:
         cfg = ModelConfig.from_hf_dict(header.model_config)
         raw = _read_tensors(path)
         items = {}
         for key, value in raw.items():
-            if key.startswith(ELASTIC + ".") or key.endswith(".scales"):
-                continue
             if key.endswith(".codes"):
                 name = key[: -len(".codes")]
-                entry = header.entries[name]
-                fpath, transposed = hf_to_flax_name(name)
-                values = packing.unpack(value, entry["bits"], tuple(entry["shape"]))  # int8, HF layout
-                scales = raw[name + ".scales"]
-                if transposed:
-                    values, scales = values.T, scales.T
-                rule = param_rule(fpath, values.ndim, header.quant)
-                if rule is None or (rule.kind, rule.storage_bits) != (entry["kind"], entry["bits"]):
-                    raise PackedFileError(f"{name} is stored as {entry['kind']} at {entry['bits']} bits, but its "
-                                          f"quant config quantizes it as {rule and (rule.kind, rule.storage_bits)}.")
-                # bits and axes exactly as the quantizer gives them, from shapes alone
-                like = jax.eval_shape(rule.codes, jax.ShapeDtypeStruct(values.shape, np.float32))
-                if like.scales.shape != scales.shape:
-                    raise PackedFileError(f"{name}.scales has shape {scales.shape}, expected {like.scales.shape}.")
-                items[fpath] = Codes(np.ascontiguousarray(values, np.int8), np.ascontiguousarray(scales, np.float32),
-                                     like.bits, like.axes)
-            else:
+                fpath, codes = _codes(name, header.entries[name], value, raw[name + ".scales"], header.quant)
+                items[fpath] = codes
+            elif not key.startswith(ELASTIC + ".") and not key.endswith(".scales"):
                 fpath, transposed = hf_to_flax_name(key)
                 items[fpath] = np.ascontiguousarray(value.T) if transposed else value
     except PackedFileError:
         raise
     except Exception as e:  # a truncated or edited file fails in safetensors, json or packing
         raise PackedFileError(f"{path} is not a readable packed file (truncated or corrupt?): {e}") from e
-    params = unflatten(items)
+    params = hf_layout.unflatten(items)
     check_params(cfg, params, source=path)  # every tensor the config implies, at its shape (Codes too)
     return cfg, header, join_step_sizes(params, _step_sizes(raw))

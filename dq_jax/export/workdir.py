@@ -42,16 +42,31 @@ def finished_student(path: str) -> str | None:
     return None
 
 
-def save_student(cfg: ModelConfig, params: dict, quant: QuantConfig, directory: str, tokenizer_dir: str,
-                 generation_config: dict, precision: str = "fp32") -> None:
+def save_student(
+    cfg: ModelConfig,
+    params: dict,
+    quant: QuantConfig,
+    directory: str,
+    tokenizer_dir: str,
+    generation_config: dict,
+    precision: str = "fp32",
+) -> None:
     """fp32 master weights as an HF directory with the tokenizer's files, plus the quant config,
     generation settings, the precision it was trained in and learned activation step sizes in
     `dq_jax.json` (written last: a student without it is not finished)."""
     weights, elastic = split_step_sizes(params)
     hf.save_pretrained(cfg, weights, directory, tokenizer_dir=tokenizer_dir)
     with open(os.path.join(directory, STUDENT_META), "w") as f:
-        json.dump({"quant_config": dataclasses.asdict(quant), "generation_config": generation_config,
-                   "precision": precision, "elastic": elastic}, f, indent=2)
+        json.dump(
+            {
+                "quant_config": dataclasses.asdict(quant),
+                "generation_config": generation_config,
+                "precision": precision,
+                "elastic": elastic,
+            },
+            f,
+            indent=2,
+        )
 
 
 def read_meta(student_dir: str) -> dict:
@@ -71,8 +86,10 @@ def export_workdir(workdir: str, fmt: str, out: str | None = None) -> dict:
     directory = os.path.join(workdir, STUDENT_DIR)
     if finished_student(directory) != directory:
         meta_path = os.path.join(directory, STUDENT_META)
-        raise FileNotFoundError(f"{workdir} has no finished student ({meta_path} is missing); run the distill "
-                                "stage first (python -m train.main ... --workdir the same directory).")
+        raise FileNotFoundError(
+            f"{workdir} has no finished student ({meta_path} is missing); run the distill "
+            "stage first (python -m train.main ... --workdir the same directory)."
+        )
     meta = read_meta(directory)
     cfg, params = load_student(directory)
     quant = QuantConfig.from_dict(meta["quant_config"])
@@ -80,5 +97,6 @@ def export_workdir(workdir: str, fmt: str, out: str | None = None) -> dict:
     if fmt == "hf":
         hf_dir.export_hf(cfg, params, quant, out, directory, meta["generation_config"])
         return {"path": out, "bytes": os.path.getsize(os.path.join(out, "model.safetensors"))}
-    packed.write(cfg, params, quant, out, directory, meta["generation_config"], meta.get("precision", "fp32"))
+    extras = packed.Extras(directory, meta["generation_config"], meta.get("precision", "fp32"))
+    packed.write(cfg, params, quant, out, extras)
     return {"path": out, "bytes": os.path.getsize(out)}

@@ -8,15 +8,14 @@ import jax
 from tqdm import tqdm
 
 from dq_jax.data import batches as data_lib
-
 from dq_jax.data.columns import Tokenized
-from dq_jax.parallel import distributed
 from dq_jax.inference import metrics as metrics_lib
-from dq_jax.inference.generation_config import GenerationConfig
 from dq_jax.inference.generate import decode_texts, generate
+from dq_jax.inference.generation_config import GenerationConfig
+from dq_jax.inference.quantized_model import quantized_student
 from dq_jax.model.config import ModelConfig
 from dq_jax.model.modeling import Seq2SeqLM
-from dq_jax.inference.quantized_model import quantized_student
+from dq_jax.parallel import distributed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +34,24 @@ class EvalSettings:
 
 def generation_config(cfg: ModelConfig, ev: EvalSettings) -> GenerationConfig:
     return GenerationConfig.from_model_config(
-        cfg, num_beams=ev.num_beams, max_length=ev.max_length, min_length=ev.min_length,
-        length_penalty=ev.length_penalty, no_repeat_ngram_size=ev.no_repeat_ngram_size)
+        cfg,
+        num_beams=ev.num_beams,
+        max_length=ev.max_length,
+        min_length=ev.min_length,
+        length_penalty=ev.length_penalty,
+        no_repeat_ngram_size=ev.no_repeat_ngram_size,
+    )
 
 
-def evaluate(model: Seq2SeqLM, params, split: Tokenized, batching: data_lib.Batching, ev: EvalSettings,
-             tokenizer, desc: str = "eval") -> tuple[dict, list[str]]:
+def evaluate(
+    model: Seq2SeqLM,
+    params,
+    split: Tokenized,
+    batching: data_lib.Batching,
+    ev: EvalSettings,
+    tokenizer,
+    desc: str = "eval",
+) -> tuple[dict, list[str]]:
     """(scores, predictions) for the first `ev.max_examples` examples of `split` (all when 0),
     batched by `batching`."""
     gen = generation_config(model.cfg, ev)

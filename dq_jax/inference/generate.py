@@ -21,12 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dq_jax.quant.codes import Codes
+from dq_jax.inference.generation_config import GenerationConfig
 from dq_jax.model.kv_cache import DecoderCache
 from dq_jax.model.modeling import Seq2SeqLM, variables
-from dq_jax.inference.generation_config import GenerationConfig
+from dq_jax.quant.codes import Codes
 
 _NEG = -1.0e9  # HF's "very large negative" offset (not -inf: it must stay comparable)
+
 
 @flax.struct.dataclass
 class GenerateOutput:
@@ -36,6 +37,7 @@ class GenerateOutput:
 
 
 # ----------------------------------------------------------------------------- logits processors
+
 
 def _ban_repeated_ngrams(scores, seq, cur_len, n):
     """HF's NoRepeatNGramLogitsProcessor on a fixed buffer. scores `[N, V]`; seq `[N, L]` holds
@@ -78,14 +80,19 @@ def process_logits(scores, seq, cur_len, gen: GenerationConfig):
 
 # ----------------------------------------------------------------------------- the loops
 
+
 def _repeat_rows(x, rep):
     """`rep` on an array; on `Codes`, on its values and on its scales when they vary by row (a
     scale per example; a scale over the whole tensor is the same for the repeated tensor)."""
     if not isinstance(x, Codes):
         return rep(x)
     by_row = 0 not in x.axes
-    return dataclasses.replace(x, values=rep(x.values), scales=rep(x.scales) if by_row else x.scales,
-                               offset=rep(x.offset) if by_row and x.offset is not None else x.offset)
+    return dataclasses.replace(
+        x,
+        values=rep(x.values),
+        scales=rep(x.scales) if by_row else x.scales,
+        offset=rep(x.offset) if by_row and x.offset is not None else x.offset,
+    )
 
 
 def _prepare(model, params, input_ids, attention_mask, gen, expand):
@@ -105,9 +112,11 @@ def _prepare(model, params, input_ids, attention_mask, gen, expand):
     cross = cache.cross_attn
 
     def step(tokens, carried: DecoderCache):  # tokens [N] -> logits [N, V] fp32, new carried cache
-        out = model.apply(v, tokens[:, None], enc, attention_mask, cache=carried.replace(cross_attn=cross),
-                          method=model.decode)
+        out = model.apply(
+            v, tokens[:, None], enc, attention_mask, cache=carried.replace(cross_attn=cross), method=model.decode
+        )
         return out.logits[:, 0].astype(jnp.float32), out.cache.replace(cross_attn=())
+
     return step, cache.replace(cross_attn=())
 
 
@@ -125,8 +134,14 @@ def _greedy(model, params, input_ids, attention_mask, gen):
     b, length = input_ids.shape[0], gen.max_length
     step, cache = _prepare(model, params, input_ids, attention_mask, gen, 1)
     seq = jnp.full((b, length), gen.pad_token_id, jnp.int32).at[:, 0].set(gen.decoder_start_token_id)
-    init = _GreedyState(seq=seq, cur=jnp.array(1, jnp.int32), unfinished=jnp.ones((b,), bool),
-                        score=jnp.zeros((b,), jnp.float32), lengths=jnp.ones((b,), jnp.int32), cache=cache)
+    init = _GreedyState(
+        seq=seq,
+        cur=jnp.array(1, jnp.int32),
+        unfinished=jnp.ones((b,), bool),
+        score=jnp.zeros((b,), jnp.float32),
+        lengths=jnp.ones((b,), jnp.int32),
+        cache=cache,
+    )
 
     def cond(s: _GreedyState):
         return jnp.any(s.unfinished) & (s.cur < length)
@@ -138,10 +153,14 @@ def _greedy(model, params, input_ids, attention_mask, gen):
         logp = process_logits(jax.nn.log_softmax(logits, axis=-1), s.seq, cur, gen)
         tok_logp = jnp.take_along_axis(logp, nxt[:, None], axis=-1)[:, 0]
         nxt = jnp.where(unfinished, nxt, gen.pad_token_id)  # finished rows emit pad, as HF
-        return _GreedyState(seq=s.seq.at[:, cur].set(nxt), cur=cur + 1,
-                            unfinished=unfinished & (nxt != gen.eos_token_id) & (cur + 1 < length),
-                            score=s.score + jnp.where(unfinished, tok_logp, 0.0),
-                            lengths=jnp.where(unfinished, cur + 1, s.lengths), cache=cache)
+        return _GreedyState(
+            seq=s.seq.at[:, cur].set(nxt),
+            cur=cur + 1,
+            unfinished=unfinished & (nxt != gen.eos_token_id) & (cur + 1 < length),
+            score=s.score + jnp.where(unfinished, tok_logp, 0.0),
+            lengths=jnp.where(unfinished, cur + 1, s.lengths),
+            cache=cache,
+        )
 
     s = jax.lax.while_loop(cond, body, init)
     return GenerateOutput(s.seq, s.score, s.lengths)
@@ -150,8 +169,7 @@ def _greedy(model, params, input_ids, attention_mask, gen):
 def _penalty_table(gen):
     """`float32(n ** length_penalty)` for n = 0..max_length, computed in double as Python does in
     HF (an int ** float divisor), so the division rounds the same way as in PyTorch."""
-    return jnp.asarray([1.0] + [float(n) ** gen.length_penalty for n in range(1, gen.max_length + 1)],
-                       jnp.float32)
+    return jnp.asarray([1.0] + [float(n) ** gen.length_penalty for n in range(1, gen.max_length + 1)], jnp.float32)
 
 
 def _take(x, idx):
@@ -185,10 +203,17 @@ def _beam_search(model, params, input_ids, attention_mask, gen):
     early = gen.early_stopping
     seq = jnp.full((b, k, length), gen.pad_token_id, jnp.int32).at[:, :, 0].set(gen.decoder_start_token_id)
     init = _BeamState(
-        running_seq=seq, running_scores=jnp.zeros((b, k), jnp.float32).at[:, 1:].set(_NEG),
-        seq=seq, beam_scores=jnp.full((b, k), _NEG, jnp.float32), fin_len=jnp.ones((b, k), jnp.int32),
-        is_fin=jnp.zeros((b, k), bool), heur=jnp.ones((b, 1), bool), cur=jnp.array(prompt, jnp.int32),
-        done=jnp.array(False), cache=cache)
+        running_seq=seq,
+        running_scores=jnp.zeros((b, k), jnp.float32).at[:, 1:].set(_NEG),
+        seq=seq,
+        beam_scores=jnp.full((b, k), _NEG, jnp.float32),
+        fin_len=jnp.ones((b, k), jnp.int32),
+        is_fin=jnp.zeros((b, k), bool),
+        heur=jnp.ones((b, 1), bool),
+        cur=jnp.array(prompt, jnp.int32),
+        done=jnp.array(False),
+        cache=cache,
+    )
 
     def body(s: _BeamState):
         cur, running_seq = s.cur, s.running_seq
@@ -241,9 +266,18 @@ def _beam_search(model, params, input_ids, attention_mask, gen):
         # _beam_search_has_unfinished_sequences
         open_beam = ~(jnp.all(is_fin) & (early is True))
         unfinished = jnp.any(heur) & open_beam & ~jnp.all(hits)
-        return _BeamState(running_seq=running_seq, running_scores=running_scores, seq=new_seq,
-                          beam_scores=beam_scores, fin_len=fin_len, is_fin=is_fin, heur=heur, cur=cur,
-                          done=~unfinished, cache=cache)
+        return _BeamState(
+            running_seq=running_seq,
+            running_scores=running_scores,
+            seq=new_seq,
+            beam_scores=beam_scores,
+            fin_len=fin_len,
+            is_fin=is_fin,
+            heur=heur,
+            cur=cur,
+            done=~unfinished,
+            cache=cache,
+        )
 
     s = jax.lax.while_loop(lambda s: ~s.done, body, init)
     return GenerateOutput(s.seq[:, 0], s.beam_scores[:, 0], s.fin_len[:, 0])
@@ -256,8 +290,9 @@ def _generate(model, params, input_ids, attention_mask, gen):
     return _beam_search(model, params, input_ids, attention_mask, gen)
 
 
-def generate(model: Seq2SeqLM, params, input_ids, attention_mask=None,
-             gen: GenerationConfig | None = None) -> GenerateOutput:
+def generate(
+    model: Seq2SeqLM, params, input_ids, attention_mask=None, gen: GenerationConfig | None = None
+) -> GenerateOutput:
     """input_ids/attention_mask `[B, S]` -> GenerateOutput (sequences `[B, max_length]`).
 
     Greedy (`num_beams == 1`, HF's `_sample` without sampling) or beam search (HF's
@@ -269,18 +304,25 @@ def generate(model: Seq2SeqLM, params, input_ids, attention_mask=None,
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, source_length], got shape {input_ids.shape}.")
-    attention_mask = (jnp.ones_like(input_ids) if attention_mask is None
-                      else jnp.asarray(attention_mask, jnp.int32))
+    attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
     if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}.")
     if gen.max_length - 1 > cfg.max_position_embeddings:
-        raise ValueError(f"max_length={gen.max_length} needs {gen.max_length - 1} decoder positions; the model "
-                         f"has max_position_embeddings={cfg.max_position_embeddings}.")
+        raise ValueError(
+            f"max_length={gen.max_length} needs {gen.max_length - 1} decoder positions; the model "
+            f"has max_position_embeddings={cfg.max_position_embeddings}."
+        )
     if 2 * gen.num_beams > cfg.vocab_size:
-        raise ValueError(f"num_beams={gen.num_beams}: beam search keeps 2*num_beams candidates out of "
-                         f"vocab_size={cfg.vocab_size}.")
-    for name in ("decoder_start_token_id", "pad_token_id", "eos_token_id", "forced_bos_token_id",
-                 "forced_eos_token_id"):
+        raise ValueError(
+            f"num_beams={gen.num_beams}: beam search keeps 2*num_beams candidates out of vocab_size={cfg.vocab_size}."
+        )
+    for name in (
+        "decoder_start_token_id",
+        "pad_token_id",
+        "eos_token_id",
+        "forced_bos_token_id",
+        "forced_eos_token_id",
+    ):
         v = getattr(gen, name)
         if v is not None and v >= cfg.vocab_size:
             raise ValueError(f"{name}={v} is outside the vocabulary (vocab_size={cfg.vocab_size}).")
@@ -295,6 +337,6 @@ def decode_texts(tokenizer, sequences) -> list[str]:
     rows = []
     for row in seqs[:, 1:].tolist():
         if eos is not None and eos in row:
-            row = row[:row.index(eos)]
+            row = row[: row.index(eos)]
         rows.append([t for t in row if t != pad])
     return tokenizer.batch_decode(rows, skip_special_tokens=True)

@@ -11,8 +11,7 @@ from typing import Any
 from dq_jax.model.config import ModelConfig
 
 # ModelConfig.hf_extra keys that HF copies into a model's GenerationConfig (legacy config.json).
-_LEGACY_KEYS = ("num_beams", "max_length", "min_length", "length_penalty", "no_repeat_ngram_size",
-                "early_stopping")
+_LEGACY_KEYS = ("num_beams", "max_length", "min_length", "length_penalty", "no_repeat_ngram_size", "early_stopping")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,18 +30,23 @@ class GenerationConfig:
     forced_bos_token_id: int | None = None
     forced_eos_token_id: int | None = None
 
-    def replace(self, **changes) -> "GenerationConfig":
+    def replace(self, **changes) -> GenerationConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_model_config(cls, cfg: ModelConfig, **overrides) -> "GenerationConfig":
+    def from_model_config(cls, cfg: ModelConfig, **overrides) -> GenerationConfig:
         """Token ids from the model config (and legacy generation keys of its config.json, as HF
         reads them), then `overrides`. A missing decoder start token falls back to BOS, as in HF."""
         extra = json.loads(cfg.hf_extra)
         kw: dict[str, Any] = {k: extra[k] for k in _LEGACY_KEYS if extra.get(k) is not None}
         start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else cfg.bos_token_id
-        kw.update(decoder_start_token_id=start, pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id,
-                  forced_bos_token_id=cfg.forced_bos_token_id, forced_eos_token_id=cfg.forced_eos_token_id)
+        kw.update(
+            decoder_start_token_id=start,
+            pad_token_id=cfg.pad_token_id,
+            eos_token_id=cfg.eos_token_id,
+            forced_bos_token_id=cfg.forced_bos_token_id,
+            forced_eos_token_id=cfg.forced_eos_token_id,
+        )
         kw.update(overrides)
         return cls(**kw)
 

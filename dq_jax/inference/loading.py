@@ -20,15 +20,15 @@ import jax
 import numpy as np
 
 from dq_jax.export import packed
-from dq_jax.model import precision
-from dq_jax.quant.codes import Codes
-from dq_jax.inference.generation_config import GenerationConfig
-from dq_jax.model.hf import load_tokenizer
-from dq_jax.model.config import ModelConfig
-from dq_jax.model.modeling import Seq2SeqLM
-from dq_jax.quant.config import QuantConfig
-from dq_jax.inference.quantized_model import float_kernels_in, quantized_student, resident_bytes
 from dq_jax.export.workdir import STUDENT_DIR, STUDENT_META, finished_student, load_student, read_meta
+from dq_jax.inference.generation_config import GenerationConfig
+from dq_jax.inference.quantized_model import float_kernels_in, quantized_student, resident_bytes
+from dq_jax.model import precision
+from dq_jax.model.config import ModelConfig
+from dq_jax.model.hf import load_tokenizer
+from dq_jax.model.modeling import Seq2SeqLM
+from dq_jax.quant.codes import Codes
+from dq_jax.quant.config import QuantConfig
 
 PACKED, WORKDIR = "packed", "workdir"
 
@@ -53,8 +53,10 @@ def model_kind(path: str) -> str:
         if finished_student(path):
             return WORKDIR
         meta = os.path.join(path, STUDENT_DIR, STUDENT_META)
-        raise ValueError(f"{path} is a directory without a finished student ({meta} is missing); pass a finished "
-                         "run's workdir or a packed .safetensors file.")
+        raise ValueError(
+            f"{path} is a directory without a finished student ({meta} is missing); pass a finished "
+            "run's workdir or a packed .safetensors file."
+        )
     try:
         packed.read_header(path)
     except packed.NotPackedError as e:
@@ -106,5 +108,6 @@ def load(path: str, compute: str = QuantConfig.compute) -> InferenceStudent:
     dtype = precision.compute_dtype(run_precision)
     params = jax.device_put(float_kernels_in(params, dtype))
     model = Seq2SeqLM(cfg, quant, dtype=dtype)  # as the run evaluated it
-    return InferenceStudent(model, params, tokenizer, _generation(cfg, stored), resident_bytes(params),
-                            _fp32_bytes(params), kind)
+    return InferenceStudent(
+        model, params, tokenizer, _generation(cfg, stored), resident_bytes(params), _fp32_bytes(params), kind
+    )

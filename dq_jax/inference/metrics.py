@@ -36,8 +36,9 @@ def _check_pairs(predictions: list[str], references: list[str]) -> None:
     if len(predictions) == 0:
         raise ValueError("No predictions to score: got an empty list.")
     if len(predictions) != len(references):
-        raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references; "
-                         "they must pair up one to one.")
+        raise ValueError(
+            f"Got {len(predictions)} predictions but {len(references)} references; they must pair up one to one."
+        )
 
 
 def _one_sentence_per_line(text: str) -> str:

@@ -12,16 +12,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dq_jax.quant.codes import Codes
-from dq_jax.model.hf_layout import untie_lm_head
 from dq_jax.model.config import ModelConfig
+from dq_jax.model.hf_layout import untie_lm_head
 from dq_jax.model.modeling import Seq2SeqLM
-from dq_jax.quant.policy import quantize_tree
+from dq_jax.quant.codes import Codes
 from dq_jax.quant.config import QuantConfig
+from dq_jax.quant.policy import quantize_tree
 
 
-def quantized_student(cfg: ModelConfig, quant: QuantConfig, params: dict, dtype=jnp.float32
-                      ) -> tuple[Seq2SeqLM, dict]:
+def quantized_student(cfg: ModelConfig, quant: QuantConfig, params: dict, dtype=jnp.float32) -> tuple[Seq2SeqLM, dict]:
     """(model computing in `dtype`, params with `Codes` weights). Its outputs equal
     `Seq2SeqLM(cfg, quant, dtype=dtype)` on the master `params` in either compute mode: the same
     codes, computed once."""
@@ -43,6 +42,7 @@ def float_kernels_in(params: dict, dtype) -> dict:
         if isinstance(leaf, Codes) or getattr(path[-1], "key", None) != "kernel":
             return leaf
         return jnp.asarray(leaf, dtype)
+
     return jax.tree_util.tree_map_with_path(cast, params, is_leaf=lambda x: isinstance(x, Codes))
 
 
@@ -54,5 +54,4 @@ def resident_bytes(params: dict) -> int:
     """Bytes the weights occupy: codes at their int8 container, scales and every other tensor
     at their own dtype."""
     leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, Codes))
-    return sum(x.values.nbytes + x.scales.nbytes if isinstance(x, Codes) else np.asarray(x).nbytes
-               for x in leaves)
+    return sum(x.values.nbytes + x.scales.nbytes if isinstance(x, Codes) else np.asarray(x).nbytes for x in leaves)

@@ -14,8 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dq_jax.data.batches import bucket
-from dq_jax.inference.generation_config import GenerationConfig
 from dq_jax.inference.generate import decode_texts, generate
+from dq_jax.inference.generation_config import GenerationConfig
 from dq_jax.inference.loading import InferenceStudent
 
 MIN_BUCKET = 8  # shortest padded source length: one compilation per power of two above it
@@ -62,8 +62,13 @@ def encode(student: InferenceStudent, lines: list[str]) -> Encoded:
     return Encoded(ids, truncated, limit)
 
 
-def generate_texts(student: InferenceStudent, encoded: Encoded, batch_size: int = 16,
-                   gen: GenerationConfig | None = None, progress: bool = True) -> Generated:
+def generate_texts(
+    student: InferenceStudent,
+    encoded: Encoded,
+    batch_size: int = 16,
+    gen: GenerationConfig | None = None,
+    progress: bool = True,
+) -> Generated:
     """Generates for every non-blank line, `batch_size` documents at a time in length order, each
     batch padded to a power-of-two length and to `batch_size` rows (few distinct shapes, so few
     compilations)."""
@@ -76,7 +81,7 @@ def generate_texts(student: InferenceStudent, encoded: Encoded, batch_size: int 
     start = time.perf_counter()
     with tqdm(total=len(order), desc="generate", unit="doc", disable=not progress) as bar:
         for b in range(0, len(order), batch_size):
-            idx = order[b: b + batch_size]
+            idx = order[b : b + batch_size]
             rows = [encoded.ids[i] for i in idx] + [encoded.ids[idx[0]]] * (batch_size - len(idx))
             length = bucket(max(len(r) for r in rows), MIN_BUCKET, encoded.max_tokens)
             ids = np.full((batch_size, length), pad, np.int32)  # [B, S]

@@ -32,7 +32,7 @@ from dq_jax.quant.policy import ActRule, WeightRule
 
 Rule = ActRule | WeightRule
 
-_INT32_LIMIT = 2 ** 31
+_INT32_LIMIT = 2**31
 
 
 def _letters(spec: str, ndim: int) -> list[str | None]:
@@ -62,8 +62,7 @@ def codes_product(subscripts: str, a: Codes, b: Codes, dtype=jnp.float32) -> jax
     return y.astype(dtype)
 
 
-def codes_einsum(subscripts: str, a, b, qa: Rule, qb: Rule, alpha_a=None, alpha_b=None,
-                 dtype=jnp.float32) -> jax.Array:
+def codes_einsum(subscripts: str, a, b, qa: Rule, qb: Rule, alpha_a=None, alpha_b=None, dtype=jnp.float32) -> jax.Array:
     """`einsum(subscripts, qa.fake(a, alpha_a), qb.fake(b, alpha_b))` computed on the codes, with
     the fake quantizers' gradients. `qa` and `qb` are activation or weight rules (`policy`), both
     called as `rule.fake(x, alpha)` and `rule.codes(x, alpha)`. `b` may already be `Codes`
@@ -88,8 +87,7 @@ def _codes_times_codes_bwd(subscripts, qa, dtype, res, g):
     qa_val, pull_a = jax.vjp(qa.fake, a, alpha_a)
     ga, _ = precision.einsum_grads(subscripts, qa_val, b.dequantize(qa_val.dtype), g, dtype)
     ga, galpha_a = pull_a(ga)
-    zero = lambda x: (np.zeros(x.shape, jax.dtypes.float0) if jnp.issubdtype(x.dtype, jnp.integer)
-                      else jnp.zeros_like(x))
+    zero = lambda x: np.zeros(x.shape, jax.dtypes.float0) if jnp.issubdtype(x.dtype, jnp.integer) else jnp.zeros_like(x)
     return ga, jax.tree.map(zero, b), galpha_a
 
 

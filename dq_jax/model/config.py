@@ -10,11 +10,28 @@ MODEL_TYPES = ("bart", "mbart")
 
 # HF config keys that ModelConfig holds as fields (everything else rides along in `hf_extra`).
 _FIELDS = (
-    "vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
-    "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings",
-    "activation_function", "dropout", "attention_dropout", "activation_dropout", "scale_embedding",
-    "init_std", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
-    "forced_bos_token_id", "forced_eos_token_id", "tie_word_embeddings",
+    "vocab_size",
+    "d_model",
+    "encoder_layers",
+    "decoder_layers",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+    "max_position_embeddings",
+    "activation_function",
+    "dropout",
+    "attention_dropout",
+    "activation_dropout",
+    "scale_embedding",
+    "init_std",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "decoder_start_token_id",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "tie_word_embeddings",
 )
 
 
@@ -64,16 +81,17 @@ class ModelConfig:
         """mBART normalizes before each sublayer and adds final encoder/decoder layer norms."""
         return self.model_type == "mbart"
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
         model_type = d.get("model_type")
         if model_type not in MODEL_TYPES:
             raise ValueError(
                 f"config.json has model_type={model_type!r}; dq-jax loads BART or mBART checkpoints "
-                f"(model_type one of {MODEL_TYPES}).")
+                f"(model_type one of {MODEL_TYPES})."
+            )
         missing = [k for k in ("vocab_size", "d_model") if k not in d]
         if missing:
             raise ValueError(f"config.json lacks {missing}; it is not a complete {model_type} config.")
@@ -85,6 +103,7 @@ class ModelConfig:
         d = json.loads(self.hf_extra)
         d.update({k: getattr(self, k) for k in _FIELDS})
         d["model_type"] = self.model_type
-        d["architectures"] = ["MBartForConditionalGeneration" if self.model_type == "mbart"
-                              else "BartForConditionalGeneration"]
+        d["architectures"] = [
+            "MBartForConditionalGeneration" if self.model_type == "mbart" else "BartForConditionalGeneration"
+        ]
         return d

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from dq_jax.model.hf_layout import TOKENIZER_FILES, flatten, params_to_state_dict, state_dict_to_params
 from dq_jax.model import pytorch_bin
 from dq_jax.model.config import ModelConfig
+from dq_jax.model.hf_layout import TOKENIZER_FILES, flatten, params_to_state_dict, state_dict_to_params
 from dq_jax.model.modeling import abstract_params
 
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -31,12 +31,14 @@ def resolve(path_or_hub_id: str, weights: bool = True) -> str:
         raise FileNotFoundError(f"Teacher checkpoint {path_or_hub_id!r} is not a directory.")
     try:
         from huggingface_hub import snapshot_download
+
         patterns = ["*.json", "*.txt", "*.model"] + (["*.safetensors", "pytorch_model.bin"] if weights else [])
         return snapshot_download(path_or_hub_id, allow_patterns=patterns)
     except Exception as e:  # offline, unknown repo, auth: one message that says which and why
         raise FileNotFoundError(
             f"{path_or_hub_id!r} is not a local directory and could not be fetched from the "
-            f"Hugging Face hub ({type(e).__name__}: {e}). Pass a local HF checkpoint directory.") from e
+            f"Hugging Face hub ({type(e).__name__}: {e}). Pass a local HF checkpoint directory."
+        ) from e
 
 
 def load_state_dict(directory: str) -> dict[str, np.ndarray]:
@@ -44,8 +46,13 @@ def load_state_dict(directory: str) -> dict[str, np.ndarray]:
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.exists(st) or os.path.exists(index):
         from safetensors.numpy import load_file
-        files = ([st] if os.path.exists(st) else
-                 sorted({os.path.join(directory, f) for f in json.load(open(index))["weight_map"].values()}))
+
+        if os.path.exists(st):
+            files = [st]
+        else:
+            with open(index) as fh:
+                weight_map = json.load(fh)["weight_map"]
+            files = sorted({os.path.join(directory, f) for f in weight_map.values()})
         sd = {}
         for f in files:
             sd.update(load_file(f))
@@ -81,21 +88,36 @@ def check_params(cfg: ModelConfig, params: dict, source: str = "params") -> None
     got = dict(flatten(params))
     missing = sorted("/".join(p) for p in expected.keys() - got.keys())
     unexpected = sorted("/".join(p) for p in got.keys() - expected.keys())
-    wrong = sorted(f"{'/'.join(p)}: {tuple(got[p].shape)} != {tuple(expected[p].shape)}"
-                   for p in expected.keys() & got.keys() if tuple(got[p].shape) != tuple(expected[p].shape))
+    wrong = sorted(
+        f"{'/'.join(p)}: {tuple(got[p].shape)} != {tuple(expected[p].shape)}"
+        for p in expected.keys() & got.keys()
+        if tuple(got[p].shape) != tuple(expected[p].shape)
+    )
     if missing or unexpected or wrong:
-        raise ValueError(f"{source} does not match its config ({cfg.model_type}, vocab {cfg.vocab_size}, "
-                         f"d_model {cfg.d_model}): missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                         f"wrong shapes {wrong[:5]}.")
+        raise ValueError(
+            f"{source} does not match its config ({cfg.model_type}, vocab {cfg.vocab_size}, "
+            f"d_model {cfg.d_model}): missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shapes {wrong[:5]}."
+        )
 
 
-def save_pretrained(cfg: ModelConfig, params: dict, out_dir: str, tokenizer_dir: str | None = None,
-                    generation_config: dict[str, Any] | None = None) -> None:
+def save_pretrained(
+    cfg: ModelConfig,
+    params: dict,
+    out_dir: str,
+    tokenizer_dir: str | None = None,
+    generation_config: dict[str, Any] | None = None,
+) -> None:
     """Writes config.json + model.safetensors (+ tokenizer files, generation_config.json)."""
     from safetensors.numpy import save_file
+
     os.makedirs(out_dir, exist_ok=True)
-    sd = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.name == "bfloat16"
-                                  else np.asarray(v)) for k, v in params_to_state_dict(params, cfg.tie_word_embeddings).items()}
+    sd = {
+        k: np.ascontiguousarray(
+            np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.name == "bfloat16" else np.asarray(v)
+        )
+        for k, v in params_to_state_dict(params, cfg.tie_word_embeddings).items()
+    }
     save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg.to_hf_dict(), f, indent=2, sort_keys=True)
@@ -116,6 +138,7 @@ def load_tokenizer(path: str, model_type: str = "bart"):
     special tokens (`<s>`, `<pad>`, `</s>`) are known either way.
     """
     import transformers
+
     directory = resolve(path, weights=False) if not os.path.isdir(path) else path
     files = set(os.listdir(directory))
     if "tokenizer_config.json" in files:
@@ -125,8 +148,9 @@ def load_tokenizer(path: str, model_type: str = "bart"):
     elif {"vocab.json", "merges.txt"} <= files or "tokenizer.json" in files:
         tok = transformers.BartTokenizer.from_pretrained(directory)
     else:
-        raise FileNotFoundError(f"No tokenizer in {directory}: expected tokenizer_config.json, tokenizer.json "
-                                "or vocab.json + merges.txt.")
+        raise FileNotFoundError(
+            f"No tokenizer in {directory}: expected tokenizer_config.json, tokenizer.json or vocab.json + merges.txt."
+        )
     if tok.pad_token_id is None or tok.eos_token_id is None:
         raise ValueError(f"The tokenizer in {directory} defines no pad or eos token; add a tokenizer_config.json.")
     return tok

@@ -12,12 +12,17 @@ import re
 import numpy as np
 
 from dq_jax.model.config import ModelConfig
-from dq_jax.quant.policy import fp32_lm_head_copy
 from dq_jax.quant.config import ELASTIC, QuantConfig, split_elastic
+from dq_jax.quant.policy import fp32_lm_head_copy
 
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-    "merges.txt", "sentencepiece.bpe.model", "added_tokens.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "added_tokens.json",
 )
 # Copies of `model.shared.weight` that older checkpoints store under their own names.
 TIED = ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight")
@@ -64,8 +69,10 @@ def state_dict_to_params(sd: dict[str, np.ndarray], tied: bool = True) -> dict:
     if not tied:
         for key in TIED[:2]:
             if key in sd and not np.array_equal(sd[key], sd["model.shared.weight"]):
-                raise ValueError(f"{key} differs from model.shared.weight; dq-jax models share one input "
-                                 "embedding between encoder and decoder.")
+                raise ValueError(
+                    f"{key} differs from model.shared.weight; dq-jax models share one input "
+                    "embedding between encoder and decoder."
+                )
     items = {}
     for name, value in sd.items():
         if name in TIED and (tied or name != "lm_head.weight"):
@@ -101,7 +108,7 @@ def flatten(tree: dict, prefix=()):
 def unflatten(items) -> dict:
     """Inverse of `flatten`: `{(a, b, c): v}` or pairs -> nested dict."""
     out: dict = {}
-    for path, value in (items.items() if isinstance(items, dict) else items):
+    for path, value in items.items() if isinstance(items, dict) else items:
         node = out
         for p in path[:-1]:
             node = node.setdefault(p, {})

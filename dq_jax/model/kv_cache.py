@@ -27,8 +27,10 @@ class KVCache:
     def write(self, new: KVCache, index: jax.Array) -> KVCache:
         """These buffers with `new` (`[B, H, T, Dh]`) written at positions index .. index+T-1."""
         at = (0, 0, index, 0)
-        return KVCache(jax.lax.dynamic_update_slice(self.k, new.k.astype(self.k.dtype), at),
-                       jax.lax.dynamic_update_slice(self.v, new.v.astype(self.v.dtype), at))
+        return KVCache(
+            jax.lax.dynamic_update_slice(self.k, new.k.astype(self.k.dtype), at),
+            jax.lax.dynamic_update_slice(self.v, new.v.astype(self.v.dtype), at),
+        )
 
 
 @flax.struct.dataclass

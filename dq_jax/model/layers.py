@@ -3,9 +3,10 @@
 Quantization enters only here: `QDense` fake-quantizes its kernel and its input, `QEmbed`
 its looked-up rows, `Attention` its scaled queries, keys, probabilities and values, each with
 the quantizer `dq_jax.quant.policy` gives its role. With `quant=None` (or no bits set) every
-quantizer is the identity and the math is exactly the full-precision model's. Elastic (TBT) activation quantizers keep their learned step size in
-the `elastic` collection, initialized from the first batch they see: run the model once with
-`mutable=["elastic"]` on real data to create them (`modeling.init_elastic`).
+quantizer is the identity and the math is exactly the full-precision model's. Elastic (TBT)
+activation quantizers keep their learned step size in the `elastic` collection, initialized from
+the first batch they see: run the model once with `mutable=["elastic"]` on real data to create
+them (`modeling.init_elastic`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dq_jax.model.kv_cache import KVCache
 from dq_jax.model import precision
-from dq_jax.quant.codes import Codes
 from dq_jax.model.codes_matmul import codes_einsum
-from dq_jax.quant.policy import ActRole, ActRule, Role, act_rule, tied_lm_head_rule, weight_rule
+from dq_jax.model.kv_cache import KVCache
+from dq_jax.quant.codes import Codes
 from dq_jax.quant.config import ELASTIC, QuantConfig
+from dq_jax.quant.policy import ActRole, ActRule, Role, act_rule, tied_lm_head_rule, weight_rule
 
 Dtype = Any
 NEG_INF = float(jnp.finfo(jnp.float32).min)
@@ -86,14 +87,14 @@ class QDense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """x `[..., in]` -> `[..., out]`. The kernel may be `Codes` (quantized once, for generation)."""
-        kernel = self.param("kernel", nn.initializers.normal(self.init_std),
-                            (x.shape[-1], self.features), self.param_dtype)
+        kernel = self.param(
+            "kernel", nn.initializers.normal(self.init_std), (x.shape[-1], self.features), self.param_dtype
+        )
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         rule = weight_rule(Role.LINEAR, self.quant)
         act = ActQuant(self.quant, self.input_role, name="act")
         if _on_codes(self.quant, rule, act.rule):
-            y = codes_einsum("...i,io->...o", x, kernel, act.rule, rule, act.step_size(x),
-                             dtype=self.dtype)
+            y = codes_einsum("...i,io->...o", x, kernel, act.rule, rule, act.step_size(x), dtype=self.dtype)
         else:
             kernel = _weight(kernel, rule)
             y = precision.einsum("...i,io->...o", act(x), kernel, self.dtype)
@@ -110,16 +111,19 @@ class LMHead(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.initializers.normal(self.init_std), (h.shape[-1], self.features),
-                            self.param_dtype)
+        kernel = self.param(
+            "kernel", nn.initializers.normal(self.init_std), (h.shape[-1], self.features), self.param_dtype
+        )
         return precision.einsum("...d,dv->...v", h, kernel, self.dtype)
 
 
 def embedding_init(pad_id: int | None, std: float):
     """Normal(0, std) with a zero padding row, as HF initializes `nn.Embedding(padding_idx)`."""
+
     def init(key, shape, dtype=jnp.float32):
         table = std * jax.random.normal(key, shape, dtype)
         return table if pad_id is None else table.at[pad_id].set(0)
+
     return init
 
 
@@ -135,15 +139,20 @@ class QEmbed(nn.Module):
     init_std: float = 0.02
 
     def setup(self):
-        self.embedding = self.param("embedding", embedding_init(self.pad_id, self.init_std),
-                                    (self.num_embeddings, self.features), self.param_dtype)
+        self.embedding = self.param(
+            "embedding",
+            embedding_init(self.pad_id, self.init_std),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+        )
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         """ids `[...]` -> rows `[..., D]`. The table may be `Codes` (quantized once, per row)."""
         if isinstance(self.embedding, Codes):  # gather the codes and their row scales
             table = self.embedding
-            return (jnp.take(table.values, ids, axis=0).astype(jnp.float32) * jnp.take(table.scales, ids, axis=0)
-                    ).astype(self.dtype)
+            return (
+                jnp.take(table.values, ids, axis=0).astype(jnp.float32) * jnp.take(table.scales, ids, axis=0)
+            ).astype(self.dtype)
         rows = jnp.take(self.embedding, ids, axis=0)  # [..., D]
         if self.pad_id is not None:
             # torch's Embedding(padding_idx) sends no gradient to the padding row from lookups.
@@ -187,8 +196,9 @@ class Attention(nn.Module):
         dense = lambda: QDense(self.d_model, self.quant, self.dtype, self.param_dtype, self.init_std)
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = dense(), dense(), dense(), dense()
         self.attn_dropout = nn.Dropout(self.dropout)
-        self.q_act, self.k_act, self.v_act = (ActQuant(self.quant, r) for r in (ActRole.QUERY, ActRole.KEY,
-                                                                                  ActRole.VALUE))
+        self.q_act, self.k_act, self.v_act = (
+            ActQuant(self.quant, r) for r in (ActRole.QUERY, ActRole.KEY, ActRole.VALUE)
+        )
         self.p_act = ActQuant(self.quant, ActRole.PROBS)
 
     def _product(self, subscripts: str, a, b, act_a: ActQuant, act_b: ActQuant, b_ready: bool = False) -> jax.Array:
@@ -197,8 +207,7 @@ class Attention(nn.Module):
         if _on_codes(self.quant, act_a.rule, act_b.rule):
             alpha_a = act_a.step_size(a)
             alpha_b = None if isinstance(b, Codes) else act_b.step_size(b)
-            return codes_einsum(subscripts, a, b, act_a.rule, act_b.rule, alpha_a, alpha_b,
-                                dtype=self.dtype)
+            return codes_einsum(subscripts, a, b, act_a.rule, act_b.rule, alpha_a, alpha_b, dtype=self.dtype)
         if isinstance(b, Codes):
             b = b.dequantize(self.dtype)
         return precision.einsum(subscripts, act_a(a), b if b_ready else act_b(b), self.dtype)
@@ -225,7 +234,7 @@ class Attention(nn.Module):
         into at position `index` (int32 scalar), attending over all L. Returns (out `[B, T, D]`,
         probs `[B, H, T, S]`, the written cache or None)."""
         head_dim = self.d_model // self.num_heads
-        q = self._heads(self.q_proj(x)) * jnp.asarray(head_dim ** -0.5, self.dtype)
+        q = self._heads(self.q_proj(x)) * jnp.asarray(head_dim**-0.5, self.dtype)
         keys = kv if isinstance(kv, KVCache) else self.project_kv(x if kv is None else kv)
         if cache is not None:  # decoding: attend over the earlier positions too
             keys = cache = cache.write(keys, index)

@@ -9,17 +9,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from dq_jax.model import remat as remat_lib
+from dq_jax.model.config import ModelConfig
 from dq_jax.model.kv_cache import DecoderCache, KVCache
 from dq_jax.model.layers import Attention, LMHead, QDense, QEmbed
-from dq_jax.model.config import ModelConfig
-from dq_jax.quant.policy import ActRole
+from dq_jax.model.outputs import DecoderOutput, EncoderOutput, Seq2SeqOutput
 from dq_jax.quant.config import ELASTIC, QuantConfig, split_elastic
+from dq_jax.quant.policy import ActRole
 
 Dtype = Any
 
@@ -33,33 +33,6 @@ ACTIVATIONS = {
     "tanh": jnp.tanh,
 }
 POSITION_OFFSET = 2  # BART's learned positions start at row 2 (a fairseq legacy)
-
-
-@flax.struct.dataclass
-class EncoderOutput:
-    last_hidden_state: jax.Array  # [B, S, D]
-    hidden_states: tuple | None = None  # L+1 x [B, S, D]; 0 = embedding output
-    attentions: tuple | None = None  # L x [B, H, S, S]
-
-
-@flax.struct.dataclass
-class DecoderOutput:
-    logits: jax.Array  # [B, T, V], fp32
-    hidden_states: tuple | None = None
-    attentions: tuple | None = None  # L x [B, H, T, T]
-    cross_attentions: tuple | None = None  # L x [B, H, T, S]
-    cache: DecoderCache | None = None  # with `decode(cache=...)`: advanced past the new positions
-
-
-@flax.struct.dataclass
-class Seq2SeqOutput:
-    logits: jax.Array
-    encoder_last_hidden_state: jax.Array
-    encoder_hidden_states: tuple | None = None
-    decoder_hidden_states: tuple | None = None
-    encoder_attentions: tuple | None = None
-    decoder_attentions: tuple | None = None
-    cross_attentions: tuple | None = None
 
 
 class _Part(nn.Module):
@@ -81,18 +54,21 @@ class _Layer(_Part):
     def setup(self):
         c, side = self.cfg, "decoder" if self.decoder else "encoder"
         heads, ffn = getattr(c, f"{side}_attention_heads"), getattr(c, f"{side}_ffn_dim")
-        attn = lambda: Attention(heads, c.d_model, c.attention_dropout, self.quant, self.dtype,
-                                 self.param_dtype, c.init_std)
-        dense = lambda n, role=ActRole.LINEAR_INPUT: QDense(n, self.quant, self.dtype, self.param_dtype, c.init_std,
-                                                            role)
+        attn = lambda: Attention(
+            heads, c.d_model, c.attention_dropout, self.quant, self.dtype, self.param_dtype, c.init_std
+        )
+        dense = lambda n, role=ActRole.LINEAR_INPUT: QDense(
+            n, self.quant, self.dtype, self.param_dtype, c.init_std, role
+        )
         self.self_attn, self.self_attn_layer_norm = attn(), self._norm()
         if self.decoder:
             self.encoder_attn, self.encoder_attn_layer_norm = attn(), self._norm()
         self.fc1, self.fc2, self.final_layer_norm = dense(ffn), dense(c.d_model, ActRole.FFN_HIDDEN), self._norm()
         self.drop, self.act_drop = nn.Dropout(c.dropout), nn.Dropout(c.activation_dropout)
         if c.activation_function not in ACTIVATIONS:
-            raise ValueError(f"activation_function={c.activation_function!r} is not supported; "
-                             f"choose one of {sorted(ACTIVATIONS)}.")
+            raise ValueError(
+                f"activation_function={c.activation_function!r} is not supported; choose one of {sorted(ACTIVATIONS)}."
+            )
 
     def _input(self, h, norm):
         """A sublayer's input: pre-LN normalizes it, post-LN the residual sum instead."""
@@ -113,8 +89,9 @@ class _Layer(_Part):
         `KVCache` that this step writes at `index` (see `Attention`).
         Returns (h, self-attention probs, cross-attention probs or None, written cache or None)."""
         det, norm = deterministic, self.self_attn_layer_norm
-        out, p_self, cache = self.self_attn(self._input(h, norm), mask=mask, cache=cache, index=index,
-                                            deterministic=det)
+        out, p_self, cache = self.self_attn(
+            self._input(h, norm), mask=mask, cache=cache, index=index, deterministic=det
+        )
         h = self._residual(h, out, norm, det)
         p_cross = None
         if self.decoder:
@@ -135,9 +112,13 @@ class _Stack(_Part):
     def setup(self):
         c = self.cfg
         n = c.decoder_layers if self.decoder else c.encoder_layers
-        self.embed_positions = nn.Embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model,
-                                        embedding_init=nn.initializers.normal(c.init_std),
-                                        param_dtype=self.param_dtype, dtype=self.dtype)
+        self.embed_positions = nn.Embed(
+            c.max_position_embeddings + POSITION_OFFSET,
+            c.d_model,
+            embedding_init=nn.initializers.normal(c.init_std),
+            param_dtype=self.param_dtype,
+            dtype=self.dtype,
+        )
         self.layernorm_embedding = self._norm()
         self.layers = [_Layer(c, self.decoder, self.quant, self.dtype, self.param_dtype) for _ in range(n)]
         if c.pre_layer_norm:
@@ -146,7 +127,7 @@ class _Stack(_Part):
 
     def embed_inputs(self, ids, start, deterministic):
         """ids `[B, T]`, start: position of ids[:, 0] (the cache index when decoding)."""
-        scale = self.cfg.d_model ** 0.5 if self.cfg.scale_embedding else 1.0
+        scale = self.cfg.d_model**0.5 if self.cfg.scale_embedding else 1.0
         x = self.embed(ids) * jnp.asarray(scale, self.dtype)
         pos = self.embed_positions(start + jnp.arange(ids.shape[1]) + POSITION_OFFSET)  # [T, D]
         h = self.layernorm_embedding(x + pos[None])
@@ -158,9 +139,11 @@ class _Stack(_Part):
         c = self.cfg
         b, h = enc.shape[0], c.decoder_attention_heads
         zeros = jnp.zeros((b, h, max_length, c.d_model // h), self.dtype)
-        return DecoderCache(index=jnp.array(0, jnp.int32),
-                            self_attn=tuple(KVCache(zeros, zeros) for _ in self.layers),
-                            cross_attn=tuple(layer.encoder_attn.cross_kv(enc) for layer in self.layers))
+        return DecoderCache(
+            index=jnp.array(0, jnp.int32),
+            self_attn=tuple(KVCache(zeros, zeros) for _ in self.layers),
+            cross_attn=tuple(layer.encoder_attn.cross_kv(enc) for layer in self.layers),
+        )
 
     def __call__(self, ids, mask, enc=None, enc_mask=None, cache=None, deterministic=True):
         """ids `[B, T]`; with a `DecoderCache`, the next T positions, attending to `cache.cross_attn`
@@ -211,42 +194,55 @@ class Seq2SeqLM(nn.Module):
 
     def setup(self):
         c = self.cfg
-        self.shared = QEmbed(c.vocab_size, c.d_model, c.pad_token_id, self.quant, self.dtype,
-                             self.param_dtype, c.init_std)
-        stack = lambda dec: _Stack(c, dec, self.quant, self.dtype, self.param_dtype, embed=self.shared,
-                                   remat=self.remat)
+        self.shared = QEmbed(
+            c.vocab_size, c.d_model, c.pad_token_id, self.quant, self.dtype, self.param_dtype, c.init_std
+        )
+        stack = lambda dec: _Stack(
+            c, dec, self.quant, self.dtype, self.param_dtype, embed=self.shared, remat=self.remat
+        )
         self.encoder, self.decoder = stack(False), stack(True)
-        self.final_logits_bias = self.param("final_logits_bias", nn.initializers.zeros,
-                                            (1, c.vocab_size), self.param_dtype)
+        self.final_logits_bias = self.param(
+            "final_logits_bias", nn.initializers.zeros, (1, c.vocab_size), self.param_dtype
+        )
         if not c.tie_word_embeddings:
             self.lm_head = LMHead(c.vocab_size, self.dtype, self.param_dtype, c.init_std)
 
-    def encode(self, input_ids, attention_mask=None, output_hidden_states=False,
-               output_attentions=False, deterministic=True) -> EncoderOutput:
+    def encode(
+        self, input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False, deterministic=True
+    ) -> EncoderOutput:
         """input_ids `[B, S]` -> EncoderOutput (last_hidden_state `[B, S, D]`)."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        h, states, probs, _, _ = self.encoder(input_ids, padding_mask(attention_mask),
-                                              deterministic=deterministic)
-        return EncoderOutput(h, states if output_hidden_states else None,
-                             probs if output_attentions else None)
+        h, states, probs, _, _ = self.encoder(input_ids, padding_mask(attention_mask), deterministic=deterministic)
+        return EncoderOutput(h, states if output_hidden_states else None, probs if output_attentions else None)
 
     def init_cache(self, encoder_hidden_states, max_length: int) -> DecoderCache:
         """Empty self-attention buffers of `max_length` plus the projected encoder keys/values
         (encoder_hidden_states `[B, S, D]`)."""
         return self.decoder.init_cache(encoder_hidden_states, max_length)
 
-    def decode(self, decoder_input_ids, encoder_hidden_states, encoder_attention_mask=None,
-               decoder_attention_mask=None, cache=None, output_hidden_states=False,
-               output_attentions=False, deterministic=True) -> DecoderOutput:
+    def decode(
+        self,
+        decoder_input_ids,
+        encoder_hidden_states,
+        encoder_attention_mask=None,
+        decoder_attention_mask=None,
+        cache=None,
+        output_hidden_states=False,
+        output_attentions=False,
+        deterministic=True,
+    ) -> DecoderOutput:
         """decoder_input_ids `[B, T]` -> logits `[B, T, V]`.
 
         With `cache` (from `init_cache`), the ids are the next T positions and
         `decoder_attention_mask`, if given, covers the whole buffer `[B, max_length]`.
         """
-        b, t = decoder_input_ids.shape
-        enc_mask = padding_mask(encoder_attention_mask if encoder_attention_mask is not None
-                                else jnp.ones(encoder_hidden_states.shape[:2], jnp.int32))
+        _b, t = decoder_input_ids.shape
+        enc_mask = padding_mask(
+            encoder_attention_mask
+            if encoder_attention_mask is not None
+            else jnp.ones(encoder_hidden_states.shape[:2], jnp.int32)
+        )
         if cache is None:
             mask = causal_mask(t, t)
         else:
@@ -254,23 +250,49 @@ class Seq2SeqLM(nn.Module):
         if decoder_attention_mask is not None:
             mask = mask & padding_mask(decoder_attention_mask)
         h, states, p_self, p_cross, cache = self.decoder(
-            decoder_input_ids, mask, encoder_hidden_states, enc_mask, cache, deterministic)
+            decoder_input_ids, mask, encoder_hidden_states, enc_mask, cache, deterministic
+        )
         head = self.shared.attend(h) if self.cfg.tie_word_embeddings else self.lm_head(h)
         logits = head.astype(jnp.float32) + self.final_logits_bias.astype(jnp.float32)
         keep = lambda x, flag: x if flag else None
-        return DecoderOutput(logits, keep(states, output_hidden_states),
-                             keep(p_self, output_attentions), keep(p_cross, output_attentions), cache)
+        return DecoderOutput(
+            logits,
+            keep(states, output_hidden_states),
+            keep(p_self, output_attentions),
+            keep(p_cross, output_attentions),
+            cache,
+        )
 
-    def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None,
-                 decoder_attention_mask=None, output_hidden_states=False, output_attentions=False,
-                 deterministic=True) -> Seq2SeqOutput:
-        enc = self.encode(input_ids, attention_mask, output_hidden_states, output_attentions,
-                          deterministic)
-        dec = self.decode(decoder_input_ids, enc.last_hidden_state, attention_mask,
-                          decoder_attention_mask, None, output_hidden_states, output_attentions,
-                          deterministic)
-        return Seq2SeqOutput(dec.logits, enc.last_hidden_state, enc.hidden_states,
-                             dec.hidden_states, enc.attentions, dec.attentions, dec.cross_attentions)
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        output_hidden_states=False,
+        output_attentions=False,
+        deterministic=True,
+    ) -> Seq2SeqOutput:
+        enc = self.encode(input_ids, attention_mask, output_hidden_states, output_attentions, deterministic)
+        dec = self.decode(
+            decoder_input_ids,
+            enc.last_hidden_state,
+            attention_mask,
+            decoder_attention_mask,
+            None,
+            output_hidden_states,
+            output_attentions,
+            deterministic,
+        )
+        return Seq2SeqOutput(
+            dec.logits,
+            enc.last_hidden_state,
+            enc.hidden_states,
+            dec.hidden_states,
+            enc.attentions,
+            dec.attentions,
+            dec.cross_attentions,
+        )
 
 
 def variables(params: dict) -> dict:
@@ -286,7 +308,8 @@ def init_elastic(model: Seq2SeqLM, params: dict, input_ids, attention_mask, deco
         return params
     weights, _ = split_elastic(params)
     _, state = jax.jit(lambda p, a, m, d: model.apply({"params": p}, a, m, d, mutable=[ELASTIC]))(
-        weights, input_ids, attention_mask, decoder_input_ids)
+        weights, input_ids, attention_mask, decoder_input_ids
+    )
     return dict(weights, **{ELASTIC: jax.device_get(state[ELASTIC])})
 
 

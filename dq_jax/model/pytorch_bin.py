@@ -17,9 +17,15 @@ import numpy as np
 
 # torch storage class -> (numpy dtype of its bytes, whether they are bfloat16)
 _STORAGES = {
-    "FloatStorage": (np.float32, False), "DoubleStorage": (np.float64, False), "HalfStorage": (np.float16, False),
-    "BFloat16Storage": (np.uint16, True), "LongStorage": (np.int64, False), "IntStorage": (np.int32, False),
-    "ShortStorage": (np.int16, False), "CharStorage": (np.int8, False), "ByteStorage": (np.uint8, False),
+    "FloatStorage": (np.float32, False),
+    "DoubleStorage": (np.float64, False),
+    "HalfStorage": (np.float16, False),
+    "BFloat16Storage": (np.uint16, True),
+    "LongStorage": (np.int64, False),
+    "IntStorage": (np.int32, False),
+    "ShortStorage": (np.int16, False),
+    "CharStorage": (np.int8, False),
+    "ByteStorage": (np.uint8, False),
     "BoolStorage": (np.bool_, False),
 }
 
@@ -68,8 +74,10 @@ class _Unpickler(pickle.Unpickler):
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """{name: numpy array} of a `torch.save`d state dict (the zip format torch writes since 1.6)."""
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a zip-format PyTorch checkpoint (the legacy format torch wrote before 1.6); "
-                         "re-save it with a current torch, or convert it to safetensors.")
+        raise ValueError(
+            f"{path} is not a zip-format PyTorch checkpoint (the legacy format torch wrote before 1.6); "
+            "re-save it with a current torch, or convert it to safetensors."
+        )
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if len(pickles) != 1:

@@ -28,7 +28,7 @@ the barriers, so they need no option.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax

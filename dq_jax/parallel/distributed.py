@@ -11,13 +11,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
-       "process_id": "JAX_PROCESS_ID"}
+ENV = {
+    "coordinator_address": "JAX_COORDINATOR_ADDRESS",
+    "num_processes": "JAX_NUM_PROCESSES",
+    "process_id": "JAX_PROCESS_ID",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,28 +67,38 @@ def initialize(cfg: DistributedConfig) -> bool:
     if not cfg.enabled:
         return False
     import jax
+
     if cfg.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
-    kwargs: dict[str, Any] = dict(initialization_timeout=cfg.initialization_timeout,
-                                  heartbeat_timeout_seconds=cfg.heartbeat_timeout)
+    kwargs: dict[str, Any] = dict(
+        initialization_timeout=cfg.initialization_timeout, heartbeat_timeout_seconds=cfg.heartbeat_timeout
+    )
     if not cfg.auto:
-        kwargs.update(coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes,
-                      process_id=cfg.process_id)
+        kwargs.update(
+            coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes, process_id=cfg.process_id
+        )
     elif cfg.coordinator_address:
         kwargs.update(coordinator_address=cfg.coordinator_address)
     jax.distributed.initialize(**kwargs)
-    log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
+    log.info(
+        "process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return True
 
 
 def process_count() -> int:
     import jax
+
     return jax.process_count()
 
 
 def is_main() -> bool:
     import jax
+
     return jax.process_index() == 0
 
 
@@ -92,6 +106,7 @@ def sync(name: str) -> None:
     """A barrier across processes (no-op in a single process)."""
     if process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)
 
 
@@ -108,6 +123,7 @@ def main_first(fn: Callable[[], T], name: str) -> T:
 def to_host(tree):
     """A pytree of (possibly multi-process sharded) arrays as numpy, whole, on every process."""
     import jax
+
     if process_count() == 1:
         return jax.device_get(tree)
     from jax.experimental import multihost_utils
@@ -116,4 +132,5 @@ def to_host(tree):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return multihost_utils.process_allgather(x, tiled=True)
         return jax.device_get(x)  # already whole here (numpy, or on this process's devices)
+
     return jax.tree.map(one, tree)

@@ -11,11 +11,12 @@ each other's work. A dimension the mesh axis does not divide stays replicated.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dq_jax.quant.policy import classify, key_names
 
@@ -39,16 +40,16 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     devices = list(jax.devices() if devices is None else devices)
     n = math.prod(shape)
     if n > len(devices):
-        raise ValueError(f"mesh={shape} needs {n} devices but only {len(devices)} are available; "
-                         f"choose a mesh whose sizes multiply to at most {len(devices)}.")
+        raise ValueError(
+            f"mesh={shape} needs {n} devices but only {len(devices)} are available; "
+            f"choose a mesh whose sizes multiply to at most {len(devices)}."
+        )
     return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices[:n])
 
 
 def resolve_mesh(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """A -1 takes the devices the other axes leave."""
+    """A -1 (at most one, as train/settings.py checks) takes the devices the other axes leave."""
     shape = tuple(int(s) for s in shape)
-    if shape.count(-1) > 1:
-        raise ValueError(f"mesh={shape}: at most one axis may be -1.")
     if -1 in shape:
         rest = int(np.prod([s for s in shape if s != -1]))
         shape = tuple(jax.device_count() // rest if s == -1 else s for s in shape)
@@ -64,16 +65,21 @@ def spec_for(shape: Sequence[int], axes: Sequence[str | None], mesh: Mesh, rules
         if isinstance(mesh_axes, str):
             mesh_axes = (mesh_axes,)
         size = math.prod(mesh.shape[a] for a in mesh_axes) if mesh_axes else 1
-        out.append(None if not mesh_axes or size == 1 or dim % size else
-                   (mesh_axes[0] if len(mesh_axes) == 1 else tuple(mesh_axes)))
+        out.append(
+            None
+            if not mesh_axes or size == 1 or dim % size
+            else (mesh_axes[0] if len(mesh_axes) == 1 else tuple(mesh_axes))
+        )
     return P(*out)
 
 
 def param_shardings(params, mesh: Mesh, rules=RULES):
     """NamedShardings for a params tree: device or numpy arrays, ShapeDtypeStructs or scalars."""
+
     def one(keypath, leaf):
         path, shape = key_names(keypath), np.shape(leaf)
         return NamedSharding(mesh, spec_for(shape, classify(path, len(shape)).logical_axes, mesh, rules))
+
     return jax.tree_util.tree_map_with_path(one, params)
 
 
@@ -94,6 +100,7 @@ def state_shardings(tree, params, mesh: Mesh, rules=RULES):
             if tail in by_path and tuple(by_path[tail].shape) == tuple(np.shape(leaf)):
                 return spec_by_path[tail]
         return NamedSharding(mesh, P())
+
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
@@ -125,4 +132,5 @@ def check_batch(batch_size: int, mesh: Mesh) -> None:
         raise ValueError(
             f"batch size {batch_size} does not divide over the {n} data-parallel devices of mesh "
             f"{tuple(mesh.shape.values())} (data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}); "
-            f"use a batch size that is a multiple of {n}.")
+            f"use a batch size that is a multiple of {n}."
+        )

@@ -11,8 +11,19 @@ and `dq_jax.quant.config` without JAX.
 import importlib
 
 _FAMILIES = {
-    "dq_bart": ("symmetric", "ternary", "binary", "mse", "activation", "symmetric_codes", "ternary_codes",
-                "binary_codes", "mse_codes", "dequantize", "ste_clip"),
+    "dq_bart": (
+        "symmetric",
+        "ternary",
+        "binary",
+        "mse",
+        "activation",
+        "symmetric_codes",
+        "ternary_codes",
+        "binary_codes",
+        "mse_codes",
+        "dequantize",
+        "ste_clip",
+    ),
     "tbt_weights": ("tbt_ternary", "tbt_binary", "tbt_ternary_codes", "tbt_binary_codes"),
     "elastic_activations": ("elastic", "elastic_init", "elastic_levels", "elastic_codes"),
     "packing": ("pack", "unpack", "packed_nbytes"),

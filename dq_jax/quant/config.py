@@ -54,12 +54,14 @@ class QuantConfig:
         for name in ("weight_bits", "embed_bits"):
             _check_weight_bits(name, getattr(self, name), self.method)
         low = 1 if self.method == "tbt" else 2
-        if self.act_bits is not None and not (isinstance(self.act_bits, int) and not isinstance(self.act_bits, bool)
-                                              and low <= self.act_bits <= 8):
+        if self.act_bits is not None and not (
+            isinstance(self.act_bits, int) and not isinstance(self.act_bits, bool) and low <= self.act_bits <= 8
+        ):
             hint = "" if low == 1 else "; 1-bit activations need quant.method='tbt'"
             raise ValueError(
-                    f"quant.act_bits={self.act_bits!r} has no activation quantizer with quant.method={self.method!r}; "
-                    f"use an integer in {low}..8 or None (full-precision activations){hint}.")
+                f"quant.act_bits={self.act_bits!r} has no activation quantizer with quant.method={self.method!r}; "
+                f"use an integer in {low}..8 or None (full-precision activations){hint}."
+            )
         if self.weight_granularity not in GRANULARITIES:
             raise ValueError(f"quant.weight_granularity={self.weight_granularity!r}; choose one of {GRANULARITIES}.")
         if self.compute not in COMPUTE:
@@ -104,9 +106,11 @@ def split_elastic(params: dict) -> tuple[dict, dict | None]:
 def _check_weight_bits(name: str, bits, method: str) -> None:
     if bits is None:
         return
-    allowed = {"dq_bart": range(1, 9), "symmetric": range(2, 9), "mse": range(2, 9), "binary": (1,),
-               "tbt": (1, 2)}[method]
+    allowed = {"dq_bart": range(1, 9), "symmetric": range(2, 9), "mse": range(2, 9), "binary": (1,), "tbt": (1, 2)}[
+        method
+    ]
     if not isinstance(bits, int) or isinstance(bits, bool) or bits not in allowed:
         raise ValueError(
-                f"quant.{name}={bits!r} is not supported by quant.method={method!r}; allowed bits: "
-                f"{list(allowed)} (or None for full precision).")
+            f"quant.{name}={bits!r} is not supported by quant.method={method!r}; allowed bits: "
+            f"{list(allowed)} (or None for full precision)."
+        )

@@ -24,8 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from dq_jax.quant.codes import Codes
-from dq_jax.quant.grouped import (F32, MIN_SCALE, Axes, call, dequantize_values, group_sum, make_codes,
-                                  run_codes)
+from dq_jax.quant.grouped import F32, MIN_SCALE, Axes, call, dequantize_values, group_sum, make_codes, run_codes
 
 
 def _levels(bits) -> int:
@@ -34,12 +33,10 @@ def _levels(bits) -> int:
     return 2 ** (int(bits) - 1) - 1
 
 
-
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _run_fake(kernel, axes, steps, x, clip, n):
     q = dequantize_values(*run_codes(kernel, axes, steps, x, clip, n), dtype=x.dtype)
     return ste_clip(x, lax.stop_gradient(q), clip)
-
 
 
 def _stable_step(m, n):
@@ -53,11 +50,9 @@ def _stable_step(m, n):
     return (n * (m / n)) / n
 
 
-
 def dequantize(codes: Codes, dtype=jnp.float32):
     """``codes.values * codes.scales`` in float32, cast to ``dtype``: the fake-quantized tensor."""
     return codes.dequantize(dtype)
-
 
 
 def _symmetric(xc, axes, size, n, steps):
@@ -101,7 +96,6 @@ def _mse(xc, axes, size, n, steps):
     return round_codes(alpha).astype(jnp.int8), alpha
 
 
-
 def symmetric_codes(x, bits: int, clip: float = 2.5, reduce_axes: Axes = None):
     """Symmetric uniform codes. ``x [*]`` -> ``Codes`` (values int8 [*] in [-n, n], f32 scales)
     with ``n = 2**(bits-1) - 1`` and scales of the keepdims shape of the reduction."""
@@ -126,7 +120,6 @@ def mse_codes(x, bits: int, clip: float = 2.5, reduce_axes: Axes = None, steps: 
     return make_codes(_mse, x, clip, reduce_axes, int(bits), _levels(bits), int(steps))
 
 
-
 @jax.custom_vjp
 def ste_clip(x, q, clip):
     """Returns ``q`` (same shape and dtype as ``x``); the gradient w.r.t. ``x`` is the incoming
@@ -147,7 +140,6 @@ def _ste_bwd(res, g):
 
 
 ste_clip.defvjp(_ste_fwd, _ste_bwd)
-
 
 
 def symmetric(x, bits: int, clip: float = 2.5, reduce_axes: Axes = None):
@@ -176,4 +168,3 @@ def activation(x, bits: int, clip: float = 2.5, per_example: bool = False):
     ``per_example``, one scale per leading-axis example."""
     axes = tuple(range(1, jnp.ndim(x))) if per_example else None
     return symmetric(x, bits, clip, reduce_axes=axes)
-

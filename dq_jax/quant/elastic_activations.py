@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +19,12 @@ from dq_jax.quant.grouped import F32, Axes, mean_abs, normalize_axes
 _ALPHA_EPS = 1e-5
 
 
-def elastic_levels(bits: int, signed: bool) -> Tuple[int, int]:
+def elastic_levels(bits: int, signed: bool) -> tuple[int, int]:
     """Integer code range ``(Qn, Qp)`` of the elastic quantizer: signed 1 bit ``(-1, 1)``
     (sign only), signed 2 bits ``(-1, 1)`` (levels -1, 0, 1), unsigned 1 bit ``(0, 1)``,
     unsigned 2 bits ``(0, 2)``."""
     if bits not in (1, 2):
-        raise ValueError(f"bits={bits!r} is not supported by the elastic quantizer; "
-                         "supported bits are 1 and 2")
+        raise ValueError(f"bits={bits!r} is not supported by the elastic quantizer; supported bits are 1 and 2")
     if signed:
         return -1, 1
     return 0, int(bits)
@@ -98,8 +96,13 @@ def elastic_codes(x, alpha, bits: int, signed: bool = True, reduce_axes: Axes = 
     axes = () if signed else normalize_axes(x.ndim, reduce_axes)
     a, m, _, _, codes = _elastic_parts(int(bits), bool(signed), axes, x, jnp.asarray(alpha, F32))
     ones = (1,) * x.ndim
-    return Codes(codes.astype(jnp.int8), a.reshape(ones), int(bits), tuple(range(x.ndim)),
-                 None if signed else m.reshape(m.shape if m.ndim == x.ndim else ones))
+    return Codes(
+        codes.astype(jnp.int8),
+        a.reshape(ones),
+        int(bits),
+        tuple(range(x.ndim)),
+        None if signed else m.reshape(m.shape if m.ndim == x.ndim else ones),
+    )
 
 
 def _elastic_parts(bits, signed, axes, x, alpha):

@@ -10,7 +10,7 @@ in a `Codes`. Statistics and scales are float32 whatever the input dtype.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,14 +18,14 @@ from jax import lax
 
 from dq_jax.quant.codes import Codes
 
-Axes = Optional[Union[int, Sequence[int]]]
+Axes = int | Sequence[int] | None
 F32 = jnp.float32
 # Scales below this mark an all-zero group: XLA on CPU/TPU flushes subnormals, so a smaller
 # scale or its reciprocal would turn into 0 or inf.
-MIN_SCALE = 2.0 ** -120
+MIN_SCALE = 2.0**-120
 
 
-def normalize_axes(ndim: int, reduce_axes: Axes) -> Tuple[int, ...]:
+def normalize_axes(ndim: int, reduce_axes: Axes) -> tuple[int, ...]:
     if reduce_axes is None:
         return tuple(range(ndim))
     if not isinstance(reduce_axes, (tuple, list)):
@@ -36,12 +36,10 @@ def normalize_axes(ndim: int, reduce_axes: Axes) -> Tuple[int, ...]:
     return tuple(sorted({int(a) % ndim for a in reduce_axes}))
 
 
-
 def call(runner, kernel, x, clip, reduce_axes, n=0, steps=0):
     """`runner(kernel, axes, steps, x, clip, n)` with `reduce_axes` normalized."""
     x = jnp.asarray(x)
     return runner(kernel, normalize_axes(x.ndim, reduce_axes), steps, x, clip, n)
-
 
 
 def make_codes(kernel, x, clip, reduce_axes, bits: int, n=0, steps=0) -> Codes:
@@ -50,7 +48,6 @@ def make_codes(kernel, x, clip, reduce_axes, bits: int, n=0, steps=0) -> Codes:
     axes = normalize_axes(x.ndim, reduce_axes)
     values, scales = run_codes(kernel, axes, steps, x, clip, n)
     return Codes(values, scales, bits, axes)
-
 
 
 # One jit around each whole quantizer, so eager calls (export) and traced calls (training)
@@ -67,11 +64,9 @@ def run_codes(kernel, axes, steps, x, clip, n):
     return kernel(xc, axes, max(size, 1), n, steps)
 
 
-
 def group_sum(v, axes):
     """The sum over each group, keepdims."""
     return jnp.sum(v, axis=axes, keepdims=True)
-
 
 
 def dequantize_values(values, scales, dtype):
@@ -79,10 +74,8 @@ def dequantize_values(values, scales, dtype):
     return (values.astype(F32) * scales).astype(dtype)
 
 
-
 def mean_abs(w, axes, size):
     """The mean absolute value of each group of `size` elements."""
     # A true division: XLA turns / size into * (1 / size), off by an ulp unless size is a power
     # of two, and the TBT scale is the statistic itself.
     return group_sum(jnp.abs(w), axes) / lax.optimization_barrier(jnp.float32(size))
-

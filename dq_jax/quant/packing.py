@@ -33,15 +33,11 @@ def _check_range(flat: np.ndarray, bits: int) -> None:
     lo, hi = flat.min(), flat.max()
     if bits == 1:
         if not np.all((flat == 1) | (flat == -1)):
-            raise ValueError(
-                f"1-bit codes must be -1 or +1; found min={lo}, max={hi} "
-                "(or values in between)")
+            raise ValueError(f"1-bit codes must be -1 or +1; found min={lo}, max={hi} (or values in between)")
         return
     allowed = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
     if lo < allowed[0] or hi > allowed[1]:
-        raise ValueError(
-            f"{bits}-bit codes must lie in [{allowed[0]}, {allowed[1]}]; "
-            f"found min={lo}, max={hi}")
+        raise ValueError(f"{bits}-bit codes must lie in [{allowed[0]}, {allowed[1]}]; found min={lo}, max={hi}")
 
 
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -83,9 +79,7 @@ def unpack(packed: np.ndarray, bits: int, shape) -> np.ndarray:
     n = int(np.prod(shape, dtype=np.int64))
     expected = packed_nbytes(n, bits)
     if packed.size != expected:
-        raise ValueError(
-            f"{packed.size} bytes cannot hold {bits}-bit codes of shape {shape}: "
-            f"expected {expected}")
+        raise ValueError(f"{packed.size} bytes cannot hold {bits}-bit codes of shape {shape}: expected {expected}")
     if bits == 1:
         ones = np.unpackbits(packed, count=n, bitorder="little")
         return (ones.astype(np.int8) * np.int8(2) - np.int8(1)).reshape(shape)

@@ -113,6 +113,7 @@ def component_of(path: tuple[str, ...], ndim: int) -> str:
 
 # ----------------------------------------------------------------------------- weights
 
+
 def weight_kind(method: str, bits: int) -> str:
     """The quantizer family a method uses at a bit-width."""
     if method == "dq_bart":
@@ -136,8 +137,7 @@ class WeightRule:
     @property
     def storage_bits(self) -> int:
         """Bits per code in the packed file: ternary codes take 2, binary 1, others a container."""
-        return {"ternary": 2, "binary": 1, "tbt_ternary": 2, "tbt_binary": 1}.get(self.kind,
-                                                                                 CONTAINER_BITS[self.bits])
+        return {"ternary": 2, "binary": 1, "tbt_ternary": 2, "tbt_binary": 1}.get(self.kind, CONTAINER_BITS[self.bits])
 
     def codes(self, w, alpha=None):
         """`w` -> `Codes`, exactly as training quantizes it. (`alpha` is an elastic activation's
@@ -153,6 +153,7 @@ def _quantizers():
     """The JAX quantizers, imported on first use: numpy-only readers of packed files import this
     module for the rules and storage bits alone."""
     from dq_jax.quant import registry
+
     return registry
 
 
@@ -167,11 +168,13 @@ def weight_rule(role: Role, quant: QuantConfig | None) -> WeightRule | None:
         return None
     if role is Role.LINEAR and quant.weight_bits:
         axes = None if quant.weight_granularity == "tensor" and quant.method != "tbt" else (0,)
-        return WeightRule(weight_kind(quant.method, quant.weight_bits), quant.weight_bits, axes,
-                          quant.weight_clip, quant.mse_steps)
+        return WeightRule(
+            weight_kind(quant.method, quant.weight_bits), quant.weight_bits, axes, quant.weight_clip, quant.mse_steps
+        )
     if role is Role.TOKEN_EMBEDDING and quant.embed_bits:
-        return WeightRule(weight_kind(quant.method, quant.embed_bits), quant.embed_bits, (-1,),
-                          quant.weight_clip, quant.mse_steps)
+        return WeightRule(
+            weight_kind(quant.method, quant.embed_bits), quant.embed_bits, (-1,), quant.weight_clip, quant.mse_steps
+        )
     return None
 
 
@@ -195,6 +198,7 @@ def quantize_tree(params: dict, quant: QuantConfig | None) -> dict:
     def one(keypath, value):
         rule = param_rule(key_names(keypath), len(value.shape), quant)
         return rule.codes(value) if rule else value
+
     return jax.tree_util.tree_map_with_path(one, params)
 
 
@@ -205,6 +209,7 @@ def fp32_lm_head_copy(quant: QuantConfig | None) -> bool:
 
 
 # ----------------------------------------------------------------------------- activations
+
 
 @dataclasses.dataclass(frozen=True)
 class ActRule:
@@ -223,14 +228,18 @@ class ActRule:
 
     def fake(self, x, alpha=None):
         """`x [B, ...]` -> its fake-quantized value; `alpha` is the elastic step size."""
-        from dq_jax.quant import dq_bart, elastic_activations as elastic  # JAX: see `_quantizers`
+        from dq_jax.quant import dq_bart  # JAX: see `_quantizers`
+        from dq_jax.quant import elastic_activations as elastic
+
         if not self.elastic:
             return dq_bart.activation(x, self.bits, self.clip, per_example=self.per_example)
         return elastic.elastic(x, alpha, self.bits, self.signed, self.reduce_axes(x.ndim))
 
     def codes(self, x, alpha=None):
         """`x [B, ...]` -> `Codes` whose `dequantize` is `fake(x, alpha)` bit for bit."""
-        from dq_jax.quant import dq_bart, elastic_activations as elastic  # JAX: see `_quantizers`
+        from dq_jax.quant import dq_bart  # JAX: see `_quantizers`
+        from dq_jax.quant import elastic_activations as elastic
+
         if not self.elastic:
             return dq_bart.symmetric_codes(x, self.bits, self.clip, self.reduce_axes(x.ndim))
         return elastic.elastic_codes(x, alpha, self.bits, self.signed, self.reduce_axes(x.ndim))
@@ -238,6 +247,7 @@ class ActRule:
     def init_step_size(self, x):
         """TBT's data-dependent initial step size from the first activations `x`."""
         from dq_jax.quant import elastic_activations as elastic  # JAX: see `_quantizers`
+
         return elastic.elastic_init(x, self.bits, self.signed)
 
 
@@ -247,5 +257,4 @@ def act_rule(role: ActRole, quant: QuantConfig | None) -> ActRule | None:
         raise TypeError(f"activation role must be an ActRole, got {role!r}")
     if quant is None or quant.act_bits is None:
         return None
-    return ActRule(quant.act_bits, quant.act_clip, quant.act_scale == "example", quant.elastic,
-                   role not in _UNSIGNED)
+    return ActRule(quant.act_bits, quant.act_clip, quant.act_scale == "example", quant.elastic, role not in _UNSIGNED)

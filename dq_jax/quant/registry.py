@@ -8,7 +8,7 @@ tensor with the family's straight-through gradient, `codes` its `Codes`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from dq_jax.quant import dq_bart, tbt_weights
 from dq_jax.quant.codes import Codes

@@ -36,12 +36,10 @@ def _ste_plain_bwd(_, g):
 _ste.defvjp(_ste_plain_fwd, _ste_plain_bwd)
 
 
-
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _run_fake_plain(kernel, axes, steps, x, clip, n):
     q = dequantize_values(*run_codes(kernel, axes, steps, x, clip, n), dtype=x.dtype)
     return _ste(x, lax.stop_gradient(q))
-
 
 
 def _tbt_ternary(w, axes, size, n, steps):
@@ -55,7 +53,6 @@ def _tbt_binary(w, axes, size, n, steps):
     alpha = mean_abs(w, axes, size)
     codes = jnp.where(w >= 0, 1, -1)  # sign(0) := +1, as in _binary
     return codes.astype(jnp.int8), jnp.where(alpha >= MIN_SCALE, alpha, 0.0)
-
 
 
 def tbt_ternary_codes(w, reduce_axes: Axes = (-1,)):
@@ -91,4 +88,3 @@ def tbt_binary(w, reduce_axes: Axes = (-1,)):
     """TBT binary fake quantization (see ``tbt_binary_codes``). ``w [*]`` -> ``q [*]`` (w's
     dtype); the gradient w.r.t. ``w`` is the incoming one everywhere (plain STE)."""
     return call(_run_fake_plain, _tbt_binary, w, NO_CLIP, reduce_axes)
-

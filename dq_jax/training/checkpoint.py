@@ -41,7 +41,8 @@ def _disk_full_is_clear(what: str, directory: str, latest: int | None):
         if _no_space(e):
             raise DiskFullError(
                 f"Disk full while {what} in {directory}: no space left on device. Earlier checkpoints are "
-                f"intact (latest complete step: {latest}); free space and rerun the same command to resume.") from e
+                f"intact (latest complete step: {latest}); free space and rerun the same command to resume."
+            ) from e
         raise
 
 
@@ -52,20 +53,25 @@ def _abstract(tree, shardings):
 class StageCheckpoints:
     def __init__(self, directory: str, keep: int = 2, async_save: bool = True):
         self.directory = os.path.abspath(directory)
-        opts = lambda n: ocp.CheckpointManagerOptions(max_to_keep=n, enable_async_checkpointing=async_save,
-                                                      create=True)
+        opts = lambda n: ocp.CheckpointManagerOptions(max_to_keep=n, enable_async_checkpointing=async_save, create=True)
         self.latest = ocp.CheckpointManager(os.path.join(self.directory, "latest"), options=opts(keep))
         self.best = ocp.CheckpointManager(os.path.join(self.directory, "best"), options=opts(1))
 
     def save(self, step: int, state, extra: dict, force: bool = False) -> None:
         with _disk_full_is_clear(f"saving step {step}", self.directory, self.latest.latest_step()):
-            self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                           extra=ocp.args.JsonSave(extra)), force=force)
+            self.latest.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)),
+                force=force,
+            )
 
     def save_best(self, step: int, params, score: dict) -> None:
         with _disk_full_is_clear(f"saving the best params (step {step})", self.directory, self.latest.latest_step()):
-            self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                         score=ocp.args.JsonSave(score)), force=True)
+            self.best.save(
+                step,
+                args=ocp.args.Composite(params=ocp.args.StandardSave(params), score=ocp.args.JsonSave(score)),
+                force=True,
+            )
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -79,17 +85,27 @@ class StageCheckpoints:
         errors = []
         for step in steps:
             try:
-                out = self.latest.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(_abstract(abstract_state, shardings)),
-                    extra=ocp.args.JsonRestore()))
+                out = self.latest.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(_abstract(abstract_state, shardings)),
+                        extra=ocp.args.JsonRestore(),
+                    ),
+                )
             except Exception as e:  # orbax/tensorstore raise many types for damaged files
                 errors.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
-                log.warning("Checkpoint step %d in %s is unreadable (%s); trying the one before it.",
-                            step, self.latest.directory, type(e).__name__)
+                log.warning(
+                    "Checkpoint step %d in %s is unreadable (%s); trying the one before it.",
+                    step,
+                    self.latest.directory,
+                    type(e).__name__,
+                )
                 continue
             return out["state"], out["extra"]
-        raise CheckpointError(f"No readable checkpoint in {self.latest.directory} ({'; '.join(errors)}). "
-                              "Move that directory away to start this stage afresh.")
+        raise CheckpointError(
+            f"No readable checkpoint in {self.latest.directory} ({'; '.join(errors)}). "
+            "Move that directory away to start this stage afresh."
+        )
 
     def best_score(self) -> dict | None:
         step = self.best.latest_step()
@@ -101,8 +117,12 @@ class StageCheckpoints:
         step = self.best.latest_step()
         if step is None:
             return None
-        out = self.best.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(abstract_params, shardings)), score=ocp.args.JsonRestore()))
+        out = self.best.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(_abstract(abstract_params, shardings)), score=ocp.args.JsonRestore()
+            ),
+        )
         return out["params"]
 
     def wait(self) -> None:

@@ -19,18 +19,17 @@ from dq_jax.model.config import ModelConfig
 
 MODES = ("dq_bart", "masked")
 IGNORE_INDEX = -100
-METRIC_KEYS = ("loss", "task", "logits", "enc_attn", "dec_attn", "cross_attn", "enc_hidden",
-               "dec_hidden", "enc_last")
+METRIC_KEYS = ("loss", "task", "logits", "enc_attn", "dec_attn", "cross_attn", "enc_hidden", "dec_hidden", "enc_last")
 
 # The reference code's table for a 6-layer teacher (student depth -> teacher layers). No single
 # rounding of evenly spaced points reproduces it: rows 3 and 5 both have a point at exactly 2.5
 # and the table rounds it down in row 3 and up in row 5. A search over floor/ceil/round of
 # (a*i + b) / c and Bresenham-style selections, a, b, c small linear forms in (n, L), found none.
-_SIX_LAYER_TABLE = {1: (5,), 2: (0, 5), 3: (0, 2, 5), 4: (0, 2, 3, 5), 5: (0, 1, 3, 4, 5),
-                    6: (0, 1, 2, 3, 4, 5)}
+_SIX_LAYER_TABLE = {1: (5,), 2: (0, 5), 3: (0, 2, 5), 4: (0, 2, 3, 5), 5: (0, 1, 3, 4, 5), 6: (0, 1, 2, 3, 4, 5)}
 
 
 # ----------------------------------------------------------------------------- layer maps
+
 
 def layer_map(num_teacher_layers: int, num_student_layers: int, *, side: str = "") -> tuple[int, ...]:
     """Teacher layer index for each student layer, `len == num_student_layers`.
@@ -48,8 +47,10 @@ def layer_map(num_teacher_layers: int, num_student_layers: int, *, side: str = "
             raise ValueError(f"The {name} has {n!r} {what}; layer counts must be positive integers.")
     teacher, student = num_teacher_layers, num_student_layers
     if student > teacher:
-        raise ValueError(f"student has {student} {what} but the teacher only {teacher}; choose at most "
-                         f"{teacher} {what} for the student (or pass an explicit layer map).")
+        raise ValueError(
+            f"student has {student} {what} but the teacher only {teacher}; choose at most "
+            f"{teacher} {what} for the student (or pass an explicit layer map)."
+        )
     if teacher == 6:
         return _SIX_LAYER_TABLE[student]
     if student == 1:
@@ -58,8 +59,7 @@ def layer_map(num_teacher_layers: int, num_student_layers: int, *, side: str = "
     return tuple((2 * i * (teacher - 1) + (student - 1)) // (2 * (student - 1)) for i in range(student))
 
 
-def resolve_map(num_teacher: int, num_student: int, explicit: Sequence[int] | None,
-                side: str) -> tuple[int, ...]:
+def resolve_map(num_teacher: int, num_student: int, explicit: Sequence[int] | None, side: str) -> tuple[int, ...]:
     """`explicit` (validated) if given and non-empty, else `layer_map`'s rule.
 
     An explicit map may repeat teacher layers; it must have one entry per student layer, each
@@ -68,18 +68,26 @@ def resolve_map(num_teacher: int, num_student: int, explicit: Sequence[int] | No
     if explicit is None or len(explicit) == 0:
         return layer_map(num_teacher, num_student, side=side)
     if len(explicit) != num_student:
-        raise ValueError(f"The explicit {side} layer map {tuple(explicit)} has {len(explicit)} entries but the "
-                         f"student has {num_student} {side} layers; give one teacher index per student layer.")
+        raise ValueError(
+            f"The explicit {side} layer map {tuple(explicit)} has {len(explicit)} entries but the "
+            f"student has {num_student} {side} layers; give one teacher index per student layer."
+        )
     for i, t in enumerate(explicit):
         if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < num_teacher:
-            raise ValueError(f"The explicit {side} layer map {tuple(explicit)} has index {t!r} at student layer "
-                             f"{i}, outside the teacher's {side} layers 0..{num_teacher - 1}.")
+            raise ValueError(
+                f"The explicit {side} layer map {tuple(explicit)} has index {t!r} at student layer "
+                f"{i}, outside the teacher's {side} layers 0..{num_teacher - 1}."
+            )
     return tuple(int(t) for t in explicit)
 
 
-def student_config(teacher_cfg: ModelConfig, encoder_layers: int, decoder_layers: int,
-                   encoder_map: Sequence[int] | None = None, decoder_map: Sequence[int] | None = None
-                   ) -> tuple[ModelConfig, tuple[int, ...], tuple[int, ...]]:
+def student_config(
+    teacher_cfg: ModelConfig,
+    encoder_layers: int,
+    decoder_layers: int,
+    encoder_map: Sequence[int] | None = None,
+    decoder_map: Sequence[int] | None = None,
+) -> tuple[ModelConfig, tuple[int, ...], tuple[int, ...]]:
     """The student of `teacher_cfg` at these depths (the teacher's width, heads and vocabulary)
     and its encoder and decoder layer maps (`resolve_map`: explicit maps win)."""
     enc = resolve_map(teacher_cfg.encoder_layers, encoder_layers, encoder_map, "encoder")
@@ -89,6 +97,7 @@ def student_config(teacher_cfg: ModelConfig, encoder_layers: int, decoder_layers
 
 # ----------------------------------------------------------------------------- student init
 
+
 def _copy_tree(tree: Mapping) -> dict:
     """A fresh nested dict with the same leaves (shared, not copied: no device transfer)."""
     return {k: _copy_tree(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
@@ -97,18 +106,28 @@ def _copy_tree(tree: Mapping) -> dict:
 def _stack_params(teacher_stack: Mapping, mapping: tuple[int, ...], num_teacher: int, side: str) -> dict:
     missing = [f"layers_{i}" for i in range(num_teacher) if f"layers_{i}" not in teacher_stack]
     if missing:
-        raise ValueError(f"The teacher's {side} params lack {missing[:3]} although its config has "
-                         f"{num_teacher} {side} layers; the params and config do not belong together.")
-    out = {k: _copy_tree(v) if isinstance(v, Mapping) else v
-           for k, v in teacher_stack.items() if not k.startswith("layers_")}
+        raise ValueError(
+            f"The teacher's {side} params lack {missing[:3]} although its config has "
+            f"{num_teacher} {side} layers; the params and config do not belong together."
+        )
+    out = {
+        k: _copy_tree(v) if isinstance(v, Mapping) else v
+        for k, v in teacher_stack.items()
+        if not k.startswith("layers_")
+    }
     for i, t in enumerate(mapping):
         out[f"layers_{i}"] = _copy_tree(teacher_stack[f"layers_{t}"])
     return out
 
 
-def init_student(teacher_cfg: ModelConfig, teacher_params: Mapping, encoder_layers: int,
-                 decoder_layers: int, encoder_map: Sequence[int] | None = None,
-                 decoder_map: Sequence[int] | None = None) -> tuple[ModelConfig, dict]:
+def init_student(
+    teacher_cfg: ModelConfig,
+    teacher_params: Mapping,
+    encoder_layers: int,
+    decoder_layers: int,
+    encoder_map: Sequence[int] | None = None,
+    decoder_map: Sequence[int] | None = None,
+) -> tuple[ModelConfig, dict]:
     """Student of the teacher's width: layer i of each stack copies teacher layer `map[i]`.
 
     Everything outside the layers (shared embedding, positions, `layernorm_embedding`, mBART's
@@ -128,6 +147,7 @@ def init_student(teacher_cfg: ModelConfig, teacher_params: Mapping, encoder_laye
 
 
 # ----------------------------------------------------------------------------- loss config
+
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
@@ -158,6 +178,7 @@ class DistillConfig:
 
 # ----------------------------------------------------------------------------- loss terms
 
+
 def _f32(x: jax.Array) -> jax.Array:
     return jnp.asarray(x, jnp.float32)
 
@@ -172,8 +193,10 @@ def _mean(sq: jax.Array, mask: jax.Array | None) -> jax.Array:
 
 def _mse(s: jax.Array, t: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     if s.shape != t.shape:
-        raise ValueError(f"Student and teacher tensors differ in shape: {s.shape} vs {t.shape}; the student "
-                         "must keep the teacher's width, heads and batch.")
+        raise ValueError(
+            f"Student and teacher tensors differ in shape: {s.shape} vs {t.shape}; the student "
+            "must keep the teacher's width, heads and batch."
+        )
     return _mean(jnp.square(_f32(s) - _f32(t)), mask)
 
 
@@ -193,8 +216,13 @@ def logits_mse(s: jax.Array, t: jax.Array, mask: jax.Array | None = None) -> jax
     return _mse(s, t, None if mask is None else mask[..., None])
 
 
-def attention_mse(s_list: Sequence[jax.Array], t_list: Sequence[jax.Array], mapping: Sequence[int],
-                  q_mask: jax.Array | None = None, k_mask: jax.Array | None = None) -> jax.Array:
+def attention_mse(
+    s_list: Sequence[jax.Array],
+    t_list: Sequence[jax.Array],
+    mapping: Sequence[int],
+    q_mask: jax.Array | None = None,
+    k_mask: jax.Array | None = None,
+) -> jax.Array:
     """Sum over student layers i of MSE(s[i], t[mapping[i]]), probabilities `[B, H, T, S]`.
 
     With masks (q `[B, T]`, k `[B, S]`; a missing one counts as all real) the mean runs over
@@ -210,8 +238,9 @@ def attention_mse(s_list: Sequence[jax.Array], t_list: Sequence[jax.Array], mapp
     return sum((_mse(s_list[i], t_list[m], mask) for i, m in enumerate(mapping)), jnp.zeros((), jnp.float32))
 
 
-def hidden_mse(s_list: Sequence[jax.Array], t_list: Sequence[jax.Array], mapping: Sequence[int],
-               mask: jax.Array | None = None) -> jax.Array:
+def hidden_mse(
+    s_list: Sequence[jax.Array], t_list: Sequence[jax.Array], mapping: Sequence[int], mask: jax.Array | None = None
+) -> jax.Array:
     """Sum over j of MSE(s[j], t[0 if j == 0 else mapping[j-1] + 1]), states `[B, S, D]`.
 
     State 0 is the embedding output, state j > 0 the output of layer j-1, so both lists have
@@ -233,14 +262,19 @@ def last_encoder_mse(s_last: jax.Array, t_last: jax.Array) -> jax.Array:
 def _check_lengths(mapping: Sequence[int], student_layers: int, teacher_layers: int, what: str) -> None:
     """Static check (Python ints only) that the map fits the outputs actually passed in."""
     if len(mapping) != student_layers:
-        raise ValueError(f"The layer map {tuple(mapping)} has {len(mapping)} entries but the student's {what} "
-                         f"outputs cover {student_layers} layers; the map must match the student depth.")
+        raise ValueError(
+            f"The layer map {tuple(mapping)} has {len(mapping)} entries but the student's {what} "
+            f"outputs cover {student_layers} layers; the map must match the student depth."
+        )
     if any(not 0 <= i < teacher_layers for i in mapping):
-        raise ValueError(f"The layer map {tuple(mapping)} points outside the teacher's {what} outputs, "
-                         f"which cover layers 0..{teacher_layers - 1}.")
+        raise ValueError(
+            f"The layer map {tuple(mapping)} points outside the teacher's {what} outputs, "
+            f"which cover layers 0..{teacher_layers - 1}."
+        )
 
 
 # ----------------------------------------------------------------------------- total
+
 
 def _masks(batch: Mapping, mode: str) -> tuple[jax.Array | None, jax.Array | None]:
     """(source mask `[B, S]`, target mask `[B, T]`), both None in `dq_bart` mode."""
@@ -253,27 +287,37 @@ def _masks(batch: Mapping, mode: str) -> tuple[jax.Array | None, jax.Array | Non
 
 
 def _maps(cfg: DistillConfig, student_out, teacher_out) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    enc = cfg.encoder_map or layer_map(len(teacher_out.encoder_attentions),
-                                       len(student_out.encoder_attentions), side="encoder")
-    dec = cfg.decoder_map or layer_map(len(teacher_out.decoder_attentions),
-                                       len(student_out.decoder_attentions), side="decoder")
+    enc = cfg.encoder_map or layer_map(
+        len(teacher_out.encoder_attentions), len(student_out.encoder_attentions), side="encoder"
+    )
+    dec = cfg.decoder_map or layer_map(
+        len(teacher_out.decoder_attentions), len(student_out.decoder_attentions), side="decoder"
+    )
     return enc, dec
 
 
 def _require_intermediates(out, who: str) -> None:
-    fields = ("encoder_hidden_states", "decoder_hidden_states", "encoder_attentions",
-              "decoder_attentions", "cross_attentions")
+    fields = (
+        "encoder_hidden_states",
+        "decoder_hidden_states",
+        "encoder_attentions",
+        "decoder_attentions",
+        "cross_attentions",
+    )
     missing = [f for f in fields if getattr(out, f) is None]
     if missing:
-        raise ValueError(f"The {who} output lacks {missing}; with inter_weight > 0 run the model with "
-                         "output_hidden_states=True and output_attentions=True.")
+        raise ValueError(
+            f"The {who} output lacks {missing}; with inter_weight > 0 run the model with "
+            "output_hidden_states=True and output_attentions=True."
+        )
 
 
-def distill_loss(student_out, teacher_out, batch: Mapping[str, jax.Array],
-                 cfg: DistillConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+def distill_loss(
+    student_out, teacher_out, batch: Mapping[str, jax.Array], cfg: DistillConfig
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total loss and its unweighted terms (all fp32 scalars).
 
-    `student_out`/`teacher_out`: `modeling.Seq2SeqOutput` of the same teacher-forced batch;
+    `student_out`/`teacher_out`: `outputs.Seq2SeqOutput` of the same teacher-forced batch;
     `teacher_out=None` or `not cfg.uses_teacher` -> task loss only. A term whose weight is 0
     is not computed and reported as 0 (so its outputs need not be requested).
     `total = task + logit_weight * logits + inter_weight * (enc_attn + dec_attn + cross_attn
@@ -281,7 +325,7 @@ def distill_loss(student_out, teacher_out, batch: Mapping[str, jax.Array],
     Returns `(total, metrics)` with `metrics` keyed by `METRIC_KEYS` (`loss` = total).
     """
     zero = jnp.zeros((), jnp.float32)
-    m = {k: zero for k in METRIC_KEYS}
+    m = dict.fromkeys(METRIC_KEYS, zero)
     m["task"] = task_loss(student_out.logits, batch["labels"])
     if teacher_out is not None and cfg.uses_teacher:
         teacher_out = jax.lax.stop_gradient(teacher_out)  # the teacher is never trained

@@ -27,7 +27,7 @@ import json
 import os
 import time
 import uuid
-from typing import Mapping
+from collections.abc import Mapping
 
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event, SessionLog
@@ -129,8 +129,10 @@ class _Wandb:
         try:
             import wandb
         except ImportError as e:
-            raise MissingExtra(f"train.wandb_project={project!r} needs the wandb package: pip install -e "
-                               "'.[wandb]' (the `wandb` extra), or leave train.wandb_project empty.") from e
+            raise MissingExtra(
+                f"train.wandb_project={project!r} needs the wandb package: pip install -e "
+                "'.[wandb]' (the `wandb` extra), or leave train.wandb_project empty."
+            ) from e
         id_file = os.path.join(workdir, "wandb_run_id")
         if os.path.exists(id_file):
             with open(id_file) as f:
@@ -139,9 +141,14 @@ class _Wandb:
             run_id = uuid.uuid4().hex[:12]  # W&B run ids: lowercase letters and digits
             with open(id_file, "w") as f:
                 f.write(run_id + "\n")
-        self.run = wandb.init(project=project, id=run_id, resume="allow", config=config,
-                              name=os.path.basename(os.path.abspath(workdir)),
-                              dir=None if os.environ.get("WANDB_DIR") else workdir)
+        self.run = wandb.init(
+            project=project,
+            id=run_id,
+            resume="allow",
+            config=config,
+            name=os.path.basename(os.path.abspath(workdir)),
+            dir=None if os.environ.get("WANDB_DIR") else workdir,
+        )
         self._sections: set[str] = set()
 
     def log(self, record: Record) -> None:

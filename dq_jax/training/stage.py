@@ -11,12 +11,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dq_jax.data import batches as data_lib
-
 from dq_jax.data.columns import Tokenized
+from dq_jax.inference.evaluation import EvalSettings
+from dq_jax.model.modeling import Seq2SeqLM
 from dq_jax.training.distill import DistillConfig
 from dq_jax.training.metrics_log import MetricsLog
-from dq_jax.model.modeling import Seq2SeqLM
-from dq_jax.inference.evaluation import EvalSettings
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,8 @@ import logging
 import os
 import platform
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -85,11 +86,12 @@ def _time_matmul(precision: str, n: int, repeat: int) -> float:
         t = time.perf_counter()
         f(a, b).block_until_ready()
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best  # the best run: a peak is what the machine can reach
+    return 2 * n**3 / best  # the best run: a peak is what the machine can reach
 
 
-def measured_cpu_peak(precision: str, n: int = 1024, repeat: int = 5, measure: Callable[..., float] = _time_matmul
-                      ) -> float:
+def measured_cpu_peak(
+    precision: str, n: int = 1024, repeat: int = 5, measure: Callable[..., float] = _time_matmul
+) -> float:
     """This machine's matmul FLOP/s in `precision` (all of its cores), measured once and then read
     from the user cache, keyed by CPU model, usable cores and precision."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -156,8 +158,12 @@ class StepFlops:
             t = time.perf_counter()
             micro_batches = next(iter(batch.values())).shape[0]  # batches are [A, B, L]
             self._by_shape[key] = micro_batches * lowered_flops(self._jitted.lower(state, teacher_params, batch))
-            log.info("%.4g GFLOP per step at batch shapes %s (cost analysis of the lowered step, %.1f s)",
-                     self._by_shape[key] / 1e9, sorted({s for _, s in key}), time.perf_counter() - t)
+            log.info(
+                "%.4g GFLOP per step at batch shapes %s (cost analysis of the lowered step, %.1f s)",
+                self._by_shape[key] / 1e9,
+                sorted({s for _, s in key}),
+                time.perf_counter() - t,
+            )
         return self._by_shape[key]
 
 
@@ -175,8 +181,12 @@ class Throughput:
         """`tokens` and `flops` (of the whole mesh) over `steps` steps that took `seconds`."""
         seconds = max(seconds, 1e-9)
         tflops = flops / seconds / devices / 1e12
-        return cls(step_time_s=seconds / steps, tokens_per_s=tokens / seconds, tflops_per_device=tflops,
-                   mfu=tflops / peak.tflops if peak.tflops > 0 else 0.0)
+        return cls(
+            step_time_s=seconds / steps,
+            tokens_per_s=tokens / seconds,
+            tflops_per_device=tflops,
+            mfu=tflops / peak.tflops if peak.tflops > 0 else 0.0,
+        )
 
     def scalars(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -202,8 +212,10 @@ class StepTimer:
         if key in self._by_shape:
             self._by_shape[key][0] += 1
         else:
-            self._by_shape[key] = [1, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
-                                       for k, v in batch.items()}]
+            self._by_shape[key] = [
+                1,
+                {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in batch.items()},
+            ]
 
     def batches(self) -> list[tuple[int, dict]]:
         """(steps, abstract batch) for each batch shape of the window."""

@@ -10,20 +10,22 @@ stop naming it while the last good state is still there.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from dq_jax.training import distill
 from dq_jax.model import remat
-from dq_jax.parallel import sharding
 from dq_jax.model.modeling import Seq2SeqLM, variables
+from dq_jax.parallel import sharding
 from dq_jax.quant.policy import classify, key_names
+from dq_jax.training import distill
 from dq_jax.training.stage import TrainSettings
 
 BATCH_KEYS = ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels")
@@ -52,8 +54,13 @@ class OptimConfig:
     @classmethod
     def of(cls, ts: TrainSettings, total: int) -> OptimConfig:
         """A stage's optimizer: its settings over `total` steps, warm-up as a share of them."""
-        return cls(learning_rate=ts.learning_rate, warmup_steps=int(ts.warmup_ratio * total), total_steps=total,
-                   weight_decay=ts.weight_decay, grad_clip=ts.grad_clip or None)
+        return cls(
+            learning_rate=ts.learning_rate,
+            warmup_steps=int(ts.warmup_ratio * total),
+            total_steps=total,
+            weight_decay=ts.weight_decay,
+            grad_clip=ts.grad_clip or None,
+        )
 
     def schedule(self) -> optax.Schedule:
         """Linear warm-up from 0, then linear decay to 0 at `total_steps` (HF's schedule)."""
@@ -65,8 +72,7 @@ class OptimConfig:
 
 
 def _param_infos(params) -> Any:
-    return jax.tree_util.tree_map_with_path(
-        lambda kp, leaf: classify(key_names(kp), np.ndim(leaf)), params)
+    return jax.tree_util.tree_map_with_path(lambda kp, leaf: classify(key_names(kp), np.ndim(leaf)), params)
 
 
 def _labels(params) -> Any:
@@ -80,20 +86,28 @@ def _decay_mask(params) -> Any:
 
 
 def make_optimizer(cfg: OptimConfig, params) -> optax.GradientTransformation:
-    adamw = optax.adamw(cfg.schedule(), cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay,
-                        mask=_decay_mask(params))
+    adamw = optax.adamw(
+        cfg.schedule(), cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask(params)
+    )
     if cfg.grad_clip:
         adamw = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
     return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, _labels(params))
 
 
-def _forward(model: Seq2SeqLM, params, mb: dict, with_dec_mask: bool, need_internals: bool,
-             deterministic: bool, rng=None):
+def _forward(
+    model: Seq2SeqLM, params, mb: dict, with_dec_mask: bool, need_internals: bool, deterministic: bool, rng=None
+):
     return model.apply(
-        variables(params), mb["input_ids"], mb["attention_mask"], mb["decoder_input_ids"],
+        variables(params),
+        mb["input_ids"],
+        mb["attention_mask"],
+        mb["decoder_input_ids"],
         mb["decoder_attention_mask"] if with_dec_mask else None,
-        output_hidden_states=need_internals, output_attentions=need_internals,
-        deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
+        output_hidden_states=need_internals,
+        output_attentions=need_internals,
+        deterministic=deterministic,
+        rngs=None if rng is None else {"dropout": rng},
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +122,9 @@ class TrainStep:
         return self.fn(state, teacher_params, batch)
 
 
-def make_train_step(student: Seq2SeqLM, teacher: Seq2SeqLM | None, dcfg: distill.DistillConfig,
-                    tx: optax.GradientTransformation) -> TrainStep:
+def make_train_step(
+    student: Seq2SeqLM, teacher: Seq2SeqLM | None, dcfg: distill.DistillConfig, tx: optax.GradientTransformation
+) -> TrainStep:
     """The step of `student` against `teacher` (None: the task loss alone) with optimizer `tx`."""
     use_teacher = teacher is not None and dcfg.uses_teacher
     # The reference feeds no decoder padding mask; right padding never reaches real tokens
@@ -130,7 +145,8 @@ def make_train_step(student: Seq2SeqLM, teacher: Seq2SeqLM | None, dcfg: distill
             if use_teacher:
                 t_out = jax.lax.stop_gradient(_forward(teacher, teacher_params, mb, dec_mask, True, True))
             (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(
-                state.params, mb, t_out, jax.random.fold_in(rng, i))
+                state.params, mb, t_out, jax.random.fold_in(rng, i)
+            )
             return jax.tree.map(jnp.add, grads, g), metrics
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -150,8 +166,12 @@ def make_train_step(student: Seq2SeqLM, teacher: Seq2SeqLM | None, dcfg: distill
         params, opt_state = jax.lax.cond(ok, update, lambda _: (state.params, state.opt_state), None)
         first_bad = jnp.where((state.first_bad_step < 0) & ~ok, state.step, state.first_bad_step)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, first_bad_step=first_bad)
-        metrics = dict(metrics, grad_norm=grad_norm, finite=ok.astype(jnp.float32),
-                       tokens=jnp.sum(batch["decoder_attention_mask"]).astype(jnp.float32))
+        metrics = dict(
+            metrics,
+            grad_norm=grad_norm,
+            finite=ok.astype(jnp.float32),
+            tokens=jnp.sum(batch["decoder_attention_mask"]).astype(jnp.float32),
+        )
         return new_state, metrics
 
     return TrainStep(step, remat.compiler_options(student.remat))
@@ -166,11 +186,11 @@ def init_state(params, tx: optax.GradientTransformation, rng: jax.Array, mesh: M
     shapes = jax.eval_shape(lambda p: p, params)
     p_sh = sharding.param_shardings(shapes, mesh)
     params = jax.device_put(params, p_sh)
-    abstract = jax.eval_shape(lambda p, r: TrainState(jnp.int32(0), p, tx.init(p), r, jnp.int32(-1)),
-                              shapes, rng)
+    abstract = jax.eval_shape(lambda p, r: TrainState(jnp.int32(0), p, tx.init(p), r, jnp.int32(-1)), shapes, rng)
     st_sh = sharding.state_shardings(abstract, shapes, mesh)
-    state = jax.jit(lambda p, r: TrainState(jnp.int32(0), p, tx.init(p), r, jnp.int32(-1)),
-                    out_shardings=st_sh)(params, rng)
+    state = jax.jit(lambda p, r: TrainState(jnp.int32(0), p, tx.init(p), r, jnp.int32(-1)), out_shardings=st_sh)(
+        params, rng
+    )
     return state, st_sh
 
 
@@ -182,9 +202,13 @@ def compile_step(step: TrainStep, mesh: Mesh, state_sh, teacher_sh) -> Callable:
     """`step` jitted with explicit in/out shardings and its compiler options; the old state is
     donated."""
     replicated = NamedSharding(mesh, P())
-    return jax.jit(step.fn, in_shardings=(state_sh, teacher_sh, batch_shardings(mesh)),
-                   out_shardings=(state_sh, replicated), donate_argnums=(0,),
-                   compiler_options=step.compiler_options or None)
+    return jax.jit(
+        step.fn,
+        in_shardings=(state_sh, teacher_sh, batch_shardings(mesh)),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+        compiler_options=step.compiler_options or None,
+    )
 
 
 def shard_batch(batch: dict, mesh: Mesh, global_batch_size: int | None = None) -> dict:
@@ -195,6 +219,7 @@ def shard_batch(batch: dict, mesh: Mesh, global_batch_size: int | None = None) -
     size = global_batch_size or batch["input_ids"].shape[1]
     if jax.process_count() == 1:
         return {k: jax.device_put(batch[k], s) for k, s in batch_shardings(mesh).items()}
-    return {k: jax.make_array_from_process_local_data(s, batch[k], (batch[k].shape[0], size, *batch[k].shape[2:]))
-            for k, s in batch_shardings(mesh).items()}
-
+    return {
+        k: jax.make_array_from_process_local_data(s, batch[k], (batch[k].shape[0], size, *batch[k].shape[2:]))
+        for k, s in batch_shardings(mesh).items()
+    }

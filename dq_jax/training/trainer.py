@@ -18,16 +18,16 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
+from dq_jax.inference.evaluation import evaluate
+from dq_jax.model.modeling import init_elastic
 from dq_jax.parallel import distributed, sharding
+from dq_jax.quant.config import ELASTIC
 from dq_jax.training import train_step
 from dq_jax.training.checkpoint import StageCheckpoints
-from dq_jax.inference.evaluation import evaluate
 from dq_jax.training.metrics_log import Record
-from dq_jax.model.modeling import init_elastic
-from dq_jax.quant.config import ELASTIC
 from dq_jax.training.stage import Stage
-from dq_jax.utils.stop_signals import StopRequests
 from dq_jax.training.throughput import StepFlops, StepTimer, Throughput, device_peak
+from dq_jax.utils.stop_signals import StopRequests
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ class _Profiler:
             if first <= start <= total:
                 self.window = (start, min(end, total))
             else:
-                log.warning("train.profile_steps=%d,%d: steps %d..%d of this stage run, no trace.", start, end, first,
-                            total)
+                log.warning(
+                    "train.profile_steps=%d,%d: steps %d..%d of this stage run, no trace.", start, end, first, total
+                )
 
     def before(self, step: int, state) -> float:
         """Call before running `step` with the state of the one before; returns the seconds spent
@@ -107,8 +108,9 @@ def _init_params(stage: Stage) -> dict:
     if quant is None or not quant.elastic or ELASTIC in stage.init_params:
         return stage.init_params
     first = next(stage.data.train_batches(stage.train, stage.seed))
-    return init_elastic(stage.model, stage.init_params, first["input_ids"][0], first["attention_mask"][0],
-                        first["decoder_input_ids"][0])
+    return init_elastic(
+        stage.model, stage.init_params, first["input_ids"][0], first["attention_mask"][0], first["decoder_input_ids"][0]
+    )
 
 
 def train_stage(stage: Stage) -> StageResult:
@@ -119,8 +121,10 @@ def train_stage(stage: Stage) -> StageResult:
     it = stage.data.train_batches(ts, stage.seed, rows=rows)
     total = ts.steps or ts.epochs * it.steps_per_epoch
     if total <= 0:
-        raise ValueError(f"Stage {name}: {len(stage.data.train.source)} training examples give no step at batch "
-                         f"size {ts.batch_size} x {ts.grad_accum}; lower train.batch_size or add data.")
+        raise ValueError(
+            f"Stage {name}: {len(stage.data.train.source)} training examples give no step at batch "
+            f"size {ts.batch_size} x {ts.grad_accum}; lower train.batch_size or add data."
+        )
     init_params = _init_params(stage)
     optim = train_step.OptimConfig.of(ts, total)
     tx = train_step.make_optimizer(optim, init_params)
@@ -137,16 +141,18 @@ def train_stage(stage: Stage) -> StageResult:
         it.state, best = extra["data"], extra.get("best")
         log.info("%s: resumed from step %d (%s)", name, int(state.step), ckpts.latest.directory)
     teacher_model = stage.teacher.model if stage.teacher is not None else None
-    step_fn = train_step.compile_step(train_step.make_train_step(stage.model, teacher_model, stage.distill, tx),
-                                      mesh, st_sh, t_sh)
+    step_fn = train_step.compile_step(
+        train_step.make_train_step(stage.model, teacher_model, stage.distill, tx), mesh, st_sh, t_sh
+    )
     start = int(state.step)
     stage.metrics.resume(name, start)  # what a killed run logged after `start` goes
     eval_every = ts.eval_every or it.steps_per_epoch
     bar = tqdm(total=total, initial=start, desc=name, dynamic_ncols=True, disable=not distributed.is_main())
     flops, peak = StepFlops(step_fn), None
     if stage.metrics.enabled:  # throughput is for the log only: the other processes skip it
-        peak = device_peak(_precision(stage), ts.peak_tflops,
-                           [d for d in mesh.devices.flat if d.process_index == jax.process_index()])
+        peak = device_peak(
+            _precision(stage), ts.peak_tflops, [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+        )
         log.info("%s: MFU against %.4g TFLOP/s per device (%s)", name, peak.tflops, peak.source)
     profiler = _Profiler(ts.profile_steps, os.path.join(stage.workdir, "profile", name), start + 1, total)
     timer = StepTimer()
@@ -158,7 +164,8 @@ def train_stage(stage: Stage) -> StageResult:
                 f"Stage {name}: the loss or gradients became non-finite at step {int(state.first_bad_step) + 1}; "
                 f"training stopped. The last good checkpoint is step {ckpts.latest_step()} in "
                 f"{ckpts.latest.directory} (best params in {ckpts.best.directory}). Lower "
-                f"train.learning_rate or set train.grad_clip, then rerun the same command to resume.")
+                f"train.learning_rate or set train.grad_clip, then rerun the same command to resume."
+            )
 
     with StopRequests().installed() as stop:
         try:
@@ -169,8 +176,9 @@ def train_stage(stage: Stage) -> StageResult:
                 state, m = step_fn(state, teacher_params, batch)
                 timer.exclude(profiler.after(step, state))
                 # target tokens of the global batch (a process holds B_local of its B rows)
-                timer.add(float(host["decoder_attention_mask"].sum()) * ts.batch_size / host["input_ids"].shape[1],
-                          batch)
+                timer.add(
+                    float(host["decoder_attention_mask"].sum()) * ts.batch_size / host["input_ids"].shape[1], batch
+                )
                 if step == start + 1:  # this call compiled the step: time from the end of its run
                     jax.block_until_ready(state)
                     timer.restart()
@@ -185,21 +193,37 @@ def train_stage(stage: Stage) -> StageResult:
                         window = sum(n * flops(state, teacher_params, b) for n, b in timer.batches())
                         speed = Throughput.of(seconds, timer.steps, timer.tokens, window, mesh.devices.size, peak)
                         values.update(speed.scalars())
-                        bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{speed.tokens_per_s:.0f}",
-                                        mfu=f"{speed.mfu:.1%}")
+                        bar.set_postfix(
+                            loss=f"{values['loss']:.4f}", tok_s=f"{speed.tokens_per_s:.0f}", mfu=f"{speed.mfu:.1%}"
+                        )
                     stage.metrics.write(Record(name, "train", values, step=step))
                     timer.restart()
                 if step % eval_every == 0 or step == total:
                     check_finite(state)  # never evaluate or keep a state that skipped a bad step
-                    score, _ = evaluate(stage.model, state.params, stage.data.dev, stage.data.batching, ev, stage.tokenizer,
-                                        desc=f"{name} dev")
-                    stage.metrics.write(Record(name, "dev", {k: v for k, v in score.items() if isinstance(v, float)},
-                                               step=step))
+                    score, _ = evaluate(
+                        stage.model,
+                        state.params,
+                        stage.data.dev,
+                        stage.data.batching,
+                        ev,
+                        stage.tokenizer,
+                        desc=f"{name} dev",
+                    )
+                    stage.metrics.write(
+                        Record(name, "dev", {k: v for k, v in score.items() if isinstance(v, float)}, step=step)
+                    )
                     if best is None or score[ev.metric] > best[ev.metric]:
                         best = dict(score, step=step)
                         ckpts.save_best(step, state.params, best)
-                    log.info("%s step %d: dev %s %.2f (best %.2f at step %d)", name, step, ev.metric,
-                             score[ev.metric], best[ev.metric], best["step"])
+                    log.info(
+                        "%s step %d: dev %s %.2f (best %.2f at step %d)",
+                        name,
+                        step,
+                        ev.metric,
+                        score[ev.metric],
+                        best[ev.metric],
+                        best["step"],
+                    )
                     ckpts.save(step, state, {"data": it.state, "best": best}, force=True)
                     timer.restart()  # evaluation is not training time
                 elif step % ts.checkpoint_every == 0 or stop:
@@ -208,9 +232,12 @@ def train_stage(stage: Stage) -> StageResult:
                 if stop:
                     ckpts.wait()
                     bar.close()
-                    raise Interrupted(f"Stage {name} stopped by {stop.name} at step {step}; checkpoint saved at step "
-                                      f"{ckpts.latest_step()} in {ckpts.latest.directory}. Rerun the same command "
-                                      "to resume.", stop.signum)
+                    raise Interrupted(
+                        f"Stage {name} stopped by {stop.name} at step {step}; checkpoint saved at step "
+                        f"{ckpts.latest_step()} in {ckpts.latest.directory}. Rerun the same command "
+                        "to resume.",
+                        stop.signum,
+                    )
         finally:
             profiler.stop()
     bar.close()

@@ -49,6 +49,7 @@ def _on_duration(event: str, seconds: float, **_) -> None:
 def enable(setting: str) -> str | None:
     """Turns the cache on at `directory(setting)` for every later compile of this process."""
     import jax
+
     path = directory(setting)
     if path is None:
         return None
@@ -72,5 +73,7 @@ def counts() -> CacheCounts:
 
 def summary() -> str:
     c = _counts
-    return (f"compilation cache: {c.hits} hits (saved {c.saved_seconds:.1f} s of compiling), "
-            f"{c.misses} misses (compiled and stored)")
+    return (
+        f"compilation cache: {c.hits} hits (saved {c.saved_seconds:.1f} s of compiling), "
+        f"{c.misses} misses (compiled and stored)"
+    )

@@ -10,7 +10,7 @@ import contextlib
 import signal
 import subprocess
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

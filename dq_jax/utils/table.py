@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 
 def _text(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
-                 headers: Mapping[str, str] | None = None, fmt: Callable[[str, Any], str] | None = None,
-                 markdown: bool = False) -> str:
+def format_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    fmt: Callable[[str, Any], str] | None = None,
+    markdown: bool = False,
+) -> str:
     """`rows` (dicts) as lines: a header, a rule, one line per row. `columns` picks and orders
     the keys (default: the first row's), `headers` renames them, `fmt(key, value)` formats a
     cell (default: floats to 4 significant digits). Text tables are aligned with ` | `;

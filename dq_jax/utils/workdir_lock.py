@@ -11,7 +11,7 @@ import fcntl
 import os
 import socket
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class Busy(RuntimeError):
@@ -25,20 +25,18 @@ def hold(path: str, busy_message: str) -> Iterator[None]:
     Raises `Busy(busy_message.format(owner=...))` at once when another process holds it;
     `owner` is what that process wrote (its pid, host and start time)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    with open(path, "a+") as f:  # closed on every way out, the Busy raise included
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "unknown process"
+            raise Busy(busy_message.format(owner=owner)) from None
         f.seek(0)
-        owner = f.read().strip() or "unknown process"
-        f.close()
-        raise Busy(busy_message.format(owner=owner)) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    f.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -8,7 +8,7 @@ import hashlib
 import itertools
 import json
 import re
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 TEACHER_DIR = "teacher"
 RESERVED = ("teacher", "sweep.json", "sweep.csv", "sweep.md", "tradeoff.png", "sweep.log")
@@ -16,13 +16,26 @@ RESERVED = ("teacher", "sweep.json", "sweep.csv", "sweep.md", "tradeoff.png", "s
 NAME_KEY = "name"
 BITS_KEYS = ("quant.weight_bits", "quant.embed_bits", "quant.act_bits")
 # Short names for point directories; other keys use their last component.
-SHORT = {"quant.weight_bits": "wbits", "quant.embed_bits": "ebits", "quant.act_bits": "abits",
-         "student.layers": "layers", "quant.method": "method", "distill.mode": "mode",
-         "distill.weights": "weights", "distill.enabled": "distill", "train.steps": "steps",
-         "train.learning_rate": "lr", "train.batch_size": "bs", "teacher.steps": "tsteps",
-         "teacher.learning_rate": "tlr", "quant.quantize_lm_head": "qhead"}
-LINKED_SHORT = {frozenset(("quant.weight_bits", "quant.embed_bits")): "webits",
-                frozenset(("quant.weight_bits", "quant.embed_bits", "quant.act_bits")): "bits"}
+SHORT = {
+    "quant.weight_bits": "wbits",
+    "quant.embed_bits": "ebits",
+    "quant.act_bits": "abits",
+    "student.layers": "layers",
+    "quant.method": "method",
+    "distill.mode": "mode",
+    "distill.weights": "weights",
+    "distill.enabled": "distill",
+    "train.steps": "steps",
+    "train.learning_rate": "lr",
+    "train.batch_size": "bs",
+    "teacher.steps": "tsteps",
+    "teacher.learning_rate": "tlr",
+    "quant.quantize_lm_head": "qhead",
+}
+LINKED_SHORT = {
+    frozenset(("quant.weight_bits", "quant.embed_bits")): "webits",
+    frozenset(("quant.weight_bits", "quant.embed_bits", "quant.act_bits")): "bits",
+}
 _KEY = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _AXIS = re.compile(rf"^\s*({_KEY}(?:\s*\+\s*{_KEY})*)\s*=(.*)$", re.S)
 _SET = re.compile(rf"^\s*({_KEY})\s*=(.*)$", re.S)
@@ -45,6 +58,7 @@ def value_text(v) -> str:
 @dataclasses.dataclass(frozen=True)
 class Point:
     """One job of a sweep: a directory name and the config overrides (key -> value text)."""
+
     name: str
     overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -160,7 +174,7 @@ def expand_grid(grids: Sequence[str]) -> list[Point]:
     for combo in itertools.product(*(values for _, values in axes)):
         overrides, parts = {}, []
         for (keys, _), value in zip(axes, combo):
-            overrides.update({k: value for k in keys})
+            overrides.update(dict.fromkeys(keys, value))
             parts.append(_name_part(_short(keys, all_keys), keys[0], value))
         points.append(Point(_finish_name("_".join(parts) or "base", overrides, taken), overrides))
     return points
@@ -170,8 +184,10 @@ def named_points(entries: Sequence[Mapping[str, object]], where: str) -> list[Po
     """A named sweep, `[{KEY: VALUE, ...}, ...]`, as its points in order. A dict's `NAME_KEY`
     is its point's name; without it the name is derived (`point_name`). `where` starts errors."""
     if not isinstance(entries, (list, tuple)) or not all(isinstance(e, Mapping) for e in entries):
-        raise SweepError(f"{where}: write a list of dicts of overrides, e.g. "
-                         "[{'name': 'dq', 'quant.weight_bits': 2}, {'quant.weight_bits': 8}].")
+        raise SweepError(
+            f"{where}: write a list of dicts of overrides, e.g. "
+            "[{'name': 'dq', 'quant.weight_bits': 2}, {'quant.weight_bits': 8}]."
+        )
     names = [e[NAME_KEY] for e in entries if NAME_KEY in e]
     repeated = sorted({str(n) for n in names if names.count(n) > 1})
     if repeated:

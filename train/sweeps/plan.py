@@ -8,8 +8,8 @@ import difflib
 import os
 import shlex
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from absl import flags
 from ml_collections import config_flags
@@ -17,8 +17,19 @@ from ml_collections import config_flags
 from dq_jax.export import workdir as run_dir
 from dq_jax.stages import TEACHER, trained_stages
 from train.settings import spec_from_config
-from train.sweeps.grid import (RESERVED, TEACHER_DIR, Point, SweepError, cross, expand_grid, named_points,
-                               parse_axis, parse_set, point_name, value_text)
+from train.sweeps.grid import (
+    RESERVED,
+    TEACHER_DIR,
+    Point,
+    SweepError,
+    cross,
+    expand_grid,
+    named_points,
+    parse_axis,
+    parse_set,
+    point_name,
+    value_text,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # Keys whose value changes the teacher: points that set them cannot share one teacher.
@@ -73,8 +84,9 @@ def check_keys(keys: Iterable[str], known: set[str], where: str) -> None:
             raise SweepError(f"{where}: unknown config key {key!r}{hint}")
 
 
-def select_points(config_arg: str, grids: Sequence[str] = (), set_texts: Sequence[str] = (),
-                  sweep: str | None = None) -> list[Point]:
+def select_points(
+    config_arg: str, grids: Sequence[str] = (), set_texts: Sequence[str] = (), sweep: str | None = None
+) -> list[Point]:
     """The points of `--sweep NAME` (`c.sweeps.NAME`, each crossed with the `--grid` axes) or of
     the grid alone; every key is checked against the config first, so that an unknown one is
     named together with the argument it came from."""
@@ -88,8 +100,9 @@ def select_points(config_arg: str, grids: Sequence[str] = (), set_texts: Sequenc
         return expand_grid(grids) if grids else []
     named = dict(c.get("sweeps") or {})
     if sweep not in named:
-        raise SweepError(f"--sweep {sweep}: {config_arg} has no such named sweep; it has "
-                         f"{sorted(named) or 'none'} (c.sweeps).")
+        raise SweepError(
+            f"--sweep {sweep}: {config_arg} has no such named sweep; it has {sorted(named) or 'none'} (c.sweeps)."
+        )
     where = f"--sweep {sweep} (c.sweeps.{sweep})"
     points = named_points(named[sweep], where)
     for p in points:
@@ -105,25 +118,45 @@ def summarize(c) -> dict:
     """What the report shows for a point before it has results: W-E-A, method, distill, layers."""
     q, d = c.quant, c.distill
     distill = ("DQ" + ("-masked" if d.mode == "masked" else "")) if d.enabled else "quant-only"
-    return {"wea": "-".join(_bits_text(b) for b in (q.weight_bits, q.embed_bits, q.act_bits)),
-            "method": q.method, "distill": distill, "layers": c.student.layers, "metric": c.eval.metric}
+    return {
+        "wea": "-".join(_bits_text(b) for b in (q.weight_bits, q.embed_bits, q.act_bits)),
+        "method": q.method,
+        "distill": distill,
+        "layers": c.student.layers,
+        "metric": c.eval.metric,
+    }
 
 
-def point_command(config_arg: str, workdir: str, point: Point, shared_teacher_dir: str | None = None,
-                  sets: Mapping[str, str] = ()) -> list[str]:
+def point_command(
+    config_arg: str, workdir: str, point: Point, shared_teacher_dir: str | None = None, sets: Mapping[str, str] = ()
+) -> list[str]:
     """The `train.main` argv of `point` (run with cwd = repo root): `--set` overrides, the
     point's, then those that make it distill from `shared_teacher_dir/teacher_hf`."""
     overrides = {k: value_text(v) for k, v in dict(sets).items()}
     overrides.update(point.overrides)
     if shared_teacher_dir:
-        overrides.update({"teacher.path": os.path.join(shared_teacher_dir, run_dir.TEACHER_DIR), "teacher.scratch": "",
-                          "teacher.tokenizer": "", "teacher.finetune": "False"})
-    return [sys.executable, "-m", "train.main", "--config", config_arg,
-            "--workdir", os.path.join(workdir, point.name), *(f"--config.{k}={v}" for k, v in overrides.items())]
+        overrides.update(
+            {
+                "teacher.path": os.path.join(shared_teacher_dir, run_dir.TEACHER_DIR),
+                "teacher.scratch": "",
+                "teacher.tokenizer": "",
+                "teacher.finetune": "False",
+            }
+        )
+    return [
+        sys.executable,
+        "-m",
+        "train.main",
+        "--config",
+        config_arg,
+        "--workdir",
+        os.path.join(workdir, point.name),
+        *(f"--config.{k}={v}" for k, v in overrides.items()),
+    ]
 
 
 def _overrides_of(argv: Sequence[str]) -> dict[str, str]:
-    return dict(a[len("--config."):].split("=", 1) for a in argv if a.startswith("--config."))
+    return dict(a[len("--config.") :].split("=", 1) for a in argv if a.startswith("--config."))
 
 
 @dataclasses.dataclass
@@ -184,8 +217,9 @@ def plan_sweep(config_arg: str, workdir: str, points: Sequence[Point], sets: Map
             t_name = TEACHER_DIR if not t_over else f"{TEACHER_DIR}_{point_name(t_over)}"
             if t_name not in teachers:
                 teachers[t_name] = Point(t_name, {**t_over, "stages": "teacher"})
-                argv = point_command(config_arg, workdir, teachers[t_name], None,
-                                     {k: v for k, v in sets.items() if k != "stages"})
+                argv = point_command(
+                    config_arg, workdir, teachers[t_name], None, {k: v for k, v in sets.items() if k != "stages"}
+                )
                 checked(t_name, argv)
                 plan.commands[t_name] = argv
             teacher = t_name

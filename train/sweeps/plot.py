@@ -3,15 +3,15 @@ where they overlap nothing, the teacher as a reference line, the Pareto front ma
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def pareto_front(xy: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point dominates (at least as large in both coordinates,
     larger in one): the best metric for a given compression. Sorted by x."""
-    front = [i for i, (x, y) in enumerate(xy)
-             if not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for x2, y2 in xy)]
+    front = [i for i, (x, y) in enumerate(xy) if not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for x2, y2 in xy)]
     return sorted(front, key=lambda i: (xy[i][0], xy[i][1]))
 
 
@@ -22,14 +22,19 @@ def _place_labels(ax, fig, xy, labels, obstacles=(), avoid=(), pad_px: float = 7
     renderer = fig.canvas.get_renderer()
     markers = [ax.transData.transform(p) for p in list(xy) + list(avoid)]
     placed, box = list(obstacles), ax.get_window_extent(renderer)
-    near = [(7, 5, "left", "bottom"), (7, -5, "left", "top"), (-7, 5, "right", "bottom"),
-            (-7, -5, "right", "top"), (0, 10, "center", "bottom"), (0, -10, "center", "top")]
+    near = [
+        (7, 5, "left", "bottom"),
+        (7, -5, "left", "top"),
+        (-7, 5, "right", "bottom"),
+        (-7, -5, "right", "top"),
+        (0, 10, "center", "bottom"),
+        (0, -10, "center", "top"),
+    ]
     candidates = near + [(dx * k, dy * k * 1.2, ha, va) for k in (2.2, 3.6, 5.2, 7.0) for dx, dy, ha, va in near]
 
     def cost(bb):
         hits = sum(bb.overlaps(q) for q in placed)
-        hits += sum(bb.x0 - pad_px < m[0] < bb.x1 + pad_px and bb.y0 - pad_px < m[1] < bb.y1 + pad_px
-                    for m in markers)
+        hits += sum(bb.x0 - pad_px < m[0] < bb.x1 + pad_px and bb.y0 - pad_px < m[1] < bb.y1 + pad_px for m in markers)
         return hits + (0 if box.x0 <= bb.x0 and bb.x1 <= box.x1 and box.y0 <= bb.y0 and bb.y1 <= box.y1 else 5)
 
     for (x, y), text in zip(xy, labels):
@@ -41,21 +46,37 @@ def _place_labels(ax, fig, xy, labels, obstacles=(), avoid=(), pad_px: float = 7
             scored.append((cost(bb), i, bb))
             if scored[-1][0] == 0:
                 break
-        c, i, bb = min(scored)
+        _c, i, bb = min(scored)
         dx, dy, ha, va = candidates[i]
         arrow = dict(arrowstyle="-", color="0.55", lw=0.6, shrinkA=1, shrinkB=4) if i >= len(near) else None
-        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=8,
-                    color="0.1", arrowprops=arrow, zorder=5)
+        ax.annotate(
+            text,
+            (x, y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=8,
+            color="0.1",
+            arrowprops=arrow,
+            zorder=5,
+        )
         placed.append(bb)
 
 
 def _point_labels(rows: list[dict]) -> list[str]:
     """'W-E-A, E-D', plus the distill kind and method where those tell points apart; the point
     name where nothing shown does."""
+
     def label(r, fields):
         return ", ".join(str(r[f]) for f in fields)
-    for fields in (("wea_bits", "layers"), ("wea_bits", "layers", "distill"), ("wea_bits", "layers", "method"),
-                   ("wea_bits", "layers", "distill", "method")):
+
+    for fields in (
+        ("wea_bits", "layers"),
+        ("wea_bits", "layers", "distill"),
+        ("wea_bits", "layers", "method"),
+        ("wea_bits", "layers", "distill", "method"),
+    ):
         labels = [label(r, fields) for r in rows]
         if len(set(labels)) == len(labels):
             return labels
@@ -66,6 +87,7 @@ def plot_tradeoff(rows: list[dict], metric: str, path: str, title: str = "") -> 
     """Test metric against the paper-convention compression ratio (log x): a labeled marker
     per finished point, colored by W-E-A; the Pareto front; each teacher as a dashed line."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -92,18 +114,42 @@ def plot_tradeoff(rows: list[dict], metric: str, path: str, title: str = "") -> 
     colors = plt.get_cmap("tab10")
     for gi, g in enumerate(groups):
         pts = [p for p, r in zip(xy, students) if r["wea_bits"] == g]
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=42, color=colors(gi % 10), zorder=3,
-                   edgecolor="white", linewidth=0.6, label=f"student W-E-A {g}")
+        ax.scatter(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            s=42,
+            color=colors(gi % 10),
+            zorder=3,
+            edgecolor="white",
+            linewidth=0.6,
+            label=f"student W-E-A {g}",
+        )
     front = pareto_front(xy)
     if front:  # one artist, so the legend shows the line with the ring
-        ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "-o", color="black", lw=1.2, alpha=0.85,
-                markersize=12, markerfacecolor="none", markeredgewidth=1.4, zorder=4,
-                label="Pareto front (best metric for its compression)")
+        ax.plot(
+            [xy[i][0] for i in front],
+            [xy[i][1] for i in front],
+            "-o",
+            color="black",
+            lw=1.2,
+            alpha=0.85,
+            markersize=12,
+            markerfacecolor="none",
+            markeredgewidth=1.4,
+            zorder=4,
+            label="Pareto front (best metric for its compression)",
+        )
     for ti, t in enumerate(teachers):
         name = "teacher" if len(teachers) == 1 else t["point"]
         layers = f", {t['layers']}" if t["layers"] else ""
-        ax.axhline(t[key], ls="--", color=("0.35", "tab:brown", "tab:olive", "tab:cyan")[ti % 4], lw=1.1,
-                   zorder=1, label=f"{name} (fp32{layers}): {t[key]:.2f}")
+        ax.axhline(
+            t[key],
+            ls="--",
+            color=("0.35", "tab:brown", "tab:olive", "tab:cyan")[ti % 4],
+            lw=1.1,
+            zorder=1,
+            label=f"{name} (fp32{layers}): {t[key]:.2f}",
+        )
     ys = [p[1] for p in xy] + [t[key] for t in teachers]
     xs = [p[0] for p in xy] or [1.0]
     span = (max(ys) - min(ys)) or max(1.0, abs(max(ys)) * 0.05)
@@ -119,8 +165,11 @@ def plot_tradeoff(rows: list[dict], metric: str, path: str, title: str = "") -> 
     labels = _point_labels(students)
     # the front's line is an obstacle too: sample it densely in display space
     line = [tuple(xy[i]) for i in front]
-    along = [(10 ** (math.log10(a[0]) * (1 - t) + math.log10(b[0]) * t), a[1] * (1 - t) + b[1] * t)
-             for a, b in zip(line, line[1:]) for t in (k / 12 for k in range(1, 12))]
+    along = [
+        (10 ** (math.log10(a[0]) * (1 - t) + math.log10(b[0]) * t), a[1] * (1 - t) + b[1] * t)
+        for a, b in itertools.pairwise(line)
+        for t in (k / 12 for k in range(1, 12))
+    ]
     _place_labels(ax, fig, xy, labels, avoid=along)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

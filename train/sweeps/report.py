@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from dq_jax.export import workdir as run_dir
 from dq_jax.utils.table import format_table
@@ -59,6 +59,7 @@ def collect_rows(workdir: str) -> tuple[list[dict], list[str], str]:
     # imported here: dq_jax.inference.metrics loads the ROUGE and BLEU scorers (about a second), which
     # planning and --print-commands, importing this module through the runner, do not need
     from dq_jax.inference.metrics import TASK_METRICS
+
     sweep = load_sweep(workdir)
     runs = sweep.get("runs", {})
     results = {p["name"]: read_json(os.path.join(workdir, p["name"], "results.json")) for p in sweep["points"]}
@@ -69,9 +70,19 @@ def collect_rows(workdir: str) -> tuple[list[dict], list[str], str]:
     test_keys = [k for k in TASK_METRICS if k in keys] + sorted(keys - set(TASK_METRICS))
 
     def row(point, status, wea, method, distill, layers, size, ratio, packed, p_ratio, dev, test, seconds):
-        r = {"point": point, "status": status, "wea_bits": wea, "method": method, "distill": distill,
-             "layers": layers, "size_mib": size, "compression_ratio": ratio, "packed_mib": packed,
-             "packed_compression_ratio": p_ratio, f"dev_{metric}": dev}
+        r = {
+            "point": point,
+            "status": status,
+            "wea_bits": wea,
+            "method": method,
+            "distill": distill,
+            "layers": layers,
+            "size_mib": size,
+            "compression_ratio": ratio,
+            "packed_mib": packed,
+            "packed_compression_ratio": p_ratio,
+            f"dev_{metric}": dev,
+        }
         r.update({f"test_{k}": (test or {}).get(k) for k in test_keys})
         r["train_time_s"] = seconds
         return r
@@ -92,20 +103,46 @@ def collect_rows(workdir: str) -> tuple[list[dict], list[str], str]:
             dev = _best_dev(t_dir, "teacher", metric)
         status = _status(workdir, t_name, runs) if trained else ("done" if first else "not run")
         dirs = ([t_dir] if trained else []) + [os.path.join(workdir, m) for m in members]
-        rows.append(row(t_name, status, "32-32-32", "-", "teacher", _teacher_layers(dirs), size.get("teacher_mib"),
-                        1.0 if size else None, size.get("teacher_mib"), 1.0 if size else None, dev,
-                        _test_scores((first or {}).get("teacher_test")),
-                        runs.get(t_name, {}).get("seconds") if trained else None))
+        rows.append(
+            row(
+                t_name,
+                status,
+                "32-32-32",
+                "-",
+                "teacher",
+                _teacher_layers(dirs),
+                size.get("teacher_mib"),
+                1.0 if size else None,
+                size.get("teacher_mib"),
+                1.0 if size else None,
+                dev,
+                _test_scores((first or {}).get("teacher_test")),
+                runs.get(t_name, {}).get("seconds") if trained else None,
+            )
+        )
     for p in sweep["points"]:
         r, s = results[p["name"]] or {}, p["summary"]
         size = r.get("size", {})
         dev = (r.get("student_dev") or {}).get(metric)
         if dev is None and r:
             dev = _best_dev(os.path.join(workdir, p["name"]), "distill", metric)
-        rows.append(row(p["name"], _status(workdir, p["name"], runs), s["wea"], s["method"], s["distill"],
-                        s["layers"], size.get("student_mib"), size.get("compression_ratio"),
-                        size.get("packed_student_mib"), size.get("packed_compression_ratio"), dev,
-                        _test_scores(r.get("student_test")), runs.get(p["name"], {}).get("seconds")))
+        rows.append(
+            row(
+                p["name"],
+                _status(workdir, p["name"], runs),
+                s["wea"],
+                s["method"],
+                s["distill"],
+                s["layers"],
+                size.get("student_mib"),
+                size.get("compression_ratio"),
+                size.get("packed_student_mib"),
+                size.get("packed_compression_ratio"),
+                dev,
+                _test_scores(r.get("student_test")),
+                runs.get(p["name"], {}).get("seconds"),
+            )
+        )
     return rows, test_keys, metric
 
 
@@ -130,13 +167,22 @@ def _md_value(k: str, v) -> str:
 
 
 def _md_header(k: str, metric: str) -> str:
-    fixed = {"point": "point", "status": "status", "wea_bits": "W-E-A", "method": "method", "distill": "distill",
-             "layers": "E-D", "size_mib": "MiB (paper)", "compression_ratio": "ratio (paper)",
-             "packed_mib": "MiB (packed)", "packed_compression_ratio": "ratio (packed)",
-             "train_time_s": "time (s)"}
+    fixed = {
+        "point": "point",
+        "status": "status",
+        "wea_bits": "W-E-A",
+        "method": "method",
+        "distill": "distill",
+        "layers": "E-D",
+        "size_mib": "MiB (paper)",
+        "compression_ratio": "ratio (paper)",
+        "packed_mib": "MiB (packed)",
+        "packed_compression_ratio": "ratio (packed)",
+        "train_time_s": "time (s)",
+    }
     if k in fixed:
         return fixed[k]
-    return f"dev {metric}" if k.startswith("dev_") else f"test {k[len('test_'):]}"
+    return f"dev {metric}" if k.startswith("dev_") else f"test {k[len('test_') :]}"
 
 
 def write_report(workdir: str) -> list[dict]:
@@ -150,15 +196,24 @@ def write_report(workdir: str) -> list[dict]:
         w.writerow(cols)
         w.writerows([[_csv_value(k, r[k]) for k in cols] for r in rows])
     table = format_table(rows, cols, {k: _md_header(k, metric) for k in cols}, _md_value, markdown=True)
-    lines = [f"# Sweep {os.path.basename(os.path.abspath(workdir))}", "",
-             f"`--config {sweep['config']}`" + "".join(f" `--set {k}={v}`" for k, v in sweep["sets"].items()), "",
-             table, "",
-             "Sizes: `MiB (paper)` counts W bits per Linear weight, E bits per embedding and fp32 for the rest, "
-             "as the paper does; `MiB (packed)` is what the packed file stores. Ratios are the teacher's size "
-             "over the student's by the same convention. `time`: wall time of the job's `train.main` runs.", ""]
+    lines = [
+        f"# Sweep {os.path.basename(os.path.abspath(workdir))}",
+        "",
+        f"`--config {sweep['config']}`" + "".join(f" `--set {k}={v}`" for k, v in sweep["sets"].items()),
+        "",
+        table,
+        "",
+        "Sizes: `MiB (paper)` counts W bits per Linear weight, E bits per embedding and fp32 for the rest, "
+        "as the paper does; `MiB (packed)` is what the packed file stores. Ratios are the teacher's size "
+        "over the student's by the same convention. `time`: wall time of the job's `train.main` runs.",
+        "",
+    ]
     with open(os.path.join(workdir, "sweep.md"), "w") as f:
         f.write("\n".join(lines))
-    plot_tradeoff(rows, metric, os.path.join(workdir, "tradeoff.png"),
-                  title=f"Sweep {os.path.basename(os.path.abspath(workdir))}: test {metric} vs compression "
-                        f"({sweep['config']})")
+    plot_tradeoff(
+        rows,
+        metric,
+        os.path.join(workdir, "tradeoff.png"),
+        title=f"Sweep {os.path.basename(os.path.abspath(workdir))}: test {metric} vs compression ({sweep['config']})",
+    )
     return rows

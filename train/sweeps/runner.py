@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from tqdm import tqdm
 
@@ -29,6 +29,7 @@ def _die_with_parent() -> None:
     point's workdir lock; the job saves a checkpoint and exits."""
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -39,8 +40,9 @@ def _sweep_lock(workdir: str) -> contextlib.ExitStack:
     busy = f"another sweep is running in {workdir}; wait for it or use another --workdir."
     held = contextlib.ExitStack()
     try:  # the message is a format string (`{owner}`): braces in the path stay braces
-        held.enter_context(workdir_lock.hold(os.path.join(workdir, ".sweep.lock"),
-                                             busy.replace("{", "{{").replace("}", "}}")))
+        held.enter_context(
+            workdir_lock.hold(os.path.join(workdir, ".sweep.lock"), busy.replace("{", "{{").replace("}", "}}"))
+        )
     except workdir_lock.Busy as e:
         raise SweepError(str(e)) from None
     return held
@@ -54,9 +56,16 @@ def _run_job(argv: list[str], log_path: str, stop: StopRequests, bar) -> int:
     with open(log_path, "ab") as log:
         log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
         log.flush()
-        proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                process_group=0, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            process_group=0,
+            preexec_fn=_die_with_parent,
+        )
         stop.child = proc
 
         def pump():
@@ -101,16 +110,16 @@ def run_plan(plan: Plan, *, fail_fast: bool = False, report: bool = True) -> int
         sweep = record_plan(plan)
         runs = sweep["runs"]
         done = [j for j in jobs if is_finished(plan.workdir, j)]
-        bar = tqdm(total=len(jobs), initial=len(done), desc="sweep", unit="job", file=sys.stderr,
-                   dynamic_ncols=True)
+        bar = tqdm(total=len(jobs), initial=len(done), desc="sweep", unit="job", file=sys.stderr, dynamic_ncols=True)
         for name in jobs:
             if stop.signum or (fail_fast and failed):
                 break
             if is_finished(plan.workdir, name):
                 bar.write(f"skip {name}: finished ({os.path.join(plan.workdir, name, 'results.json')} exists)")
                 continue
-            if name not in plan.teacher_of and all(is_finished(plan.workdir, p.name) for p in plan.points
-                                                   if plan.teacher_of[p.name] == name):
+            if name not in plan.teacher_of and all(
+                is_finished(plan.workdir, p.name) for p in plan.points if plan.teacher_of[p.name] == name
+            ):
                 bar.write(f"skip {name}: every point that uses this teacher is finished")
                 bar.update(1)
                 continue
@@ -132,9 +141,13 @@ def run_plan(plan: Plan, *, fail_fast: bool = False, report: bool = True) -> int
             seconds = time.monotonic() - start
             finished = is_finished(plan.workdir, name)
             status = "done" if finished else ("interrupted" if stop.signum else "failed")
-            runs[name] = {**runs[name], "status": status, "returncode": rc,
-                          "seconds": round(record.get("seconds", 0.0) + seconds, 2),
-                          "attempts": record.get("attempts", 0) + 1}
+            runs[name] = {
+                **runs[name],
+                "status": status,
+                "returncode": rc,
+                "seconds": round(record.get("seconds", 0.0) + seconds, 2),
+                "attempts": record.get("attempts", 0) + 1,
+            }
             write_json(path, sweep)
             if finished:
                 bar.update(1)
@@ -155,18 +168,29 @@ def run_plan(plan: Plan, *, fail_fast: bool = False, report: bool = True) -> int
         except Exception as e:  # the jobs' outcome decides the exit status, not the plot
             print(f"warning: the report failed: {e!r}", file=sys.stderr)
     if stop.signum:
-        print(f"sweep stopped by {stop.name}; finished points stay finished, rerun the same "
-              "command to go on.", file=sys.stderr)
+        print(
+            f"sweep stopped by {stop.name}; finished points stay finished, rerun the same command to go on.",
+            file=sys.stderr,
+        )
         return 128 + stop.signum
     if failed:
-        print(f"error: {len(failed)} job(s) failed: {', '.join(failed)} (logs: {plan.workdir}/<job>/sweep.log)",
-              file=sys.stderr)
+        print(
+            f"error: {len(failed)} job(s) failed: {', '.join(failed)} (logs: {plan.workdir}/<job>/sweep.log)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
-def run_sweep(config_arg: str, workdir: str, points: Sequence[Point], sets: Mapping[str, str] = (), *,
-              fail_fast: bool = False, report: bool = True) -> int:
+def run_sweep(
+    config_arg: str,
+    workdir: str,
+    points: Sequence[Point],
+    sets: Mapping[str, str] = (),
+    *,
+    fail_fast: bool = False,
+    report: bool = True,
+) -> int:
     """Plans (checks every point first), records sweep.json, runs what is unfinished, reports.
     For scripts: `run_sweep('configs/demo.py', 'runs/x', [Point('a', {'student.layers': '3-1'})])`."""
     return run_plan(plan_sweep(config_arg, child_path(workdir), points, sets), fail_fast=fail_fast, report=report)

@@ -1,10 +1,6 @@
-"""The PyTorch DQ-BART reference (`dq_jax.torch_reference`) against our JAX student.
-
-Quantizers: bit-identical to `dq_jax.quant` where the arithmetic is order-free (max-based
-symmetric scales, sums of dyadic inputs), within a few ulp where a float32 sum is reduced in
-a different order, STE gradients equal. Models: a patched HF BART/mBART against
-`modeling.Seq2SeqLM(quant=...)`, forward (free-running and with the activation codes pinned)
-and STE gradients.
+"""The PyTorch DQ-BART reference (`tests.torch_reference`) against our JAX student: a patched HF
+BART/mBART against `modeling.Seq2SeqLM(quant=...)`, forward (free-running and with the
+activation codes pinned) and STE gradients.
 """
 
 import copy
@@ -17,105 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from dq_jax.model import hf, hf_layout, modeling
-from dq_jax import quant
 from dq_jax.quant import dq_bart
-from tests import torch_reference as tr
 from dq_jax.quant.config import QuantConfig
+from tests import torch_reference as tr
 from tests.hf_models import make_hf_model, padded_batch, torch_forward
-
-
-def bits_of(a):
-    return np.asarray(a, np.float32).view(np.uint32)
-
-
-def ulps(a, b):
-    """Distance in float32 ulps (sign-magnitude bit patterns mapped onto a line)."""
-    def line(v):
-        i = np.asarray(v, np.float32).view(np.int32).astype(np.int64)
-        return np.where(i < 0, -(i & 0x7FFFFFFF), i)
-    return np.abs(line(a) - line(b))
-
-
-def random_input(seed, shape=(12, 40), dyadic=False):
-    """Normal values at several magnitudes, some beyond the clip, one all-zero row. With
-    `dyadic`, multiples of 2**-10 below 2**4: float32 sums of those are exact in any order."""
-    rng = np.random.RandomState(seed)
-    x = rng.randn(*shape) * rng.choice([0.01, 0.3, 1.5], size=(shape[0],) + (1,) * (len(shape) - 1))
-    rows = x.reshape(shape[0], -1)  # a view
-    rows[1, :3] = [3.0, -2.5, 2.5]  # beyond and exactly at the clip
-    rows[0] = 0.0
-    if dyadic:
-        x = np.round(x * 1024) / 1024
-    return x.astype(np.float32)
-
-
-def torch_q(name, x, per_row, **kw):
-    return getattr(tr, name)(torch.tensor(x), per_row=per_row, **kw).numpy()
-
-
-def jax_q(name, x, per_row, **kw):
-    return np.asarray(getattr(quant, name)(jnp.asarray(x), reduce_axes=(-1,) if per_row else None, **kw))
-
-
-QUANTIZERS = [("symmetric", dict(bits=b)) for b in range(2, 9)] + [("ternary", {}), ("binary", {})] + \
-             [("mse", dict(bits=b)) for b in (2, 4, 8)]
-
-
-@pytest.mark.parametrize("per_row", [False, True], ids=["tensor", "row"])
-@pytest.mark.parametrize("name,kw", QUANTIZERS, ids=[f"{n}{k.get('bits', '')}" for n, k in QUANTIZERS])
-def test_quantizers_match_jax(name, kw, per_row):
-    for seed in range(3):
-        x = random_input(seed)
-        got, want = torch_q(name, x, per_row, **kw), jax_q(name, x, per_row, **kw)
-        if per_row:
-            np.testing.assert_array_equal(bits_of(got[0]), 0, err_msg="zero row must give +0.0")
-        if name == "symmetric":
-            # max|x| is exact and every later op is one IEEE float32 op in the same order.
-            np.testing.assert_array_equal(bits_of(got), bits_of(want))
-        else:
-            # TWN/BWN/MSE scales are float32 sums that torch and XLA reduce in different
-            # orders: a few ulp apart. The codes (hence signs and zeros) are the same.
-            np.testing.assert_array_equal(np.sign(got), np.sign(want))
-            assert ulps(got, want).max() <= 8
-        # On dyadic inputs those sums are exact in any order, so every quantizer is bitwise.
-        xd = random_input(seed, dyadic=True)
-        np.testing.assert_array_equal(bits_of(torch_q(name, xd, per_row, **kw)), bits_of(jax_q(name, xd, per_row, **kw)))
-
-
-def test_scalar_over_tensor_is_not_used():
-    """torch evaluates `n / t` as `t.reciprocal() * n`: one ulp off for ~1 in 4 values, which
-    flips symmetric codes that sit on a .5 boundary. Case found in a 768x768 weight: x * 15/m
-    is exactly -2.5 in float32 (code -2), -2.5000002 with the reciprocal (code -3)."""
-    m = torch.tensor([0.04860593], dtype=torch.float32)
-    assert (15 / m).item() != torch.div(torch.full_like(m, 15), m).item()
-    x = torch.tensor([-0.008100988, 0.04860593], dtype=torch.float32)
-    np.testing.assert_array_equal(bits_of(tr.symmetric(x, 5).numpy()),
-                                  bits_of(quant.symmetric(x.numpy(), 5)))
-
-
-@pytest.mark.parametrize("per_example", [False, True])
-def test_activation_matches_jax(per_example):
-    x = random_input(3, shape=(4, 6, 10)) * 2
-    x[2] *= 0.01  # per-example scales differ from the tensor scale
-    got = tr.activation(torch.tensor(x), 8, per_example=per_example).numpy()
-    want = np.asarray(quant.activation(jnp.asarray(x), 8, per_example=per_example))
-    np.testing.assert_array_equal(bits_of(got), bits_of(want))
-
-
-@pytest.mark.parametrize("name,kw", [("symmetric", dict(bits=8)), ("symmetric", dict(bits=2)),
-                                     ("ternary", {}), ("binary", {})])
-@pytest.mark.parametrize("per_row", [False, True], ids=["tensor", "row"])
-def test_ste_gradients_match_jax(name, kw, per_row):
-    x = random_input(5)
-    g = np.random.RandomState(6).randn(*x.shape).astype(np.float32)
-    xt = torch.tensor(x, requires_grad=True)
-    (getattr(tr, name)(xt, per_row=per_row, **kw) * torch.tensor(g)).sum().backward()
-    fn = lambda v: jnp.sum(getattr(quant, name)(v, reduce_axes=(-1,) if per_row else None, **kw) * g)
-    want = np.asarray(jax.grad(fn)(jnp.asarray(x)))
-    np.testing.assert_array_equal(xt.grad.numpy(), want)
-    inside = (x > -2.5) & (x < 2.5)
-    np.testing.assert_array_equal(want, np.where(inside, g, 0))  # zero at and beyond +-clip
-
 
 # --------------------------------------------------------------------------- models
 
@@ -144,15 +45,20 @@ def saved(request, tmp_path_factory):
 
 def max_diffs(out, ref):
     """Max |ours - torch| of logits, all hidden states and all attention probabilities."""
+
     def worst(ours, theirs):
         assert len(ours) == len(theirs)
         return max(float(np.abs(np.asarray(a) - b.numpy()).max()) for a, b in zip(ours, theirs))
+
     return {
         "logits": float(np.abs(np.asarray(out.logits) - ref.logits.numpy()).max()),
-        "hidden": worst(out.encoder_hidden_states + out.decoder_hidden_states,
-                        ref.encoder_hidden_states + ref.decoder_hidden_states),
-        "attn": worst(out.encoder_attentions + out.decoder_attentions + out.cross_attentions,
-                      ref.encoder_attentions + ref.decoder_attentions + ref.cross_attentions),
+        "hidden": worst(
+            out.encoder_hidden_states + out.decoder_hidden_states, ref.encoder_hidden_states + ref.decoder_hidden_states
+        ),
+        "attn": worst(
+            out.encoder_attentions + out.decoder_attentions + out.cross_attentions,
+            ref.encoder_attentions + ref.decoder_attentions + ref.cross_attentions,
+        ),
     }
 
 
@@ -178,6 +84,7 @@ class _Tape:
             q = orig(x, bits, clip, per_example=per_example)
             self.calls.append((np.asarray(x), np.asarray(q)))
             return q
+
         return activation
 
     def replay(self, orig):
@@ -193,6 +100,7 @@ class _Tape:
             self._check_codes(xj, xt, own, qj, bits, clip, per_example)
             forced = torch.tensor(qj)
             return forced.transpose(1, 2) if swap else forced
+
         return activation
 
     def _check_codes(self, x, xt, own, ours, bits, clip, per_example):
@@ -249,13 +157,16 @@ def compare(torch_model, cfg, params, setting, seed, monkeypatch):
     ids, am, dids, dam = padded_batch(cfg.vocab_size, seed=seed)
     tape = _Tape()
     monkeypatch.setattr(dq_bart, "activation", tape.record(dq_bart.activation))
-    q = QuantConfig(weight_bits=w, embed_bits=e, act_bits=a, act_scale=act_scale,
-                    weight_granularity=granularity, compute="fake")  # the reference quantizes, then multiplies
-    out = modeling.Seq2SeqLM(cfg, quant=q).apply({"params": params}, ids, am, dids, dam,
-                                                 output_hidden_states=True, output_attentions=True)
+    q = QuantConfig(
+        weight_bits=w, embed_bits=e, act_bits=a, act_scale=act_scale, weight_granularity=granularity, compute="fake"
+    )  # the reference quantizes, then multiplies
+    out = modeling.Seq2SeqLM(cfg, quant=q).apply(
+        {"params": params}, ids, am, dids, dam, output_hidden_states=True, output_attentions=True
+    )
     monkeypatch.undo()
-    patched = tr.quantize_model(copy.deepcopy(torch_model), w, e, a, act_per_example=act_scale == "example",
-                                weight_per_row=granularity == "row")
+    patched = tr.quantize_model(
+        copy.deepcopy(torch_model), w, e, a, act_per_example=act_scale == "example", weight_per_row=granularity == "row"
+    )
     free = max_diffs(out, torch_forward(patched, ids, am, dids, dam))
     tol = TIGHT if a is None else FLIPS
     for key, value in free.items():
@@ -317,6 +228,7 @@ def jax_loss(cfg, q, ids, am, dids, dam, labels):
         nll = -jnp.take_along_axis(logp, np.maximum(labels, 0)[..., None], axis=-1)[..., 0]
         keep = labels != -100
         return jnp.sum(nll * keep) / keep.sum()
+
     return loss
 
 
@@ -327,10 +239,13 @@ def gradient_errors(bits, tmp_path, name="bart", seed=0):
     ids, am, dids, dam = padded_batch(cfg.vocab_size, seed=seed)
     labels = np.where(dam == 1, np.roll(dids, -1, axis=1), -100)
     model = tr.quantize_model(torch_model, *bits)
-    logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(am),
-                   decoder_input_ids=torch.tensor(dids), decoder_attention_mask=torch.tensor(dam)).logits
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.tensor(labels).reshape(-1),
-                           ignore_index=-100)
+    logits = model(
+        input_ids=torch.tensor(ids),
+        attention_mask=torch.tensor(am),
+        decoder_input_ids=torch.tensor(dids),
+        decoder_attention_mask=torch.tensor(dam),
+    ).logits
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.tensor(labels).reshape(-1), ignore_index=-100)
     loss.backward()
     q = QuantConfig(weight_bits=bits[0], embed_bits=bits[1], act_bits=bits[2], compute="fake")
     jloss, grads = jax.jit(jax.value_and_grad(jax_loss(cfg, q, ids, am, dids, dam, labels)))(params)
